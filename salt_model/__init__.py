@@ -1,0 +1,1 @@
+"""salt_model: the pure-PyTorch core of salt-orchestrator (never imports Ray)."""

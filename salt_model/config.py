@@ -1,0 +1,260 @@
+"""One typed configuration for a k-fold salt-segmentation run.
+
+Frozen dataclasses, loadable from YAML or JSON, overridable with dotted ``key=value`` strings, and
+saved beside every checkpoint and result so that a resume or a reproduction rebuilds exactly the
+same run. Any unknown key or bad value raises ``ValueError`` naming the key, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+ENCODERS = ("resnet18", "resnet34")
+SCHEDULES = ("constant", "step", "cosine", "cyclic", "onecycle")
+OPTIMIZERS = ("adam", "sgd")
+PAD_MODES = ("reflect", "replicate")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = "resnet34"  # resnet18 | resnet34, torchvision parameter names
+    width: float = 1.0  # channel multiplier for CPU-sized runs (1.0 = the real ResNet widths)
+    scse: bool = True  # concurrent spatial and channel squeeze & excitation in the decoder
+    hypercolumn: bool = True  # concatenate every upsampled decoder output before the final conv
+    empty_head: bool = True  # image-level "mask is empty" classifier on the deepest features
+    deep_supervision: bool = False  # extra BCE on each decoder stage's own logits
+    dropout: float = 0.0  # before the final conv and in the empty head
+    encoder_weights: str | None = None  # local torchvision ResNet state_dict file; never downloaded
+
+    def validate(self) -> None:
+        _choice("model.encoder", self.encoder, ENCODERS)
+        _check("model.width", self.width, 0 < self.width <= 4, "a multiplier in (0, 4]")
+        _check("model.dropout", self.dropout, 0 <= self.dropout < 1, "a probability in [0, 1)")
+        if self.encoder_weights is not None and not Path(self.encoder_weights).is_file():
+            raise ValueError(
+                f"model.encoder_weights={self.encoder_weights!r}: no such file; expected a local "
+                "torchvision ResNet state_dict (.pth), nothing is downloaded"
+            )
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = "cosine"  # constant | step | cosine (warm restarts) | cyclic (triangular2) | onecycle
+    lr: float = 1e-3  # base lr: constant/step start, cosine and onecycle peak
+    min_lr: float = 1e-5  # floor of cosine, cyclic and onecycle
+    max_lr: float = 1e-2  # cyclic peak
+    cycle_epochs: float = 10.0  # cosine restart period / cyclic full cycle length, in epochs
+    step_epochs: float = 10.0  # step decay: multiply by gamma every step_epochs
+    gamma: float = 0.5  # step decay factor
+    pct_start: float = 0.3  # onecycle: fraction of the run spent rising
+    warmup_epochs: float = 0.0  # linear warm-up from min_lr, any schedule
+
+    def validate(self) -> None:
+        _choice("schedule.name", self.name, SCHEDULES)
+        for key in ("lr", "min_lr", "max_lr"):
+            value = getattr(self, key)
+            _check(f"schedule.{key}", value, 0 < value < 10, "a learning rate in (0, 10)")
+        _check("schedule.min_lr", self.min_lr, self.min_lr <= self.lr, f"<= schedule.lr={self.lr}")
+        if self.name == "cyclic":
+            _check("schedule.max_lr", self.max_lr, self.max_lr > self.min_lr, "> schedule.min_lr")
+        for key in ("cycle_epochs", "step_epochs"):
+            value = getattr(self, key)
+            _check(f"schedule.{key}", value, value > 0, "a positive number of epochs")
+        _check("schedule.gamma", self.gamma, 0 < self.gamma <= 1, "a factor in (0, 1]")
+        _check("schedule.pct_start", self.pct_start, 0 < self.pct_start < 1, "a fraction in (0, 1)")
+        _check("schedule.warmup_epochs", self.warmup_epochs, self.warmup_epochs >= 0, ">= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adam"  # adam | sgd
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    loss_switch_epoch: int = 15  # BCE before this epoch, Lovasz hinge (elu+1) from it on
+    empty_loss_weight: float = 0.1  # weight of the empty head's BCE in the total loss
+    deep_supervision_weight: float = 0.1  # weight of each decoder stage's auxiliary BCE
+    snapshots: int = 0  # average predictions of the last N cosine/cyclic cycle ends (0 = off)
+    precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
+    channels_last: bool = True  # CUDA only
+    eval_tta: bool = True  # horizontal-flip TTA when evaluating and predicting
+    loader_workers: int = 0  # DataLoader worker processes (0 = augment in the training process)
+    threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check("train.epochs", self.epochs, self.epochs >= 1, "an integer >= 1")
+        _check("train.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _check("train.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
+        _check("train.loss_switch_epoch", self.loss_switch_epoch, self.loss_switch_epoch >= 0, ">= 0")
+        _check("train.empty_loss_weight", self.empty_loss_weight, self.empty_loss_weight >= 0, ">= 0")
+        _check("train.snapshots", self.snapshots, self.snapshots >= 0, ">= 0")
+        _choice("train.precision", self.precision, PRECISIONS)
+        _check("train.loader_workers", self.loader_workers, self.loader_workers >= 0, ">= 0")
+        _check("train.threads", self.threads, self.threads >= 0, ">= 0")
+        _check("train.checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, ">= 1")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    folds: int = 5  # k of the stratified k-fold split
+    fold_seed: int = 42  # the split is deterministic for this seed
+    pad: int = 128  # tiles (101x101) are padded to pad x pad
+    pad_mode: str = "reflect"  # reflect | replicate
+    crop_prob: float = 0.5  # random crop resized back to 101 with this probability
+    crop_size: int = 90  # side of that crop
+    intensity_prob: float = 0.5  # one of brightness/contrast/gamma with this probability
+    synthetic_train: int = 400  # tiles generated when --data synthetic
+    synthetic_test: int = 100
+    synthetic_seed: int = 0
+
+    def validate(self) -> None:
+        _check("data.folds", self.folds, self.folds >= 2, "an integer >= 2")
+        _check("data.pad", self.pad, self.pad >= 101, ">= 101 (tiles are 101x101)")
+        _choice("data.pad_mode", self.pad_mode, PAD_MODES)
+        _check("data.crop_prob", self.crop_prob, 0 <= self.crop_prob <= 1, "a probability in [0, 1]")
+        _check("data.crop_size", self.crop_size, 32 <= self.crop_size <= 101, "in [32, 101]")
+        _check("data.intensity_prob", self.intensity_prob, 0 <= self.intensity_prob <= 1, "in [0, 1]")
+        _check("data.synthetic_train", self.synthetic_train, self.synthetic_train >= 2 * self.folds,
+               f">= 2 x data.folds ({2 * self.folds})")
+        _check("data.synthetic_test", self.synthetic_test, self.synthetic_test >= 0, ">= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        for section in SECTIONS:
+            getattr(self, section).validate()
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> Config:
+        """Builds a config from nested dicts; missing keys keep their defaults."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: expected a mapping of sections {sorted(SECTIONS)}, got {raw!r}")
+        unknown = set(raw) - set(SECTIONS)
+        if unknown:
+            raise ValueError(f"{source}: unknown section(s) {sorted(unknown)}; allowed: {sorted(SECTIONS)}")
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            values = raw.get(name) or {}
+            if not isinstance(values, dict):
+                raise ValueError(f"{source}: section {name!r} must be a mapping, got {values!r}")
+            sections[name] = _build_section(section_cls, name, values, source)
+        return cls(**sections)
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str] | None) -> Config:
+        """Returns a new config with dotted keys replaced: {"train.epochs": 3} or ["train.epochs=3"]."""
+        if not overrides:
+            return self
+        if isinstance(overrides, (list, tuple)):
+            overrides = dict(parse_override(item) for item in overrides)
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            section, _, name = key.partition(".")
+            if section not in SECTIONS or not name:
+                raise ValueError(
+                    f"override {key!r}: expected 'section.key' with section in {sorted(SECTIONS)}"
+                )
+            raw[section][name] = value
+        return Config.from_dict(raw, source="overrides")
+
+    def save(self, path: str | Path) -> None:
+        from salt_model.io import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "schedule": ScheduleConfig,
+    "train": TrainConfig,
+    "data": DataConfig,
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Loads a YAML or JSON config file (or the defaults when path is None), then applies overrides."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path}: not found")
+        try:
+            raw = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {path}: not valid YAML/JSON ({err})") from None
+        config = Config.from_dict(raw or {}, source=f"config file {path}")
+    return config.with_overrides(overrides)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'train.epochs=3' -> ('train.epochs', 3); the value is parsed as YAML (numbers, bools, null)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {item!r}: expected 'section.key=value', e.g. 'train.epochs=3'")
+    return key.strip(), yaml.safe_load(text) if text.strip() else None
+
+
+def _build_section(section_cls: type, name: str, values: dict[str, Any], source: str):
+    hints = get_type_hints(section_cls)
+    allowed = [f.name for f in fields(section_cls)]
+    unknown = set(values) - set(allowed)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {sorted(f'{name}.{k}' for k in unknown)}; "
+                         f"allowed in {name!r}: {allowed}")
+    return section_cls(**{k: _coerce(f"{name}.{k}", v, hints[k], source) for k, v in values.items()})
+
+
+def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
+    """Checks a value against its field's type, accepting ints for floats; never silently casts."""
+    hint_text = str(hint)
+    if value is None and "None" in hint_text:
+        return None
+    if hint is bool or hint_text == "bool":
+        if isinstance(value, bool):
+            return value
+    elif hint is int or hint_text == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float or hint_text == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif "str" in hint_text:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - every field above is one of these types
+        raise AssertionError(f"unhandled type {hint} for {key}")
+    expected = hint_text.replace("<class '", "").replace("'>", "")
+    raise ValueError(f"{source}: {key}={value!r} has the wrong type; expected {expected}")
+
+
+def _check(key: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value!r} is out of range; expected {expected}")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
