@@ -84,7 +84,6 @@ class TrainConfig:
     loss_switch_epoch: int = 15  # BCE before this epoch, Lovasz hinge (elu+1) from it on
     empty_loss_weight: float = 0.1  # weight of the empty head's BCE in the total loss
     deep_supervision_weight: float = 0.1  # weight of each decoder stage's auxiliary BCE
-    snapshots: int = 0  # average predictions of the last N cosine/cyclic cycle ends (0 = off)
     precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
     channels_last: bool = True  # CUDA only
     eval_tta: bool = True  # horizontal-flip TTA when evaluating and predicting
@@ -100,7 +99,6 @@ class TrainConfig:
         _check("train.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
         _check("train.loss_switch_epoch", self.loss_switch_epoch, self.loss_switch_epoch >= 0, ">= 0")
         _check("train.empty_loss_weight", self.empty_loss_weight, self.empty_loss_weight >= 0, ">= 0")
-        _check("train.snapshots", self.snapshots, self.snapshots >= 0, ">= 0")
         _choice("train.precision", self.precision, PRECISIONS)
         _check("train.loader_workers", self.loader_workers, self.loader_workers >= 0, ">= 0")
         _check("train.threads", self.threads, self.threads >= 0, ">= 0")

@@ -7,6 +7,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Calls write(tmp) on a temporary file beside `path`, then renames it over `path`."""
@@ -24,3 +26,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_savez(path: Path, **arrays) -> None:
+    """np.savez through a file object, so numpy does not append '.npz' to the temporary name."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)

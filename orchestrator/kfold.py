@@ -1,0 +1,213 @@
+"""All k folds as one Ray Train run: worker rank r trains fold r with salt_model's training loop.
+
+Folds are independent models, so no gradients are synchronised; the process group (gloo, which
+works with and without CUDA) is used only to gather the folds' epoch metrics to rank 0, because Ray
+keeps only rank 0's metrics in the Result. `ray.train.report` is a barrier: every fold reports every
+epoch, and each fold writes its own `fold_{r}.pt` into the shared checkpoint (Ray merges the ranks'
+files into one folder). A fold worker that dies restarts the group from the latest checkpoint
+(FailureConfig), and re-running with the same output folder resumes a run whose driver died.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from orchestrator.runtime import FoldResources
+from salt_model.config import Config
+from salt_model.data import SaltData
+from salt_model.engine import checkpoint_name, load_checkpoint, train_fold
+from salt_model.io import atomic_savez, atomic_write_text
+from salt_model.predict import save_fold_model
+
+FOLD_KEYS = ("val_map", "val_iou", "val_loss", "train_loss", "best_val_map")
+
+
+def merge_fold_metrics(per_fold: list[dict]) -> dict:
+    """Folds' epoch metrics -> the mean of each and every fold's own value (`val_map_fold{r}`)."""
+    merged = {"epoch": per_fold[0]["epoch"], "lr": per_fold[0]["lr"], "loss": per_fold[0]["loss"],
+              "epoch_s": max(m["epoch_s"] for m in per_fold)}
+    for key in FOLD_KEYS + ("val_empty_acc",):
+        if key in per_fold[0]:
+            values = [m[key] for m in per_fold]
+            merged[key] = float(np.mean(values))
+            merged.update({f"{key}_fold{m['fold']}": m[key] for m in per_fold})
+    return merged
+
+
+def format_progress(m: dict, epochs: int, k: int) -> str:
+    folds = " ".join(f"{m[f'val_map_fold{r}']:.3f}" for r in range(k))
+    return (f"epoch {m['epoch']:>3}/{epochs} | {m['loss']:>6} lr {m['lr']:.2e} | train_loss {m['train_loss']:.4f} "
+            f"| val_map mean {m['val_map']:.4f} [{folds}] | best mean {m['best_val_map']:.4f} | {m['epoch_s']:.0f}s")
+
+
+def fold_worker(loop_config: dict) -> None:
+    """The per-worker training function: rank r trains fold r and reports every epoch."""
+    context = ray.train.get_context()
+    fold, k = context.get_world_rank(), context.get_world_size()
+    config = Config.from_dict(loop_config["config"], source="train_loop_config")
+    torch.set_num_threads(loop_config["threads"])
+    data: SaltData = ray.get(loop_config["data_ref"])  # one copy per node, from the object store
+    folds = np.asarray(loop_config["folds"])
+    failure = loop_config.get("inject_failure")
+
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            path = Path(directory) / checkpoint_name(fold)
+            if path.exists():
+                resume = load_checkpoint(path)
+    if resume is not None:
+        print(f"fold {fold}: resuming after epoch {resume['epoch']}", flush=True)
+
+    gauge = ray.util.metrics.Gauge("fold_val_map", "held-out competition metric of a fold", tag_keys=("run", "fold"))
+
+    def report(metrics: dict, save) -> None:
+        epoch = metrics["epoch"]
+        if failure and failure["fold"] == fold and failure["epoch"] == epoch and not os.path.exists(failure["marker"]):
+            Path(failure["marker"]).write_text(f"fold {fold} failed on purpose at epoch {epoch}\n")
+            if failure.get("kill"):
+                os._exit(1)
+            raise RuntimeError(f"injected failure in fold {fold} at epoch {epoch}")
+        gauge.set(metrics["val_map"], tags={"run": loop_config["run_name"], "fold": str(fold)})
+        gathered: list[dict] = [None] * k  # type: ignore[list-item]
+        dist.all_gather_object(gathered, metrics)
+        merged = merge_fold_metrics(gathered)
+        if fold == 0:
+            print(format_progress(merged, config.train.epochs, k), flush=True)
+        if epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs:
+            with tempfile.TemporaryDirectory() as directory:
+                save(Path(directory))
+                ray.train.report(merged, checkpoint=Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(merged)
+
+    train_fold(config, data, fold, report=report, folds=folds, resume=resume, device=ray.train.torch.get_device())
+
+
+class ProgressFile(UserCallback):
+    """Appends every epoch's merged metrics to `progress.jsonl` in the output folder, for watching."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def after_report(self, run_context, metrics, checkpoint):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"time": time.time(), **metrics[0]}) + "\n")
+
+
+@dataclass
+class KFoldResult:
+    scores: list[float]  # best held-out metric of each fold
+    best_epochs: list[int]
+    oof_probs: np.ndarray  # (N, 101, 101) float32, every training tile predicted by its held-out fold model
+    oof_empty: np.ndarray | None  # (N,)
+    histories: list[list[dict]]
+    model_paths: list[Path]
+
+
+def make_trainer(config: Config, data_ref, folds: np.ndarray, resources: FoldResources, storage: str,
+                 run_name: str, max_failures: int, callbacks: list | None = None,
+                 inject_failure: dict | None = None) -> TorchTrainer:
+    """One TorchTrainer whose k workers are the k folds."""
+    k = config.data.folds
+    loop_config = {"config": config.to_dict(), "data_ref": data_ref, "folds": folds.tolist(),
+                   "threads": resources.threads, "run_name": run_name, "inject_failure": inject_failure}
+    return TorchTrainer(
+        fold_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=k, use_gpu=resources.gpus > 0,
+                                     resources_per_worker=resources.as_dict()),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or [],
+        ),
+    )
+
+
+def collect_folds(checkpoint: Checkpoint, out: Path, data: SaltData, folds: np.ndarray, k: int) -> KFoldResult:
+    """Turns the final shared checkpoint into per-fold model files and the stitched OOF arrays."""
+    n = len(data)
+    oof_probs = np.zeros(data.images.shape, dtype=np.float32)
+    oof_empty = None
+    scores, epochs, histories, paths = [], [], [], []
+    with checkpoint.as_directory() as directory:
+        for fold in range(k):
+            ckpt = load_checkpoint(Path(directory) / checkpoint_name(fold))
+            config = Config.from_dict(ckpt["config"], source="checkpoint")
+            val_idx = np.flatnonzero(folds == fold)
+            oof_probs[val_idx] = ckpt["best_oof"].float().numpy()
+            if ckpt["best_empty"] is not None:
+                oof_empty = np.zeros(n, dtype=np.float32) if oof_empty is None else oof_empty
+                oof_empty[val_idx] = ckpt["best_empty"].numpy()
+            path = out / "models" / f"fold_{fold}.pt"
+            save_fold_model(path, ckpt["best_state"], config, fold, ckpt["best_score"], ckpt["best_epoch"])
+            scores.append(float(ckpt["best_score"]))
+            epochs.append(int(ckpt["best_epoch"]))
+            histories.append(ckpt["history"])
+            paths.append(path)
+    arrays = {"ids": data.ids, "fold": folds, "probs": oof_probs.astype(np.float16)}
+    if oof_empty is not None:
+        arrays["empty"] = oof_empty
+    atomic_savez(out / "oof.npz", **arrays)
+    return KFoldResult(scores, epochs, oof_probs, oof_empty, histories, paths)
+
+
+def run_name_for(out: Path) -> str:
+    """A Ray run name unique to the output folder, stable across re-runs (so they resume)."""
+    digest = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:8]
+    return f"kfold-{out.resolve().name}-{digest}"
+
+
+def run_kfold(config: Config, data: SaltData, folds: np.ndarray, out: Path, resources: FoldResources,
+              max_failures: int = 3, inject_failure: dict | None = None, run_name: str | None = None,
+              storage: str | None = None) -> KFoldResult:
+    """Trains all k folds in parallel on Ray (resuming a previous run in `out`) and collects them.
+
+    `storage` is where Ray keeps checkpoints (default OUT/ray); on a multi-node cluster it must be
+    reachable from every node (s3://bucket/path or a shared mount).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    data_ref = ray.put(data)
+    storage = storage or str(out.resolve() / "ray")
+    run_name = run_name or run_name_for(out)
+    trainer = make_trainer(config, data_ref, folds, resources, storage, run_name, max_failures,
+                           callbacks=[ProgressFile(str(out.resolve() / "progress.jsonl"))],
+                           inject_failure=inject_failure)
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"the run in {out} finished without a checkpoint")
+    return collect_folds(result.checkpoint, out, data, folds, config.data.folds)
+
+
+def write_cv(out: Path, result: KFoldResult, config: Config, extra: dict) -> dict:
+    """cv.json: per-fold and mean scores plus whatever the aggregation chose (thresholds, OOF score)."""
+    summary = {
+        "fold_scores": result.scores,
+        "mean_fold_score": float(np.mean(result.scores)),
+        "best_epochs": result.best_epochs,
+        **extra,
+        "config": config.to_dict(),
+    }
+    atomic_write_text(out / "cv.json", json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,162 @@
+"""Aggregation: the k fold models' averaged predictions on the test tiles, as submission.csv.
+
+`python -m orchestrator.predict --run DIR --data DIR --out FILE`
+
+Ray Data streams the test tiles through actors that each hold all k fold models (measured here: one
+actor with every fold ran 2000 tiles in 12.8 s vs 19.6 s for one task per fold). Each actor averages
+the folds' horizontally-flip-TTA'd probabilities in float32 (float16 flipped masks near the
+threshold), applies the thresholds chosen on the out-of-fold predictions, and returns RLE strings,
+so only text travels back. Rows come back in any order, so every row carries its id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+
+from orchestrator.runtime import init_ray
+from salt_model.cli import run_cli
+from salt_model.config import Config
+from salt_model.data import DataError, SaltData, load_split, resolve_data
+from salt_model.io import atomic_write
+from salt_model.metric import competition_metric
+from salt_model.postprocess import Thresholds, binarize, choose_thresholds
+from salt_model.predict import model_from_payload, pick_device, predict_probs, read_fold_model
+from salt_model.rle import rle_encode
+
+
+class EnsemblePredictor:
+    """A Ray Data actor holding all k fold models; batch of tiles in, ids and RLE masks out."""
+
+    def __init__(self, payloads_ref: list, thresholds: dict, batch_size: int):
+        import torch
+
+        payloads = ray.get(payloads_ref[0])  # the ref travels inside a list so Ray does not inline it
+        self.device = pick_device(None)
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+        self.models = [model_from_payload(p, self.device) for p in payloads]
+        self.thresholds = Thresholds(**thresholds)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = np.stack(batch["image"]).astype(np.uint8)  # (B, 101, 101)
+        probs, empty = ensemble_probs(self.models, images, self.device, self.batch_size)
+        masks = binarize(probs, empty, self.thresholds)
+        return {
+            "id": np.asarray(batch["id"]),
+            "rle_mask": np.asarray([rle_encode(m) for m in masks], dtype=object),
+            "area": masks.sum(axis=(1, 2)),
+        }
+
+
+def ensemble_probs(models: list, images: np.ndarray, device, batch_size: int = 64):
+    """Mean over fold models of the flip-TTA probabilities, in float32."""
+    probs_sum = np.zeros(images.shape, dtype=np.float32)
+    empty_sum = None
+    for model, config in models:
+        probs, empty = predict_probs(model, images, config, device, batch_size=batch_size, tta=True)
+        probs_sum += probs
+        if empty is not None:
+            empty_sum = empty if empty_sum is None else empty_sum + empty
+    n = len(models)
+    return probs_sum / n, (None if empty_sum is None else empty_sum / n)
+
+
+def choose_oof_thresholds(oof_probs: np.ndarray, oof_empty: np.ndarray | None, truth: np.ndarray) -> dict:
+    """The thresholds that maximise the OOF competition metric, with the scores before and after."""
+    default_pred = binarize(oof_probs, oof_empty, Thresholds(empty=0.5) if oof_empty is not None else Thresholds())
+    default_score = competition_metric(truth, default_pred)
+    thresholds, score = choose_thresholds(oof_probs, oof_empty, truth)
+    return {"thresholds": thresholds.to_dict(), "oof_score": score, "oof_score_default_thresholds": default_score}
+
+
+def load_models(run: Path) -> list[dict]:
+    paths = sorted((run / "models").glob("fold_*.pt"))
+    if not paths:
+        raise ValueError(f"run folder {run}: no fold models in {run / 'models'}; train first "
+                         "(python -m orchestrator.train ... --out RUN)")
+    return [read_fold_model(p) for p in paths]
+
+
+def predict_submission(run: Path, test: SaltData, thresholds: dict, out: Path,
+                       batch_size: int = 64, concurrency: int | None = None) -> pd.DataFrame:
+    """Runs the ensemble over the test tiles on Ray and writes `out` (id,rle_mask) atomically."""
+    payloads = load_models(run)
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    if concurrency is None:
+        concurrency = max(1, int(gpus)) if gpus else max(1, int(resources.get("CPU", 1)) // 2)
+    cpus_per_actor = 1 if gpus else max(1, int(resources.get("CPU", 1)) // concurrency)
+    items = [{"id": i, "image": img} for i, img in zip(test.ids.tolist(), test.images, strict=True)]
+    ds = ray.data.from_items(items).map_batches(
+        EnsemblePredictor,
+        fn_constructor_args=([ray.put(payloads)], thresholds, batch_size),
+        batch_size=max(batch_size, 256),
+        concurrency=concurrency,
+        num_gpus=1 if gpus else 0,
+        num_cpus=cpus_per_actor,
+    )
+    rows = pd.DataFrame(ds.take_all())
+    got = set(rows["id"])
+    missing = [i for i in test.ids if i not in got]
+    if missing or len(rows) != len(test):
+        raise RuntimeError(f"prediction returned {len(rows)} rows for {len(test)} test tiles; missing {missing[:5]}")
+    submission = rows.set_index("id").loc[test.ids, ["rle_mask"]].reset_index()  # the test split's id order
+    atomic_write(out, lambda tmp: submission.to_csv(tmp, index=False))
+    empty = int((rows["area"] == 0).sum())
+    print(f"submission {out}: {len(submission)} rows from {len(payloads)} fold models, "
+          f"{empty} empty masks ({empty / len(submission):.0%})")
+    return submission
+
+
+def thresholds_for_run(run: Path, root: Path) -> dict:
+    """The run's OOF-chosen thresholds from cv.json, or chosen now from oof.npz and the train masks."""
+    cv = run / "cv.json"
+    if cv.exists():
+        return json.loads(cv.read_text())["thresholds"]
+    oof_path = run / "oof.npz"
+    if not oof_path.exists():
+        raise ValueError(f"run folder {run}: neither cv.json nor oof.npz; was it trained to the end?")
+    oof = np.load(oof_path, allow_pickle=False)
+    train = load_split(root, "train")
+    if not np.array_equal(oof["ids"], train.ids):
+        raise DataError(f"{oof_path}: its ids do not match {root / 'train'}; use the data the run was trained on")
+    chosen = choose_oof_thresholds(oof["probs"].astype(np.float32), oof["empty"] if "empty" in oof else None,
+                                   train.masks.astype(bool))
+    print(f"thresholds chosen on OOF: {chosen['thresholds']} (OOF score {chosen['oof_score']:.4f})")
+    return chosen["thresholds"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="output folder of orchestrator.train or orchestrator.tune")
+    parser.add_argument("--data", required=True, help="Kaggle-layout folder with test/images, or 'synthetic'")
+    parser.add_argument("--out", default=None, help="submission file (default: RUN/submission.csv)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    run = Path(args.run)
+    if not run.is_dir():
+        raise ValueError(f"--run {run}: no such folder")
+    config = Config.from_dict(json.loads((run / "config.json").read_text())) if (run / "config.json").exists() else Config()
+    root = resolve_data(args.data, config.data)
+    thresholds = thresholds_for_run(run, root)
+    test = load_split(root, "test")
+    init_ray(args.address)
+    start = time.perf_counter()
+    predict_submission(run, test, thresholds, Path(args.out) if args.out else run / "submission.csv",
+                       batch_size=args.batch_size)
+    print(f"predicted {len(test)} tiles in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

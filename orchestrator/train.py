@@ -1,0 +1,104 @@
+"""K-fold training on Ray, from data to submission in one command.
+
+`python -m orchestrator.train --data DIR --folds K --epochs E --out DIR [--config FILE] [--set KEY=VALUE]`
+
+All k folds train at once, one Ray Train worker each (a GPU each when the cluster has GPUs, or a
+fraction with --gpus-per-fold). Outputs in --out: config.json, folds.csv, progress.jsonl (one line per
+epoch while it runs), ray/ (Ray's run state and checkpoints), models/fold_{r}.pt, oof.npz, cv.json
+(per-fold and mean scores, OOF-chosen thresholds, config) and, when the data has test images,
+submission.csv. Running the same command again resumes an interrupted run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from orchestrator.kfold import KFoldResult, run_kfold, write_cv
+from orchestrator.predict import choose_oof_thresholds, predict_submission
+from orchestrator.runtime import fold_resources, init_ray
+from salt_model.cli import add_config_args, config_from_args, run_cli
+from salt_model.config import Config
+from salt_model.data import SaltData, has_test, load_split, resolve_data
+from salt_model.folds import load_folds, make_folds, save_folds
+
+
+def add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    parser.add_argument("--gpus-per-fold", type=float, default=None,
+                        help="GPUs per fold worker (default: 1 if the cluster has GPUs, else 0; 0.25 packs 4 folds per GPU)")
+    parser.add_argument("--cpus-per-fold", type=float, default=None,
+                        help="CPUs per fold worker (default: the cluster's CPUs shared among the fold workers)")
+    parser.add_argument("--max-failures", type=int, default=3, help="fold-worker failures to recover from")
+    parser.add_argument("--storage", default=None,
+                        help="where Ray keeps checkpoints (default OUT/ray); on a multi-node cluster a path every "
+                             "node reaches, e.g. s3://bucket/runs or a shared mount")
+
+
+def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.ndarray]:
+    """Loads the train split, writes config.json and folds.csv (or checks the ones already there)."""
+    data = load_split(root, "train")
+    out.mkdir(parents=True, exist_ok=True)
+    folds_path = out / "folds.csv"
+    if folds_path.exists():  # a resumed run keeps its split
+        folds = load_folds(folds_path, data.ids)
+        if folds.max() + 1 != config.data.folds:
+            raise ValueError(f"{folds_path} has {folds.max() + 1} folds but data.folds={config.data.folds}; "
+                             "use a new --out or the same --folds")
+    else:
+        folds = make_folds(data.masks, config.data.folds, config.data.fold_seed)
+        save_folds(folds_path, data.ids, folds)
+    config.save(out / "config.json")
+    return data, folds
+
+
+def finalize(result: KFoldResult, out: Path, config: Config, data: SaltData, root: Path, extra: dict | None = None) -> dict:
+    """OOF thresholds, cv.json, a score table, and submission.csv when the data has test tiles."""
+    chosen = choose_oof_thresholds(result.oof_probs, result.oof_empty, data.masks.astype(bool))
+    summary = write_cv(out, result, config, {**chosen, **(extra or {})})
+    print_cv_table(summary)
+    if has_test(root):
+        predict_submission(out, load_split(root, "test"), chosen["thresholds"], out / "submission.csv")
+    return summary
+
+
+def print_cv_table(summary: dict) -> None:
+    print("\nfold | best val_map | best epoch")
+    for fold, (score, epoch) in enumerate(zip(summary["fold_scores"], summary["best_epochs"], strict=True)):
+        print(f"{fold:>4} | {score:12.4f} | {epoch:>10}")
+    print(f"mean | {summary['mean_fold_score']:12.4f} |")
+    th = summary["thresholds"]
+    print(f"OOF competition metric {summary['oof_score']:.4f} (default thresholds "
+          f"{summary['oof_score_default_thresholds']:.4f}) with pixel>{th['pixel']}, "
+          f"min_area {th['min_area']}, empty-head>{th['empty']}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--out", required=True, help="run folder (re-use it to resume)")
+    add_cluster_args(parser)
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    out = Path(args.out)
+    start = time.perf_counter()
+
+    root = resolve_data(args.data, config.data)
+    data, folds = prepare_run(config, root, out)
+    print(f"data {root}: {len(data)} tiles, {config.data.folds} folds, {config.train.epochs} epochs")
+    init_ray(args.address)
+    resources = fold_resources(config.data.folds, args.cpus_per_fold, args.gpus_per_fold)
+    print(f"{config.data.folds} fold workers x {resources.as_dict()} on a cluster with {ray.cluster_resources()}")
+    result = run_kfold(config, data, folds, out, resources, max_failures=args.max_failures, storage=args.storage)
+    finalize(result, out, config, data, root)
+    print(f"done in {time.perf_counter() - start:.0f}s; outputs in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

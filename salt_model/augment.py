@@ -1,0 +1,106 @@
+"""Training and evaluation transforms (albumentations 2.0.8) and fast batch padding.
+
+The recipe follows the common TGS solutions (e.g. the 1st-place write-up,
+https://www.kaggle.com/c/tgs-salt-identification-challenge/discussion/69291): horizontal flips only
+(seismic has a real up/down), a random crop resized back to 101x101, mild brightness/contrast/gamma,
+and padding 101 -> 128 by reflection so that five 2x downsamplings divide the input.
+
+Image and mask must stay aligned: the crop resizes the image bilinearly and the mask with
+INTER_NEAREST_EXACT, whose pixel-centre convention matches INTER_LINEAR (cv2's INTER_NEAREST is
+shifted by up to half a source pixel).
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from salt_model.config import DataConfig
+
+SIZE = 101
+_CV2_BORDER = {"reflect": cv2.BORDER_REFLECT_101, "replicate": cv2.BORDER_REPLICATE}
+_NP_MODE = {"reflect": "reflect", "replicate": "edge"}  # numpy 'reflect' == cv2 BORDER_REFLECT_101
+
+
+def pad_amounts(size: int = SIZE, pad: int = 128) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) padding of a size x size tile to pad x pad, centred like PadIfNeeded."""
+    if pad < size:
+        raise ValueError(f"pad={pad} is smaller than the tile size {size}; expected pad >= {size}")
+    before = (pad - size) // 2
+    return before, pad - size - before, before, pad - size - before
+
+
+def train_transform(cfg: DataConfig, seed: int | None = None) -> A.Compose:
+    """Flip, random crop resized back to 101, one intensity change, then pad to cfg.pad.
+
+    seed makes the random draws reproducible (albumentations keeps its own generator, not numpy's).
+    """
+    intensity = A.OneOf(
+        [
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.0, p=1.0),
+            A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=0.2, p=1.0),
+            A.RandomGamma(gamma_limit=(80, 120), p=1.0),
+        ],
+        p=cfg.intensity_prob,
+    )
+    crop = A.RandomSizedCrop(
+        min_max_height=(cfg.crop_size, cfg.crop_size),
+        size=(SIZE, SIZE),
+        interpolation=cv2.INTER_LINEAR,
+        mask_interpolation=cv2.INTER_NEAREST_EXACT,
+        p=cfg.crop_prob,
+    )
+    return A.Compose([A.HorizontalFlip(p=0.5), crop, intensity, _pad(cfg)], seed=seed)
+
+
+def eval_transform(cfg: DataConfig) -> A.Compose:
+    """Padding only; `pad_batch` does the same on a whole batch at once."""
+    return A.Compose([_pad(cfg)])
+
+
+def pad_batch(images: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """(..., 101, 101) -> (..., cfg.pad, cfg.pad), padded like `eval_transform`; returns a new array."""
+    images = np.asarray(images)
+    top, bottom, left, right = pad_amounts(images.shape[-1], cfg.pad)
+    widths = [(0, 0)] * (images.ndim - 2) + [(top, bottom), (left, right)]
+    return np.pad(images, widths, mode=_NP_MODE[cfg.pad_mode])
+
+
+def unpad(array, size: int = SIZE):
+    """Crops the centre size x size of the last two axes (numpy arrays or torch tensors); a view."""
+    top, _, left, _ = pad_amounts(size, array.shape[-1])
+    return array[..., top : top + size, left : left + size]
+
+
+class SaltDataset(torch.utils.data.Dataset):
+    """(image, mask) pairs as uint8 tensors (1, P, P); the training loop makes them float on the device."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, transform: A.Compose) -> None:
+        if images.ndim != 3 or images.shape != masks.shape:
+            raise ValueError(
+                f"SaltDataset: images {images.shape} and masks {masks.shape} must both be (N, H, W)"
+            )
+        self.images, self.masks, self.transform = images, masks, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.transform(image=self.images[i], mask=self.masks[i])
+        image = torch.from_numpy(np.ascontiguousarray(out["image"]).reshape(1, *out["image"].shape[:2]))
+        mask = torch.from_numpy(np.ascontiguousarray(out["mask"]).reshape(1, *out["mask"].shape[:2]))
+        return image, mask
+
+
+def _pad(cfg: DataConfig) -> A.PadIfNeeded:
+    return A.PadIfNeeded(
+        min_height=cfg.pad,
+        min_width=cfg.pad,
+        position="center",
+        border_mode=_CV2_BORDER[cfg.pad_mode],
+        fill=0,
+        fill_mask=0,
+        p=1.0,
+    )

@@ -1,0 +1,121 @@
+"""Inference: padded uint8 tiles in, unpadded float32 probabilities out, with horizontal-flip TTA.
+
+Sigmoid happens here and only here; the model returns logits. Fold models are saved as small files
+holding the resolved config and the best weights, so an ensemble rebuilds exactly the trained models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from salt_model.augment import pad_batch, unpad
+from salt_model.config import Config
+from salt_model.io import atomic_write
+from salt_model.model import build_model
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for this precision on this device; None means full fp32."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict_probs(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    config: Config,
+    device: torch.device,
+    batch_size: int = 64,
+    tta: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, 101, 101) uint8 tiles -> mask probabilities (N, 101, 101) float32 and empty probs (N,).
+
+    With `tta` the prediction of the horizontally flipped tile is flipped back and averaged.
+    """
+    model.eval()
+    dtype = autocast_dtype(config.train.precision, device)
+    memory_format = _memory_format(config, device)
+    padded = pad_batch(images, config.data)  # (N, P, P) uint8
+    probs = np.empty(images.shape, dtype=np.float32)
+    empty = np.empty(len(images), dtype=np.float32)
+    has_empty_head = True
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(padded[start : start + batch_size]).to(device, non_blocking=True)
+        x = x[:, None].float().div_(255).contiguous(memory_format=memory_format)  # (B, 1, P, P)
+        views = [x, x.flip(-1)] if tta else [x]
+        mask_sum, empty_sum = 0.0, 0.0
+        for i, view in enumerate(views):
+            with autocast(device, dtype):
+                mask_logits, empty_logits = model(view)[:2]
+            p = torch.sigmoid(mask_logits.float())[:, 0]  # (B, P, P)
+            mask_sum = mask_sum + (p.flip(-1) if i == 1 else p)
+            if empty_logits is None:
+                has_empty_head = False
+            else:
+                empty_sum = empty_sum + torch.sigmoid(empty_logits.float())
+        stop = start + len(x)
+        probs[start:stop] = unpad((mask_sum / len(views)).cpu().numpy())
+        if has_empty_head:
+            empty[start:stop] = (empty_sum / len(views)).cpu().numpy()
+    return probs, (empty if has_empty_head else None)
+
+
+def save_fold_model(path: Path, model_state: dict, config: Config, fold: int, score: float, epoch: int):
+    """Writes a fold's best weights with the config that rebuilds the model (atomically)."""
+    payload = {"config": config.to_dict(), "fold": fold, "score": score, "epoch": epoch, "state_dict": model_state}
+    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+
+
+def read_fold_model(path: str | Path) -> dict:
+    """The payload of a fold model file: {'config', 'fold', 'score', 'epoch', 'state_dict'}."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"fold model {path}: not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"fold model {path}: not a readable salt-orchestrator model file ({err})") from None
+    if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
+        raise ValueError(f"fold model {path}: expected a dict with 'config' and 'state_dict'")
+    return payload
+
+
+def model_from_payload(payload: dict, device: torch.device | None = None) -> tuple[torch.nn.Module, Config]:
+    """Rebuilds a fold model (eval mode, on `device`) from a read_fold_model payload."""
+    raw = dict(payload["config"])
+    raw["model"] = {**raw["model"], "encoder_weights": None}  # the weights are in the payload itself
+    config = Config.from_dict(raw, source=f"fold model {payload.get('fold')}")
+    device = pick_device(device)
+    model = build_model(config.model)
+    model.load_state_dict(payload["state_dict"])
+    model.to(device, memory_format=_memory_format(config, device)).eval()
+    return model, config
+
+
+def load_fold_model(path: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, Config]:
+    return model_from_payload(read_fold_model(path), device)
+
+
+def _memory_format(config: Config, device: torch.device) -> torch.memory_format:
+    use = config.train.channels_last and device.type == "cuda"
+    return torch.channels_last if use else torch.contiguous_format

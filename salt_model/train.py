@@ -1,0 +1,82 @@
+"""Train one fold without Ray: `python -m salt_model.train --data DIR --fold F --folds K --epochs E --out DIR`.
+
+Writes into --out: config.json, folds.csv, fold_F.pt (the resumable checkpoint, every epoch),
+model_fold_F.pt (the best weights), oof_fold_F.npz and result_fold_F.json. Re-running the same command
+resumes from fold_F.pt; --restart ignores it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from salt_model.cli import add_config_args, config_from_args, run_cli
+from salt_model.data import load_split, resolve_data
+from salt_model.engine import FoldResult, checkpoint_name, train_fold
+from salt_model.folds import make_folds, save_folds
+from salt_model.io import atomic_savez, atomic_write_text
+from salt_model.predict import save_fold_model
+
+
+def format_epoch(m: dict) -> str:
+    return (f"fold {m['fold']} epoch {m['epoch']:>3} | {m['loss']:>6} loss {m['train_loss']:.4f} "
+            f"lr {m['lr']:.2e} | val_map {m['val_map']:.4f} iou {m['val_iou']:.4f} "
+            f"loss {m['val_loss']:.4f} | best {m['best_val_map']:.4f} | {m['epoch_s']:.1f}s")
+
+
+def save_fold_outputs(out: Path, result: FoldResult, config, ids: np.ndarray) -> None:
+    """The best model, its out-of-fold probabilities and the history, each written atomically."""
+    save_fold_model(out / f"model_fold_{result.fold}.pt", result.best_state, config,
+                    result.fold, result.best_score, result.best_epoch)
+    arrays = {"ids": ids[result.val_index], "probs": result.oof_probs.astype(np.float16)}
+    if result.oof_empty is not None:
+        arrays["empty"] = result.oof_empty
+    atomic_savez(out / f"oof_fold_{result.fold}.npz", **arrays)
+    summary = {"fold": result.fold, "best_val_map": result.best_score, "best_epoch": result.best_epoch,
+               "history": result.history}
+    atomic_write_text(out / f"result_fold_{result.fold}.json", json.dumps(summary, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m salt_model.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--fold", type=int, default=0, help="which fold to hold out (0-based)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    root = resolve_data(args.data, config.data)
+    data = load_split(root, "train")
+    folds = make_folds(data.masks, config.data.folds, config.data.fold_seed)
+    save_folds(out / "folds.csv", data.ids, folds)
+    config.save(out / "config.json")
+
+    ckpt = out / checkpoint_name(args.fold)
+    resume = ckpt if ckpt.exists() and not args.restart else None
+    print(f"data {root}: {len(data)} tiles, fold {args.fold} of {config.data.folds} "
+          f"({int((folds == args.fold).sum())} held out)" + (f"; resuming from {ckpt}" if resume else ""))
+
+    def report(metrics: dict, save) -> None:
+        print(format_epoch(metrics), flush=True)
+        if metrics["epoch"] % config.train.checkpoint_every == 0 or metrics["epoch"] == config.train.epochs:
+            save(out)
+
+    start = time.perf_counter()
+    result = train_fold(config, data, args.fold, report=report, folds=folds, resume=resume, device=args.device)
+    save_fold_outputs(out, result, config, data.ids)
+    print(f"fold {args.fold}: best val_map {result.best_score:.4f} at epoch {result.best_epoch} "
+          f"({time.perf_counter() - start:.0f}s); outputs in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
