@@ -87,7 +87,7 @@ def fold_worker(loop_config: dict) -> None:
         gathered: list[dict] = [None] * k  # type: ignore[list-item]
         dist.all_gather_object(gathered, metrics)
         merged = merge_fold_metrics(gathered)
-        if fold == 0:
+        if fold == 0 and loop_config["print_progress"]:
             print(format_progress(merged, config.train.epochs, k), flush=True)
         if epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs:
             with tempfile.TemporaryDirectory() as directory:
@@ -122,11 +122,12 @@ class KFoldResult:
 
 def make_trainer(config: Config, data_ref, folds: np.ndarray, resources: FoldResources, storage: str,
                  run_name: str, max_failures: int, callbacks: list | None = None,
-                 inject_failure: dict | None = None) -> TorchTrainer:
+                 inject_failure: dict | None = None, print_progress: bool = True) -> TorchTrainer:
     """One TorchTrainer whose k workers are the k folds."""
     k = config.data.folds
     loop_config = {"config": config.to_dict(), "data_ref": data_ref, "folds": folds.tolist(),
-                   "threads": resources.threads, "run_name": run_name, "inject_failure": inject_failure}
+                   "threads": resources.threads, "run_name": run_name, "inject_failure": inject_failure,
+                   "print_progress": print_progress}
     return TorchTrainer(
         fold_worker,
         train_loop_config=loop_config,

@@ -17,7 +17,7 @@ import ray
 log = logging.getLogger(__name__)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, resources: dict | None = None) -> None:
     """Connects to `address` (or RAY_ADDRESS) if given, else starts a local Ray with the dashboard."""
     if ray.is_initialized():
         return
@@ -26,7 +26,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         context = ray.init(address=address, log_to_driver=True)
     else:
-        context = ray.init(num_cpus=num_cpus, include_dashboard=True, log_to_driver=True)
+        context = ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=True, log_to_driver=True)
     url = getattr(context, "dashboard_url", None)
     if url:
         print(f"Ray dashboard: http://{url}")

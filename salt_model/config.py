@@ -131,11 +131,50 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """The space orchestrator.tune searches (read by Optuna's define-by-run function)."""
+
+    trials: int = 4  # k-fold runs to try
+    schedules: tuple[str, ...] = ("cyclic", "cosine", "step", "onecycle", "constant")
+    lr_low: float = 3e-4  # base/peak learning rate, log-uniform in [lr_low, lr_high]
+    lr_high: float = 1e-2
+    min_lr_ratio_low: float = 3.0  # cyclic/cosine/onecycle floor = lr / ratio, ratio log-uniform
+    min_lr_ratio_high: float = 100.0
+    cycle_epochs_low: int = 2  # cosine restart period / cyclic cycle, in epochs
+    cycle_epochs_high: int = 20
+    switch_low: int = 1  # BCE -> Lovasz switch epoch, bounded above by train.epochs - 1
+    switch_high: int = 1000
+    grace_epochs: int = 0  # ASHA judges no trial before this epoch (0 = switch_low + 2)
+    reduction_factor: int = 2  # ASHA keeps the top 1/reduction_factor at each rung
+    early_stopping: bool = True  # ASHA on the fold-mean metric
+    max_concurrent: int = 0  # trials at once (0 = as many as the cluster has room for)
+    seed: int = 0  # Optuna's TPE sampler seed
+
+    def validate(self) -> None:
+        _check("search.trials", self.trials, self.trials >= 1, ">= 1")
+        if not self.schedules:
+            raise ValueError(f"search.schedules is empty; choose from {list(SCHEDULES)}")
+        for name in self.schedules:
+            _choice("search.schedules[]", name, SCHEDULES)
+        _check("search.lr_low", self.lr_low, 0 < self.lr_low <= self.lr_high, f"in (0, search.lr_high={self.lr_high}]")
+        _check("search.min_lr_ratio_low", self.min_lr_ratio_low,
+               1 <= self.min_lr_ratio_low <= self.min_lr_ratio_high, "in [1, search.min_lr_ratio_high]")
+        _check("search.cycle_epochs_low", self.cycle_epochs_low,
+               1 <= self.cycle_epochs_low <= self.cycle_epochs_high, "in [1, search.cycle_epochs_high]")
+        _check("search.switch_low", self.switch_low, 0 <= self.switch_low <= self.switch_high,
+               "in [0, search.switch_high]")
+        _check("search.grace_epochs", self.grace_epochs, self.grace_epochs >= 0, ">= 0")
+        _check("search.reduction_factor", self.reduction_factor, self.reduction_factor >= 2, ">= 2")
+        _check("search.max_concurrent", self.max_concurrent, self.max_concurrent >= 0, ">= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def __post_init__(self) -> None:
         for section in SECTIONS:
@@ -187,6 +226,7 @@ SECTIONS: dict[str, type] = {
     "schedule": ScheduleConfig,
     "train": TrainConfig,
     "data": DataConfig,
+    "search": SearchConfig,
 }
 
 
@@ -239,6 +279,11 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     elif hint is float or hint_text == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
+    elif "tuple" in hint_text:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        if isinstance(value, str):  # --set search.schedules=cosine,cyclic
+            return tuple(v.strip() for v in value.split(",") if v.strip())
     elif "str" in hint_text:
         if isinstance(value, str):
             return value

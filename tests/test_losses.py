@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from salt_model.config import TrainConfig
-from salt_model.losses import bce_loss, compute_loss, lovasz_hinge, loss_name
+from salt_model.losses import bce_loss, compute_loss, loss_name, lovasz_hinge
 
 CFG = TrainConfig(loss_switch_epoch=3, empty_loss_weight=0.1, deep_supervision_weight=0.1)
 
@@ -14,7 +14,7 @@ CFG = TrainConfig(loss_switch_epoch=3, empty_loss_weight=0.1, deep_supervision_w
 def reference_lovasz(logits, labels, elu):
     """Berman et al.'s algorithm, one image at a time, written the slow obvious way."""
     losses = []
-    for lg, lb in zip(logits.reshape(len(logits), -1), labels.reshape(len(labels), -1)):
+    for lg, lb in zip(logits.reshape(len(logits), -1), labels.reshape(len(labels), -1), strict=True):
         errors = 1.0 - lg * (2.0 * lb - 1.0)
         order = sorted(range(len(errors)), key=lambda i: -errors[i].item())
         gts, inter_hits, union_misses, prev_j, loss = lb.sum().item(), 0.0, 0.0, 0.0, 0.0

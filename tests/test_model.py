@@ -34,7 +34,7 @@ def torchvision_layout(name, in_ch=3, fc=True):
     keys = {"conv1.weight": (64, in_ch, 7, 7), **_bn("bn1", 64)}
     in_c = 64
     blocks = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}[name]
-    for i, (n, c) in enumerate(zip(blocks, (64, 128, 256, 512))):
+    for i, (n, c) in enumerate(zip(blocks, (64, 128, 256, 512), strict=True)):
         for b in range(n):
             p = f"layer{i + 1}.{b}"
             keys[f"{p}.conv1.weight"] = (c, in_c if b == 0 else c, 3, 3)
@@ -67,16 +67,16 @@ def test_output_shapes(encoder, hyper, empty, deep):
         dropout=0.1,
     )
     model = SaltUNet(cfg)
-    x = torch.rand(2, 1, 64, 64)
+    x = torch.rand(2, 1, 32, 32)
     out = model.train()(x)
     assert len(out) == (3 if deep else 2)
-    assert out[0].shape == (2, 1, 64, 64)
+    assert out[0].shape == (2, 1, 32, 32)
     assert (out[1].shape == (2,)) if empty else (out[1] is None)
     if deep:
-        assert len(out[2]) == 4 and all(a.shape == (2, 1, 64, 64) for a in out[2])
+        assert len(out[2]) == 4 and all(a.shape == (2, 1, 32, 32) for a in out[2])
     with torch.no_grad():
         out = model.eval()(x)
-    assert len(out) == 2 and out[0].shape == (2, 1, 64, 64)
+    assert len(out) == 2 and out[0].shape == (2, 1, 32, 32)
 
 
 @pytest.mark.parametrize("size", [128, 96, 101, 75])

@@ -74,7 +74,7 @@ class ResNetEncoder(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         channels = [scaled(c, width) for c in (64, 128, 256, 512)]
         in_ch = stem
-        for i, (blocks, out_ch) in enumerate(zip(LAYERS[name], channels)):
+        for i, (blocks, out_ch) in enumerate(zip(LAYERS[name], channels, strict=True)):
             stride = 1 if i == 0 else 2
             layer = [BasicBlock(in_ch, out_ch, stride)] + [
                 BasicBlock(out_ch, out_ch) for _ in range(blocks - 1)

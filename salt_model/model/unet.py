@@ -75,7 +75,7 @@ class SaltUNet(nn.Module):
         x = (x - self.mean) / self.std  # (B, 1, H, W)
         f1, f2, f3, f4 = self.encoder(x)  # (B, c1, H/2, W/2) ... (B, c4, H/16, W/16)
         stages, y = [], f4
-        for block, skip in zip(self.decoder, (f3, f2, f1, x)):
+        for block, skip in zip(self.decoder, (f3, f2, f1, x), strict=True):
             y = block(y, skip)  # (B, d, H/8, W/8), (B, d, H/4, W/4), (B, d, H/2, W/2), (B, d, H, W)
             stages.append(y)
         if self.cfg.hypercolumn:
@@ -83,7 +83,8 @@ class SaltUNet(nn.Module):
         mask_logits = self.head(self.dropout(y))  # (B, 1, H, W)
         empty_logits = None if self.empty_head is None else self.empty_head(f4).squeeze(1)  # (B,)
         if self.aux_heads is not None and self.training:
-            aux = [_resize(head(s), size) for head, s in zip(self.aux_heads, stages)]  # each (B, 1, H, W)
+            # one (B, 1, H, W) logit map per decoder stage, upsampled to the input size
+            aux = [_resize(head(s), size) for head, s in zip(self.aux_heads, stages, strict=True)]
             return mask_logits, empty_logits, aux
         return mask_logits, empty_logits
 

@@ -1,0 +1,236 @@
+"""Search the training recipe with Ray Tune + Optuna; every trial is a full k-fold run.
+
+`python -m orchestrator.tune [--data DIR] [--config FILE] [--set KEY=VALUE] [--trials N] [--out DIR] [--resume]`
+
+Each trial launches one Ray Train run whose k workers are the k folds, and is scored on the mean
+over folds (`best_val_map`: each fold's best held-out competition metric, averaged). Optuna (TPE,
+define-by-run) picks the LR schedule, its parameters, the base lr and the BCE -> Lovasz switch
+epoch; ASHA stops weak trials on the epoch, never before the grace period, and they are recorded in
+the Optuna study as PRUNED. The best trial's k fold models are the ensemble: no retraining, its
+fold models go straight to the aggregation step and submission.csv.
+
+Outputs in --out: config.json (the base config), optuna.db (the study: `optuna-dashboard
+sqlite:///OUT/optuna.db` or optuna.load_study), tune/ (Ray Tune's experiment state, for --resume),
+trials/ (each trial's k-fold checkpoints), trials.csv, best_config.json, and for the best trial
+models/, oof.npz, cv.json and submission.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+from optuna.storages import RDBStorage
+from ray import tune
+from ray.train import Checkpoint
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from orchestrator.kfold import collect_folds, make_trainer
+from orchestrator.runtime import FoldResources, fold_resources, init_ray
+from orchestrator.search import METRIC, PruningOptunaSearch, define_space, trial_config
+from orchestrator.train import add_cluster_args, finalize, prepare_run
+from salt_model.cli import add_config_args, config_from_args, run_cli
+from salt_model.config import Config, load_config
+from salt_model.data import resolve_data
+from salt_model.io import atomic_write, atomic_write_text
+
+DRIVER_RESOURCE = "tune_driver"  # a trial's driver holds one of these and no CPU
+STUDY_NAME = "salt-orchestrator"
+INTERNAL = ["params", "checkpoint_path"]  # trial-table columns kept out of trials.csv
+
+
+def kfold_trial(params: dict, base: dict, data_refs: list, folds: list, resources: dict, storage: str,
+                max_failures: int) -> None:
+    """One Tune trial: a k-fold Ray Train run whose rank-0 reports (fold means) go to Tune."""
+    config = trial_config(Config.from_dict(base, source="base config"), params)
+    trial_id = tune.get_context().get_trial_id()
+    trainer = make_trainer(config, data_refs[0], np.asarray(folds), FoldResources(**resources), storage,
+                           run_name=f"trial-{trial_id}", max_failures=max_failures,
+                           callbacks=[TuneReportCallback()], print_progress=False)
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+
+
+class ProgressTable(tune.Callback):
+    """One line per trial epoch: trial, schedule, switch epoch, epoch, fold-mean metric, best so far."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.best = -math.inf
+        self.header_printed = False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not self.header_printed:
+            print(f"{'trial':<14}{'schedule':<10}{'switch':>7}{'epoch':>8}{'val_map':>9}{'trial best':>11}"
+                  f"{'search best':>12}", flush=True)
+            self.header_printed = True
+        self.best = max(self.best, result.get(METRIC, -math.inf))
+        cfg = trial.config
+        print(f"{trial.trial_id:<14}{cfg['schedule']:<10}{cfg['loss_switch_epoch']:>7}"
+              f"{result['epoch']:>5}/{self.epochs:<2}{result['val_map']:>9.4f}{result[METRIC]:>11.4f}"
+              f"{self.best:>12.4f}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        state = "finished" if last.get("epoch", 0) >= self.epochs else "stopped early (pruned)"
+        print(f"{trial.trial_id:<14}{state} after epoch {last.get('epoch', 0)}", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"{trial.trial_id:<14}FAILED: see {trial.local_path}", flush=True)
+
+
+def trials_per_wave(config: Config, args) -> int:
+    """As many trials at once as the cluster has room for k fold workers."""
+    if config.search.max_concurrent:
+        return config.search.max_concurrent
+    total = ray.cluster_resources()
+    k = config.data.folds
+    if total.get("GPU", 0) >= 1:
+        per_trial = k * (args.gpus_per_fold if args.gpus_per_fold is not None else 1.0)
+        return max(1, int(total["GPU"] // per_trial))
+    per_fold = args.cpus_per_fold if args.cpus_per_fold is not None else 1.0
+    return max(1, int(total.get("CPU", 1) // (k * per_fold)))
+
+
+def trial_resources() -> dict:
+    if ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1:
+        return {DRIVER_RESOURCE: 1}
+    print(f"note: the cluster has no '{DRIVER_RESOURCE}' resource (cluster.yaml gives the head one); "
+          "trial drivers take 0.01 CPU each")
+    return {"CPU": 0.01}
+
+
+def make_searcher(config: Config, out: Path) -> PruningOptunaSearch:
+    storage = RDBStorage(f"sqlite:///{(out / 'optuna.db').resolve()}")
+    return PruningOptunaSearch(
+        functools.partial(define_space, search=config.search, epochs=config.train.epochs),
+        metric=METRIC, mode="max", storage=storage, study_name=STUDY_NAME, seed=config.search.seed,
+        epochs=config.train.epochs,
+    )
+
+
+def make_scheduler(config: Config) -> ASHAScheduler | None:
+    search, epochs = config.search, config.train.epochs
+    if not search.early_stopping or epochs < 3:
+        return None
+    grace = search.grace_epochs or search.switch_low + 2  # let the Lovasz switch pay off first
+    return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=max(1, min(grace, epochs - 1)),
+                         reduction_factor=search.reduction_factor)
+
+
+def trial_table(results: tune.ResultGrid, out: Path) -> pd.DataFrame:
+    """trials.csv: one row per trial with its params, Optuna state, best fold-mean metric and epochs."""
+    import optuna
+
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{(out / 'optuna.db').resolve()}")
+    states = {t.user_attrs.get("tune_trial_id"): t.state.name for t in study.trials}
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        history = result.metrics_dataframe
+        best = float(history[METRIC].max()) if history is not None and METRIC in history else float("nan")
+        rows.append({"trial_id": trial_id, "state": states.get(trial_id, "FAIL" if result.error else "RUNNING"),
+                     METRIC: best, "epochs_run": int(metrics.get("epoch", 0)),
+                     **{f"param_{k}": v for k, v in sorted(result.config.items())},
+                     "params": dict(result.config), "checkpoint_path": metrics.get("checkpoint_path")})
+    table = pd.DataFrame(rows).sort_values(METRIC, ascending=False, na_position="last")
+    atomic_write(out / "trials.csv", lambda tmp: table.drop(columns=INTERNAL).to_csv(tmp, index=False))
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--trials", type=int, default=None, help="number of trials (search.trials)")
+    parser.add_argument("--out", default="runs/tune", help="run folder (default runs/tune)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    add_cluster_args(parser)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    experiment = out / "tune" / "search"
+    start = time.perf_counter()
+
+    if args.resume:
+        if not tune.Tuner.can_restore(str(experiment.resolve())):
+            raise ValueError(f"--resume: no interrupted search in {out} (no {experiment})")
+        config = load_config(out / "config.json")  # the search goes on with the config it started with
+    else:
+        if experiment.exists():
+            raise ValueError(f"{out} already holds a search; pass --resume to continue it or choose a new --out")
+        if args.trials is not None:
+            args.overrides.append(f"search.trials={args.trials}")
+        config = config_from_args(args)
+    if args.config is None and args.data != "synthetic" and not args.resume:
+        print("note: no --config, so the small built-in default model is used; "
+              "for the competition recipe pass --config configs/tgs.yaml")
+
+    root = resolve_data(args.data, config.data)
+    data, folds = prepare_run(config, root, out)
+    init_ray(args.address, resources=None if args.address else {DRIVER_RESOURCE: 64})
+    waves = trials_per_wave(config, args)
+    resources = fold_resources(config.data.folds, args.cpus_per_fold, args.gpus_per_fold, concurrent_runs=waves)
+    print(f"data {root}: {len(data)} tiles | {config.search.trials} trials x {config.data.folds} folds x "
+          f"{config.train.epochs} epochs | {waves} trial(s) at once, fold workers {resources.as_dict()}")
+
+    trainable = tune.with_resources(
+        tune.with_parameters(kfold_trial, base=config.to_dict(), data_refs=[ray.put(data)], folds=folds.tolist(),
+                             resources=resources.__dict__, storage=str((out / "trials").resolve()),
+                             max_failures=args.max_failures),
+        trial_resources(),
+    )
+    if args.resume:
+        tuner = tune.Tuner.restore(str(experiment.resolve()), trainable=trainable,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=make_searcher(config, out), scheduler=make_scheduler(config),
+                                        num_samples=config.search.trials, max_concurrent_trials=waves,
+                                        metric=METRIC, mode="max"),
+            run_config=tune.RunConfig(name="search", storage_path=str((out / "tune").resolve()), verbose=0,
+                                      callbacks=[ProgressTable(config.train.epochs)]),
+        )
+    results = tuner.fit()
+    table = trial_table(results, out)
+    finished = table.dropna(subset=[METRIC])
+    if finished.empty:
+        raise RuntimeError(f"no trial reported a result; see the trial logs under {out / 'tune'}")
+    best = finished.iloc[0]
+    print("\n" + table.drop(columns=INTERNAL).to_string(index=False))
+
+    best_params = best["params"]
+    best_config = trial_config(config, best_params)
+    atomic_write_text(out / "best_config.json", json.dumps(best_config.to_dict(), indent=2) + "\n")
+    print(f"\nbest trial {best['trial_id']} ({best['state']}): fold-mean {METRIC} {best[METRIC]:.4f}; "
+          f"config in {out / 'best_config.json'}")
+    checkpoint = Checkpoint(best_checkpoint_path(best, out))
+    result = collect_folds(checkpoint, out, data, folds, config.data.folds)
+    finalize(result, out, best_config, data, root, extra={"best_trial": best["trial_id"], "best_params": best_params})
+    print(f"search done in {time.perf_counter() - start:.0f}s; outputs in {out}")
+    return 0
+
+
+def best_checkpoint_path(best: pd.Series, out: Path) -> str:
+    """The best trial's latest k-fold checkpoint (its last report's, else the newest on disk)."""
+    path = best.get("checkpoint_path")
+    if isinstance(path, str) and Path(path).exists():
+        return path
+    candidates = sorted((out / "trials" / f"trial-{best['trial_id']}").glob("checkpoint_*"))
+    if not candidates:
+        raise RuntimeError(f"best trial {best['trial_id']} has no checkpoint under {out / 'trials'}")
+    return str(candidates[-1])
+
+
+if __name__ == "__main__":
+    run_cli(main)
