@@ -23,7 +23,15 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+    UserCallback,
+)
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator.runtime import FoldResources
@@ -76,7 +84,11 @@ def fold_worker(loop_config: dict) -> None:
 
     gauge = ray.util.metrics.Gauge("fold_val_map", "held-out competition metric of a fold", tag_keys=("run", "fold"))
 
+    reports = 0
+
     def report(metrics: dict, save) -> None:
+        nonlocal reports
+        reports += 1
         epoch = metrics["epoch"]
         if failure and failure["fold"] == fold and failure["epoch"] == epoch and not os.path.exists(failure["marker"]):
             Path(failure["marker"]).write_text(f"fold {fold} failed on purpose at epoch {epoch}\n")
@@ -89,14 +101,20 @@ def fold_worker(loop_config: dict) -> None:
         merged = merge_fold_metrics(gathered)
         if fold == 0 and loop_config["print_progress"]:
             print(format_progress(merged, config.train.epochs, k), flush=True)
-        if epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs:
+        if save is not None and (epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs):
             with tempfile.TemporaryDirectory() as directory:
                 save(Path(directory))
                 ray.train.report(merged, checkpoint=Checkpoint.from_directory(directory))
         else:
             ray.train.report(merged)
 
-    train_fold(config, data, fold, report=report, folds=folds, resume=resume, device=ray.train.torch.get_device())
+    result = train_fold(config, data, fold, report=report, folds=folds, resume=resume,
+                        device=ray.train.torch.get_device())
+    if reports == 0:
+        # The run was already complete in the checkpoint it resumed from (the driver died after the
+        # last epoch). Every fold is in the same state, so every fold reports its last epoch again,
+        # once, so that a Tune trial still ends with its metric.
+        report(result.history[-1], None)
 
 
 class ProgressFile(UserCallback):
@@ -140,6 +158,7 @@ def make_trainer(config: Config, data_ref, folds: np.ndarray, resources: FoldRes
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or [],
+            logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from our own lines
         ),
     )
 

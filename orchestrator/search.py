@@ -91,5 +91,8 @@ class PruningOptunaSearch(OptunaSearch):
         if not stopped_early or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        ot_trial = self._ot_trials[trial_id]
+        if self.metric in result:  # Tune hands the last result to on_trial_complete, not on_trial_result
+            ot_trial.report(result[self.metric], int(result["epoch"]))
+        self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)

@@ -226,7 +226,8 @@ def best_checkpoint_path(best: pd.Series, out: Path) -> str:
     path = best.get("checkpoint_path")
     if isinstance(path, str) and Path(path).exists():
         return path
-    candidates = sorted((out / "trials" / f"trial-{best['trial_id']}").glob("checkpoint_*"))
+    run = out / "trials" / f"trial-{best['trial_id']}"
+    candidates = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())  # names are timestamps
     if not candidates:
         raise RuntimeError(f"best trial {best['trial_id']} has no checkpoint under {out / 'trials'}")
     return str(candidates[-1])

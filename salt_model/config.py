@@ -238,8 +238,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         if not path.is_file():
             raise ValueError(f"config file {path}: not found")
         try:
-            raw = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-        except yaml.YAMLError as err:
+            raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, json.JSONDecodeError) as err:
             raise ValueError(f"config file {path}: not valid YAML/JSON ({err})") from None
         config = Config.from_dict(raw or {}, source=f"config file {path}")
     return config.with_overrides(overrides)
@@ -277,6 +277,11 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif hint is float or hint_text == "float":
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif "tuple" in hint_text:

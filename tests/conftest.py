@@ -35,3 +35,22 @@ def tiny_data_root(tmp_path_factory, tiny_config) -> Path:
     from salt_model.data import resolve_data
 
     return resolve_data("synthetic", tiny_config.data, cache_dir=tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session: 4 logical CPUs so 3 fold workers fit on 2 cores."""
+    import ray
+
+    from orchestrator.runtime import init_ray
+
+    init_ray(num_cpus=4, resources={"tune_driver": 8})
+    yield
+    ray.shutdown()
+
+
+def tiny_args(root, out, *extra, overrides=TINY) -> list[str]:
+    args = ["--data", str(root), "--out", str(out)]
+    for item in overrides:
+        args += ["--set", item]
+    return args + list(extra)

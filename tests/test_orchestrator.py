@@ -10,27 +10,9 @@ import pytest
 
 from salt_model.data import load_split
 from salt_model.rle import rle_decode
-from tests.conftest import TINY
+from tests.conftest import tiny_args
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    from orchestrator.runtime import init_ray
-
-    init_ray(num_cpus=4)  # logical CPUs: 3 fold workers fit on a 2-core machine
-    yield
-    ray.shutdown()
-
-
-def tiny_args(root, out, *extra):
-    args = ["--data", str(root), "--out", str(out)]
-    for item in TINY:
-        args += ["--set", item]
-    return args + list(extra)
 
 
 def test_kfold_train_ends_with_every_fold_and_a_valid_submission(ray_cluster, tiny_data_root, tmp_path):
