@@ -46,8 +46,12 @@ FOLD_KEYS = ("val_map", "val_iou", "val_loss", "train_loss", "best_val_map")
 
 def merge_fold_metrics(per_fold: list[dict]) -> dict:
     """Folds' epoch metrics -> the mean of each and every fold's own value (`val_map_fold{r}`)."""
-    merged = {"epoch": per_fold[0]["epoch"], "lr": per_fold[0]["lr"], "loss": per_fold[0]["loss"],
-              "epoch_s": max(m["epoch_s"] for m in per_fold)}
+    merged = {
+        "epoch": per_fold[0]["epoch"],
+        "lr": per_fold[0]["lr"],
+        "loss": per_fold[0]["loss"],
+        "epoch_s": max(m["epoch_s"] for m in per_fold),
+    }
     for key in FOLD_KEYS + ("val_empty_acc",):
         if key in per_fold[0]:
             values = [m[key] for m in per_fold]
@@ -58,8 +62,10 @@ def merge_fold_metrics(per_fold: list[dict]) -> dict:
 
 def format_progress(m: dict, epochs: int, k: int) -> str:
     folds = " ".join(f"{m[f'val_map_fold{r}']:.3f}" for r in range(k))
-    return (f"epoch {m['epoch']:>3}/{epochs} | {m['loss']:>6} lr {m['lr']:.2e} | train_loss {m['train_loss']:.4f} "
-            f"| val_map mean {m['val_map']:.4f} [{folds}] | best mean {m['best_val_map']:.4f} | {m['epoch_s']:.0f}s")
+    return (
+        f"epoch {m['epoch']:>3}/{epochs} | {m['loss']:>6} lr {m['lr']:.2e} | train_loss {m['train_loss']:.4f} "
+        f"| val_map mean {m['val_map']:.4f} [{folds}] | best mean {m['best_val_map']:.4f} | {m['epoch_s']:.0f}s"
+    )
 
 
 def fold_worker(loop_config: dict) -> None:
@@ -82,7 +88,9 @@ def fold_worker(loop_config: dict) -> None:
     if resume is not None:
         print(f"fold {fold}: resuming after epoch {resume['epoch']}", flush=True)
 
-    gauge = ray.util.metrics.Gauge("fold_val_map", "held-out competition metric of a fold", tag_keys=("run", "fold"))
+    gauge = ray.util.metrics.Gauge(
+        "fold_val_map", "held-out competition metric of a fold", tag_keys=("run", "fold")
+    )
 
     reports = 0
 
@@ -90,7 +98,12 @@ def fold_worker(loop_config: dict) -> None:
         nonlocal reports
         reports += 1
         epoch = metrics["epoch"]
-        if failure and failure["fold"] == fold and failure["epoch"] == epoch and not os.path.exists(failure["marker"]):
+        if (
+            failure
+            and failure["fold"] == fold
+            and failure["epoch"] == epoch
+            and not os.path.exists(failure["marker"])
+        ):
             Path(failure["marker"]).write_text(f"fold {fold} failed on purpose at epoch {epoch}\n")
             if failure.get("kill"):
                 os._exit(1)
@@ -108,8 +121,9 @@ def fold_worker(loop_config: dict) -> None:
         else:
             ray.train.report(merged)
 
-    result = train_fold(config, data, fold, report=report, folds=folds, resume=resume,
-                        device=ray.train.torch.get_device())
+    result = train_fold(
+        config, data, fold, report=report, folds=folds, resume=resume, device=ray.train.torch.get_device()
+    )
     if reports == 0:
         # The run was already complete in the checkpoint it resumed from (the driver died after the
         # last epoch). Every fold is in the same state, so every fold reports its last epoch again,
@@ -138,19 +152,35 @@ class KFoldResult:
     model_paths: list[Path]
 
 
-def make_trainer(config: Config, data_ref, folds: np.ndarray, resources: FoldResources, storage: str,
-                 run_name: str, max_failures: int, callbacks: list | None = None,
-                 inject_failure: dict | None = None, print_progress: bool = True) -> TorchTrainer:
+def make_trainer(
+    config: Config,
+    data_ref,
+    folds: np.ndarray,
+    resources: FoldResources,
+    storage: str,
+    run_name: str,
+    max_failures: int,
+    callbacks: list | None = None,
+    inject_failure: dict | None = None,
+    print_progress: bool = True,
+) -> TorchTrainer:
     """One TorchTrainer whose k workers are the k folds."""
     k = config.data.folds
-    loop_config = {"config": config.to_dict(), "data_ref": data_ref, "folds": folds.tolist(),
-                   "threads": resources.threads, "run_name": run_name, "inject_failure": inject_failure,
-                   "print_progress": print_progress}
+    loop_config = {
+        "config": config.to_dict(),
+        "data_ref": data_ref,
+        "folds": folds.tolist(),
+        "threads": resources.threads,
+        "run_name": run_name,
+        "inject_failure": inject_failure,
+        "print_progress": print_progress,
+    }
     return TorchTrainer(
         fold_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=k, use_gpu=resources.gpus > 0,
-                                     resources_per_worker=resources.as_dict()),
+        scaling_config=ScalingConfig(
+            num_workers=k, use_gpu=resources.gpus > 0, resources_per_worker=resources.as_dict()
+        ),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(
             name=run_name,
@@ -163,7 +193,9 @@ def make_trainer(config: Config, data_ref, folds: np.ndarray, resources: FoldRes
     )
 
 
-def collect_folds(checkpoint: Checkpoint, out: Path, data: SaltData, folds: np.ndarray, k: int) -> KFoldResult:
+def collect_folds(
+    checkpoint: Checkpoint, out: Path, data: SaltData, folds: np.ndarray, k: int
+) -> KFoldResult:
     """Turns the final shared checkpoint into per-fold model files and the stitched OOF arrays."""
     n = len(data)
     oof_probs = np.zeros(data.images.shape, dtype=np.float32)
@@ -197,9 +229,17 @@ def run_name_for(out: Path) -> str:
     return f"kfold-{out.resolve().name}-{digest}"
 
 
-def run_kfold(config: Config, data: SaltData, folds: np.ndarray, out: Path, resources: FoldResources,
-              max_failures: int = 3, inject_failure: dict | None = None, run_name: str | None = None,
-              storage: str | None = None) -> KFoldResult:
+def run_kfold(
+    config: Config,
+    data: SaltData,
+    folds: np.ndarray,
+    out: Path,
+    resources: FoldResources,
+    max_failures: int = 3,
+    inject_failure: dict | None = None,
+    run_name: str | None = None,
+    storage: str | None = None,
+) -> KFoldResult:
     """Trains all k folds in parallel on Ray (resuming a previous run in `out`) and collects them.
 
     `storage` is where Ray keeps checkpoints (default OUT/ray); on a multi-node cluster it must be
@@ -209,9 +249,17 @@ def run_kfold(config: Config, data: SaltData, folds: np.ndarray, out: Path, reso
     data_ref = ray.put(data)
     storage = storage or str(out.resolve() / "ray")
     run_name = run_name or run_name_for(out)
-    trainer = make_trainer(config, data_ref, folds, resources, storage, run_name, max_failures,
-                           callbacks=[ProgressFile(str(out.resolve() / "progress.jsonl"))],
-                           inject_failure=inject_failure)
+    trainer = make_trainer(
+        config,
+        data_ref,
+        folds,
+        resources,
+        storage,
+        run_name,
+        max_failures,
+        callbacks=[ProgressFile(str(out.resolve() / "progress.jsonl"))],
+        inject_failure=inject_failure,
+    )
     result = trainer.fit()
     if result.error is not None:
         raise result.error

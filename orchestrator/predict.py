@@ -40,7 +40,9 @@ class EnsemblePredictor:
         payloads = ray.get(payloads_ref[0])  # the ref travels inside a list so Ray does not inline it
         self.device = pick_device(None)
         if self.device.type == "cpu":
-            torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+            torch.set_num_threads(
+                max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+            )
         self.models = [model_from_payload(p, self.device) for p in payloads]
         self.thresholds = Thresholds(**thresholds)
         self.batch_size = batch_size
@@ -71,22 +73,36 @@ def ensemble_probs(models: list, images: np.ndarray, device, batch_size: int = 6
 
 def choose_oof_thresholds(oof_probs: np.ndarray, oof_empty: np.ndarray | None, truth: np.ndarray) -> dict:
     """The thresholds that maximise the OOF competition metric, with the scores before and after."""
-    default_pred = binarize(oof_probs, oof_empty, Thresholds(empty=0.5) if oof_empty is not None else Thresholds())
+    default_pred = binarize(
+        oof_probs, oof_empty, Thresholds(empty=0.5) if oof_empty is not None else Thresholds()
+    )
     default_score = competition_metric(truth, default_pred)
     thresholds, score = choose_thresholds(oof_probs, oof_empty, truth)
-    return {"thresholds": thresholds.to_dict(), "oof_score": score, "oof_score_default_thresholds": default_score}
+    return {
+        "thresholds": thresholds.to_dict(),
+        "oof_score": score,
+        "oof_score_default_thresholds": default_score,
+    }
 
 
 def load_models(run: Path) -> list[dict]:
     paths = sorted((run / "models").glob("fold_*.pt"))
     if not paths:
-        raise ValueError(f"run folder {run}: no fold models in {run / 'models'}; train first "
-                         "(python -m orchestrator.train ... --out RUN)")
+        raise ValueError(
+            f"run folder {run}: no fold models in {run / 'models'}; train first "
+            "(python -m orchestrator.train ... --out RUN)"
+        )
     return [read_fold_model(p) for p in paths]
 
 
-def predict_submission(run: Path, test: SaltData, thresholds: dict, out: Path,
-                       batch_size: int = 64, concurrency: int | None = None) -> pd.DataFrame:
+def predict_submission(
+    run: Path,
+    test: SaltData,
+    thresholds: dict,
+    out: Path,
+    batch_size: int = 64,
+    concurrency: int | None = None,
+) -> pd.DataFrame:
     """Runs the ensemble over the test tiles on Ray and writes `out` (id,rle_mask) atomically."""
     payloads = load_models(run)
     resources = ray.cluster_resources()
@@ -107,12 +123,16 @@ def predict_submission(run: Path, test: SaltData, thresholds: dict, out: Path,
     got = set(rows["id"])
     missing = [i for i in test.ids if i not in got]
     if missing or len(rows) != len(test):
-        raise RuntimeError(f"prediction returned {len(rows)} rows for {len(test)} test tiles; missing {missing[:5]}")
+        raise RuntimeError(
+            f"prediction returned {len(rows)} rows for {len(test)} test tiles; missing {missing[:5]}"
+        )
     submission = rows.set_index("id").loc[test.ids, ["rle_mask"]].reset_index()  # the test split's id order
     atomic_write(out, lambda tmp: submission.to_csv(tmp, index=False))
     empty = int((rows["area"] == 0).sum())
-    print(f"submission {out}: {len(submission)} rows from {len(payloads)} fold models, "
-          f"{empty} empty masks ({empty / len(submission):.0%})")
+    print(
+        f"submission {out}: {len(submission)} rows from {len(payloads)} fold models, "
+        f"{empty} empty masks ({empty / len(submission):.0%})"
+    )
     return submission
 
 
@@ -127,17 +147,25 @@ def thresholds_for_run(run: Path, root: Path) -> dict:
     oof = np.load(oof_path, allow_pickle=False)
     train = load_split(root, "train")
     if not np.array_equal(oof["ids"], train.ids):
-        raise DataError(f"{oof_path}: its ids do not match {root / 'train'}; use the data the run was trained on")
-    chosen = choose_oof_thresholds(oof["probs"].astype(np.float32), oof["empty"] if "empty" in oof else None,
-                                   train.masks.astype(bool))
+        raise DataError(
+            f"{oof_path}: its ids do not match {root / 'train'}; use the data the run was trained on"
+        )
+    chosen = choose_oof_thresholds(
+        oof["probs"].astype(np.float32), oof.get("empty", None), train.masks.astype(bool)
+    )
     print(f"thresholds chosen on OOF: {chosen['thresholds']} (OOF score {chosen['oof_score']:.4f})")
     return chosen["thresholds"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="output folder of orchestrator.train or orchestrator.tune")
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--run", required=True, help="output folder of orchestrator.train or orchestrator.tune"
+    )
     parser.add_argument("--data", required=True, help="Kaggle-layout folder with test/images, or 'synthetic'")
     parser.add_argument("--out", default=None, help="submission file (default: RUN/submission.csv)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
@@ -146,14 +174,23 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     if not run.is_dir():
         raise ValueError(f"--run {run}: no such folder")
-    config = Config.from_dict(json.loads((run / "config.json").read_text())) if (run / "config.json").exists() else Config()
+    config = (
+        Config.from_dict(json.loads((run / "config.json").read_text()))
+        if (run / "config.json").exists()
+        else Config()
+    )
     root = resolve_data(args.data, config.data)
     thresholds = thresholds_for_run(run, root)
     test = load_split(root, "test")
     init_ray(args.address)
     start = time.perf_counter()
-    predict_submission(run, test, thresholds, Path(args.out) if args.out else run / "submission.csv",
-                       batch_size=args.batch_size)
+    predict_submission(
+        run,
+        test,
+        thresholds,
+        Path(args.out) if args.out else run / "submission.csv",
+        batch_size=args.batch_size,
+    )
     print(f"predicted {len(test)} tiles in {time.perf_counter() - start:.1f}s")
     return 0
 

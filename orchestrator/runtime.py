@@ -42,8 +42,9 @@ class FoldResources:
         return {"CPU": self.cpus, "GPU": self.gpus} if self.gpus else {"CPU": self.cpus}
 
 
-def fold_resources(k: int, cpus_per_fold: float | None, gpus_per_fold: float | None,
-                   concurrent_runs: int = 1) -> FoldResources:
+def fold_resources(
+    k: int, cpus_per_fold: float | None, gpus_per_fold: float | None, concurrent_runs: int = 1
+) -> FoldResources:
     """Resources of one fold worker so that `concurrent_runs` k-fold runs fit the cluster.
 
     GPUs: one per fold when the cluster has GPUs, unless --gpus-per-fold says otherwise (0.25 packs
@@ -56,7 +57,9 @@ def fold_resources(k: int, cpus_per_fold: float | None, gpus_per_fold: float | N
     if gpus_per_fold is None:
         gpus_per_fold = 1.0 if total_gpus >= 1 else 0.0
     if gpus_per_fold < 0 or (gpus_per_fold > 1 and not float(gpus_per_fold).is_integer()):
-        raise ValueError(f"--gpus-per-fold={gpus_per_fold}: expected 0, a fraction in (0, 1] or a whole number")
+        raise ValueError(
+            f"--gpus-per-fold={gpus_per_fold}: expected 0, a fraction in (0, 1] or a whole number"
+        )
     if gpus_per_fold > 0 and total_gpus == 0:
         raise ValueError(f"--gpus-per-fold={gpus_per_fold} but the Ray cluster has no GPUs; use 0")
     if cpus_per_fold is None:
@@ -65,7 +68,11 @@ def fold_resources(k: int, cpus_per_fold: float | None, gpus_per_fold: float | N
         raise ValueError(f"--cpus-per-fold={cpus_per_fold}: expected a positive number")
     needed = workers * cpus_per_fold
     if needed > total_cpus + 1e-9:
-        log.warning("%d fold workers x %.2f CPUs exceed the cluster's %.0f CPUs: Ray Train starts a run "
-                    "only when all k of its workers fit (an autoscaling cluster adds nodes)",
-                    workers, cpus_per_fold, total_cpus)
+        log.warning(
+            "%d fold workers x %.2f CPUs exceed the cluster's %.0f CPUs: Ray Train starts a run "
+            "only when all k of its workers fit (an autoscaling cluster adds nodes)",
+            workers,
+            cpus_per_fold,
+            total_cpus,
+        )
     return FoldResources(cpus=cpus_per_fold, gpus=gpus_per_fold, threads=max(1, int(cpus_per_fold)))

@@ -29,7 +29,9 @@ def define_space(trial: optuna.Trial, search: SearchConfig, epochs: int) -> None
     trial.suggest_float("lr", search.lr_low, search.lr_high, log=True)
     cycle_high = max(search.cycle_epochs_low, min(search.cycle_epochs_high, epochs))
     if schedule in ("cyclic", "cosine", "onecycle"):
-        trial.suggest_float(f"{schedule}_min_lr_ratio", search.min_lr_ratio_low, search.min_lr_ratio_high, log=True)
+        trial.suggest_float(
+            f"{schedule}_min_lr_ratio", search.min_lr_ratio_low, search.min_lr_ratio_high, log=True
+        )
     if schedule in ("cyclic", "cosine"):
         trial.suggest_int(f"{schedule}_cycle_epochs", search.cycle_epochs_low, cycle_high)
     if schedule == "step":

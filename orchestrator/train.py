@@ -28,15 +28,28 @@ from salt_model.folds import load_folds, make_folds, save_folds
 
 
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
-    parser.add_argument("--gpus-per-fold", type=float, default=None,
-                        help="GPUs per fold worker (default: 1 if the cluster has GPUs, else 0; 0.25 packs 4 folds per GPU)")
-    parser.add_argument("--cpus-per-fold", type=float, default=None,
-                        help="CPUs per fold worker (default: the cluster's CPUs shared among the fold workers)")
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)"
+    )
+    parser.add_argument(
+        "--gpus-per-fold",
+        type=float,
+        default=None,
+        help="GPUs per fold worker (default: 1 if the cluster has GPUs, else 0; 0.25 packs 4 folds per GPU)",
+    )
+    parser.add_argument(
+        "--cpus-per-fold",
+        type=float,
+        default=None,
+        help="CPUs per fold worker (default: the cluster's CPUs shared among the fold workers)",
+    )
     parser.add_argument("--max-failures", type=int, default=3, help="fold-worker failures to recover from")
-    parser.add_argument("--storage", default=None,
-                        help="where Ray keeps checkpoints (default OUT/ray); on a multi-node cluster a path every "
-                             "node reaches, e.g. s3://bucket/runs or a shared mount")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="where Ray keeps checkpoints (default OUT/ray); on a multi-node cluster a path every "
+        "node reaches, e.g. s3://bucket/runs or a shared mount",
+    )
 
 
 def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.ndarray]:
@@ -47,8 +60,10 @@ def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.nda
     if folds_path.exists():  # a resumed run keeps its split
         folds = load_folds(folds_path, data.ids)
         if folds.max() + 1 != config.data.folds:
-            raise ValueError(f"{folds_path} has {folds.max() + 1} folds but data.folds={config.data.folds}; "
-                             "use a new --out or the same --folds")
+            raise ValueError(
+                f"{folds_path} has {folds.max() + 1} folds but data.folds={config.data.folds}; "
+                "use a new --out or the same --folds"
+            )
     else:
         folds = make_folds(data.masks, config.data.folds, config.data.fold_seed)
         save_folds(folds_path, data.ids, folds)
@@ -56,7 +71,9 @@ def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.nda
     return data, folds
 
 
-def finalize(result: KFoldResult, out: Path, config: Config, data: SaltData, root: Path, extra: dict | None = None) -> dict:
+def finalize(
+    result: KFoldResult, out: Path, config: Config, data: SaltData, root: Path, extra: dict | None = None
+) -> dict:
     """OOF thresholds, cv.json, a score table, and submission.csv when the data has test tiles."""
     chosen = choose_oof_thresholds(result.oof_probs, result.oof_empty, data.masks.astype(bool))
     summary = write_cv(out, result, config, {**chosen, **(extra or {})})
@@ -72,14 +89,19 @@ def print_cv_table(summary: dict) -> None:
         print(f"{fold:>4} | {score:12.4f} | {epoch:>10}")
     print(f"mean | {summary['mean_fold_score']:12.4f} |")
     th = summary["thresholds"]
-    print(f"OOF competition metric {summary['oof_score']:.4f} (default thresholds "
-          f"{summary['oof_score_default_thresholds']:.4f}) with pixel>{th['pixel']}, "
-          f"min_area {th['min_area']}, empty-head>{th['empty']}\n")
+    print(
+        f"OOF competition metric {summary['oof_score']:.4f} (default thresholds "
+        f"{summary['oof_score_default_thresholds']:.4f}) with pixel>{th['pixel']}, "
+        f"min_area {th['min_area']}, empty-head>{th['empty']}\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(parser)
     parser.add_argument("--out", required=True, help="run folder (re-use it to resume)")
     add_cluster_args(parser)
@@ -93,8 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data {root}: {len(data)} tiles, {config.data.folds} folds, {config.train.epochs} epochs")
     init_ray(args.address)
     resources = fold_resources(config.data.folds, args.cpus_per_fold, args.gpus_per_fold)
-    print(f"{config.data.folds} fold workers x {resources.as_dict()} on a cluster with {ray.cluster_resources()}")
-    result = run_kfold(config, data, folds, out, resources, max_failures=args.max_failures, storage=args.storage)
+    print(
+        f"{config.data.folds} fold workers x {resources.as_dict()} on a cluster with {ray.cluster_resources()}"
+    )
+    result = run_kfold(
+        config, data, folds, out, resources, max_failures=args.max_failures, storage=args.storage
+    )
     finalize(result, out, config, data, root)
     print(f"done in {time.perf_counter() - start:.0f}s; outputs in {out}")
     return 0

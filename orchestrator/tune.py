@@ -47,14 +47,23 @@ STUDY_NAME = "salt-orchestrator"
 INTERNAL = ["params", "checkpoint_path"]  # trial-table columns kept out of trials.csv
 
 
-def kfold_trial(params: dict, base: dict, data_refs: list, folds: list, resources: dict, storage: str,
-                max_failures: int) -> None:
+def kfold_trial(
+    params: dict, base: dict, data_refs: list, folds: list, resources: dict, storage: str, max_failures: int
+) -> None:
     """One Tune trial: a k-fold Ray Train run whose rank-0 reports (fold means) go to Tune."""
     config = trial_config(Config.from_dict(base, source="base config"), params)
     trial_id = tune.get_context().get_trial_id()
-    trainer = make_trainer(config, data_refs[0], np.asarray(folds), FoldResources(**resources), storage,
-                           run_name=f"trial-{trial_id}", max_failures=max_failures,
-                           callbacks=[TuneReportCallback()], print_progress=False)
+    trainer = make_trainer(
+        config,
+        data_refs[0],
+        np.asarray(folds),
+        FoldResources(**resources),
+        storage,
+        run_name=f"trial-{trial_id}",
+        max_failures=max_failures,
+        callbacks=[TuneReportCallback()],
+        print_progress=False,
+    )
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -70,14 +79,20 @@ class ProgressTable(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if not self.header_printed:
-            print(f"{'trial':<14}{'schedule':<10}{'switch':>7}{'epoch':>8}{'val_map':>9}{'trial best':>11}"
-                  f"{'search best':>12}", flush=True)
+            print(
+                f"{'trial':<14}{'schedule':<10}{'switch':>7}{'epoch':>8}{'val_map':>9}{'trial best':>11}"
+                f"{'search best':>12}",
+                flush=True,
+            )
             self.header_printed = True
         self.best = max(self.best, result.get(METRIC, -math.inf))
         cfg = trial.config
-        print(f"{trial.trial_id:<14}{cfg['schedule']:<10}{cfg['loss_switch_epoch']:>7}"
-              f"{result['epoch']:>5}/{self.epochs:<2}{result['val_map']:>9.4f}{result[METRIC]:>11.4f}"
-              f"{self.best:>12.4f}", flush=True)
+        print(
+            f"{trial.trial_id:<14}{cfg['schedule']:<10}{cfg['loss_switch_epoch']:>7}"
+            f"{result['epoch']:>5}/{self.epochs:<2}{result['val_map']:>9.4f}{result[METRIC]:>11.4f}"
+            f"{self.best:>12.4f}",
+            flush=True,
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -104,8 +119,10 @@ def trials_per_wave(config: Config, args) -> int:
 def trial_resources() -> dict:
     if ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1:
         return {DRIVER_RESOURCE: 1}
-    print(f"note: the cluster has no '{DRIVER_RESOURCE}' resource (cluster.yaml gives the head one); "
-          "trial drivers take 0.01 CPU each")
+    print(
+        f"note: the cluster has no '{DRIVER_RESOURCE}' resource (cluster.yaml gives the head one); "
+        "trial drivers take 0.01 CPU each"
+    )
     return {"CPU": 0.01}
 
 
@@ -113,7 +130,11 @@ def make_searcher(config: Config, out: Path) -> PruningOptunaSearch:
     storage = RDBStorage(f"sqlite:///{(out / 'optuna.db').resolve()}")
     return PruningOptunaSearch(
         functools.partial(define_space, search=config.search, epochs=config.train.epochs),
-        metric=METRIC, mode="max", storage=storage, study_name=STUDY_NAME, seed=config.search.seed,
+        metric=METRIC,
+        mode="max",
+        storage=storage,
+        study_name=STUDY_NAME,
+        seed=config.search.seed,
         epochs=config.train.epochs,
     )
 
@@ -123,8 +144,12 @@ def make_scheduler(config: Config) -> ASHAScheduler | None:
     if not search.early_stopping or epochs < 3:
         return None
     grace = search.grace_epochs or search.switch_low + 2  # let the Lovasz switch pay off first
-    return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=max(1, min(grace, epochs - 1)),
-                         reduction_factor=search.reduction_factor)
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=epochs,
+        grace_period=max(1, min(grace, epochs - 1)),
+        reduction_factor=search.reduction_factor,
+    )
 
 
 def trial_table(results: tune.ResultGrid, out: Path) -> pd.DataFrame:
@@ -139,24 +164,40 @@ def trial_table(results: tune.ResultGrid, out: Path) -> pd.DataFrame:
         trial_id = metrics.get("trial_id") or Path(result.path).name
         history = result.metrics_dataframe
         best = float(history[METRIC].max()) if history is not None and METRIC in history else float("nan")
-        rows.append({"trial_id": trial_id, "state": states.get(trial_id, "FAIL" if result.error else "RUNNING"),
-                     METRIC: best, "epochs_run": int(metrics.get("epoch", 0)),
-                     **{f"param_{k}": v for k, v in sorted(result.config.items())},
-                     "params": dict(result.config), "checkpoint_path": metrics.get("checkpoint_path")})
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "state": states.get(trial_id, "FAIL" if result.error else "RUNNING"),
+                METRIC: best,
+                "epochs_run": int(metrics.get("epoch", 0)),
+                **{f"param_{k}": v for k, v in sorted(result.config.items())},
+                "params": dict(result.config),
+                "checkpoint_path": metrics.get("checkpoint_path"),
+            }
+        )
     table = pd.DataFrame(rows).sort_values(METRIC, ascending=False, na_position="last")
     atomic_write(out / "trials.csv", lambda tmp: table.drop(columns=INTERNAL).to_csv(tmp, index=False))
     return table
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.tune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.tune",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(parser)
     parser.add_argument("--trials", type=int, default=None, help="number of trials (search.trials)")
-    parser.add_argument("--out", default="runs/tune", help="run folder (default runs/tune)")
+    parser.add_argument(
+        "--out", default=None, help="run folder (default runs/tune-DATE-TIME; needed with --resume)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     add_cluster_args(parser)
     args = parser.parse_args(argv)
+    if args.out is None:
+        if args.resume:
+            raise ValueError("--resume needs --out: the folder of the search to continue")
+        args.out = time.strftime("runs/tune-%Y%m%d-%H%M%S")
     out = Path(args.out)
     experiment = out / "tune" / "search"
     start = time.perf_counter()
@@ -167,39 +208,63 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(out / "config.json")  # the search goes on with the config it started with
     else:
         if experiment.exists():
-            raise ValueError(f"{out} already holds a search; pass --resume to continue it or choose a new --out")
+            raise ValueError(
+                f"{out} already holds a search; pass --resume to continue it or choose a new --out"
+            )
         if args.trials is not None:
             args.overrides.append(f"search.trials={args.trials}")
         config = config_from_args(args)
     if args.config is None and args.data != "synthetic" and not args.resume:
-        print("note: no --config, so the small built-in default model is used; "
-              "for the competition recipe pass --config configs/tgs.yaml")
+        print(
+            "note: no --config, so the small built-in default model is used; "
+            "for the competition recipe pass --config configs/tgs.yaml"
+        )
 
     root = resolve_data(args.data, config.data)
     data, folds = prepare_run(config, root, out)
     init_ray(args.address, resources=None if args.address else {DRIVER_RESOURCE: 64})
     waves = trials_per_wave(config, args)
-    resources = fold_resources(config.data.folds, args.cpus_per_fold, args.gpus_per_fold, concurrent_runs=waves)
-    print(f"data {root}: {len(data)} tiles | {config.search.trials} trials x {config.data.folds} folds x "
-          f"{config.train.epochs} epochs | {waves} trial(s) at once, fold workers {resources.as_dict()}")
+    resources = fold_resources(
+        config.data.folds, args.cpus_per_fold, args.gpus_per_fold, concurrent_runs=waves
+    )
+    print(
+        f"data {root}: {len(data)} tiles | {config.search.trials} trials x {config.data.folds} folds x "
+        f"{config.train.epochs} epochs | {waves} trial(s) at once, fold workers {resources.as_dict()}"
+    )
 
     trainable = tune.with_resources(
-        tune.with_parameters(kfold_trial, base=config.to_dict(), data_refs=[ray.put(data)], folds=folds.tolist(),
-                             resources=resources.__dict__, storage=str((out / "trials").resolve()),
-                             max_failures=args.max_failures),
+        tune.with_parameters(
+            kfold_trial,
+            base=config.to_dict(),
+            data_refs=[ray.put(data)],
+            folds=folds.tolist(),
+            resources=resources.__dict__,
+            storage=str((out / "trials").resolve()),
+            max_failures=args.max_failures,
+        ),
         trial_resources(),
     )
     if args.resume:
-        tuner = tune.Tuner.restore(str(experiment.resolve()), trainable=trainable,
-                                   resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            str(experiment.resolve()), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
     else:
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=make_searcher(config, out), scheduler=make_scheduler(config),
-                                        num_samples=config.search.trials, max_concurrent_trials=waves,
-                                        metric=METRIC, mode="max"),
-            run_config=tune.RunConfig(name="search", storage_path=str((out / "tune").resolve()), verbose=0,
-                                      callbacks=[ProgressTable(config.train.epochs)]),
+            tune_config=tune.TuneConfig(
+                search_alg=make_searcher(config, out),
+                scheduler=make_scheduler(config),
+                num_samples=config.search.trials,
+                max_concurrent_trials=waves,
+                metric=METRIC,
+                mode="max",
+            ),
+            run_config=tune.RunConfig(
+                name="search",
+                storage_path=str((out / "tune").resolve()),
+                verbose=0,
+                callbacks=[ProgressTable(config.train.epochs)],
+            ),
         )
     results = tuner.fit()
     table = trial_table(results, out)
@@ -212,11 +277,20 @@ def main(argv: list[str] | None = None) -> int:
     best_params = best["params"]
     best_config = trial_config(config, best_params)
     atomic_write_text(out / "best_config.json", json.dumps(best_config.to_dict(), indent=2) + "\n")
-    print(f"\nbest trial {best['trial_id']} ({best['state']}): fold-mean {METRIC} {best[METRIC]:.4f}; "
-          f"config in {out / 'best_config.json'}")
+    print(
+        f"\nbest trial {best['trial_id']} ({best['state']}): fold-mean {METRIC} {best[METRIC]:.4f}; "
+        f"config in {out / 'best_config.json'}"
+    )
     checkpoint = Checkpoint(best_checkpoint_path(best, out))
     result = collect_folds(checkpoint, out, data, folds, config.data.folds)
-    finalize(result, out, best_config, data, root, extra={"best_trial": best["trial_id"], "best_params": best_params})
+    finalize(
+        result,
+        out,
+        best_config,
+        data,
+        root,
+        extra={"best_trial": best["trial_id"], "best_params": best_params},
+    )
     print(f"search done in {time.perf_counter() - start:.0f}s; outputs in {out}")
     return 0
 

@@ -10,14 +10,23 @@ from salt_model.config import Config, load_config
 
 
 def add_config_args(parser: argparse.ArgumentParser, epochs: bool = True) -> None:
-    parser.add_argument("--data", default="synthetic",
-                        help="Kaggle-layout folder (train/images, train/masks, ...) or 'synthetic' (default)")
+    parser.add_argument(
+        "--data",
+        default="synthetic",
+        help="Kaggle-layout folder (train/images, train/masks, ...) or 'synthetic' (default)",
+    )
     parser.add_argument("--config", default=None, help="YAML or JSON config file (see configs/)")
     parser.add_argument("--folds", type=int, default=None, help="k of the stratified k-fold split")
     if epochs:
         parser.add_argument("--epochs", type=int, default=None, help="epochs per fold")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.batch_size=16 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.batch_size=16 (repeatable)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -37,7 +46,9 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: finished epochs are checkpointed; run the same command again to resume",
-              file=sys.stderr)
+        print(
+            "interrupted: finished epochs are checkpointed; run the same command again to resume",
+            file=sys.stderr,
+        )
         sys.exit(130)
     sys.exit(code or 0)

@@ -12,6 +12,7 @@ allowed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -129,8 +130,12 @@ class DataConfig:
         _check("data.crop_prob", self.crop_prob, 0 <= self.crop_prob <= 1, "a probability in [0, 1]")
         _check("data.crop_size", self.crop_size, 32 <= self.crop_size <= 101, "in [32, 101]")
         _check("data.intensity_prob", self.intensity_prob, 0 <= self.intensity_prob <= 1, "in [0, 1]")
-        _check("data.synthetic_train", self.synthetic_train, self.synthetic_train >= 2 * self.folds,
-               f">= 2 x data.folds ({2 * self.folds})")
+        _check(
+            "data.synthetic_train",
+            self.synthetic_train,
+            self.synthetic_train >= 2 * self.folds,
+            f">= 2 x data.folds ({2 * self.folds})",
+        )
         _check("data.synthetic_test", self.synthetic_test, self.synthetic_test >= 0, ">= 0")
 
 
@@ -160,13 +165,30 @@ class SearchConfig:
             raise ValueError(f"search.schedules is empty; choose from {list(SCHEDULES)}")
         for name in self.schedules:
             _choice("search.schedules[]", name, SCHEDULES)
-        _check("search.lr_low", self.lr_low, 0 < self.lr_low <= self.lr_high, f"in (0, search.lr_high={self.lr_high}]")
-        _check("search.min_lr_ratio_low", self.min_lr_ratio_low,
-               1 <= self.min_lr_ratio_low <= self.min_lr_ratio_high, "in [1, search.min_lr_ratio_high]")
-        _check("search.cycle_epochs_low", self.cycle_epochs_low,
-               1 <= self.cycle_epochs_low <= self.cycle_epochs_high, "in [1, search.cycle_epochs_high]")
-        _check("search.switch_low", self.switch_low, 0 <= self.switch_low <= self.switch_high,
-               "in [0, search.switch_high]")
+        _check(
+            "search.lr_low",
+            self.lr_low,
+            0 < self.lr_low <= self.lr_high,
+            f"in (0, search.lr_high={self.lr_high}]",
+        )
+        _check(
+            "search.min_lr_ratio_low",
+            self.min_lr_ratio_low,
+            1 <= self.min_lr_ratio_low <= self.min_lr_ratio_high,
+            "in [1, search.min_lr_ratio_high]",
+        )
+        _check(
+            "search.cycle_epochs_low",
+            self.cycle_epochs_low,
+            1 <= self.cycle_epochs_low <= self.cycle_epochs_high,
+            "in [1, search.cycle_epochs_high]",
+        )
+        _check(
+            "search.switch_low",
+            self.switch_low,
+            0 <= self.switch_low <= self.switch_high,
+            "in [0, search.switch_high]",
+        )
         _check("search.grace_epochs", self.grace_epochs, self.grace_epochs >= 0, ">= 0")
         _check("search.reduction_factor", self.reduction_factor, self.reduction_factor >= 2, ">= 2")
         _check("search.max_concurrent", self.max_concurrent, self.max_concurrent >= 0, ">= 0")
@@ -262,8 +284,10 @@ def _build_section(section_cls: type, name: str, values: dict[str, Any], source:
     allowed = [f.name for f in fields(section_cls)]
     unknown = set(values) - set(allowed)
     if unknown:
-        raise ValueError(f"{source}: unknown key(s) {sorted(f'{name}.{k}' for k in unknown)}; "
-                         f"allowed in {name!r}: {allowed}")
+        raise ValueError(
+            f"{source}: unknown key(s) {sorted(f'{name}.{k}' for k in unknown)}; "
+            f"allowed in {name!r}: {allowed}"
+        )
     return section_cls(**{k: _coerce(f"{name}.{k}", v, hints[k], source) for k, v in values.items()})
 
 
@@ -282,10 +306,8 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
             return int(value)
     elif hint is float or hint_text == "float":
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif "tuple" in hint_text:

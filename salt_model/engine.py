@@ -71,7 +71,11 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch, step, config, devic
     """One pass over the loader; returns (mean loss, global step after the pass)."""
     model.train()
     dtype = autocast_dtype(config.train.precision, device)
-    fmt = torch.channels_last if config.train.channels_last and device.type == "cuda" else torch.contiguous_format
+    fmt = (
+        torch.channels_last
+        if config.train.channels_last and device.type == "cuda"
+        else torch.contiguous_format
+    )
     steps_per_epoch = len(loader)
     total, count = 0.0, 0
     for images, masks in loader:  # (B, 1, P, P) uint8 each
@@ -95,7 +99,9 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch, step, config, devic
 
 
 @torch.no_grad()
-def evaluate(model, data: SaltData, epoch: int, config: Config, device) -> tuple[dict, np.ndarray, np.ndarray | None]:
+def evaluate(
+    model, data: SaltData, epoch: int, config: Config, device
+) -> tuple[dict, np.ndarray, np.ndarray | None]:
     """Held-out metrics at the default thresholds, plus the probabilities behind them."""
     probs, empty = predict_probs(model, data.images, config, device, tta=config.train.eval_tta)
     truth = data.masks.astype(bool)
@@ -131,8 +137,10 @@ def train_fold(
     train_idx, val_idx = fold_split(data, fold, config, folds)
     train_set, val_set = data.subset(train_idx), data.subset(val_idx)
     if len(train_idx) < config.train.batch_size:
-        raise ValueError(f"fold {fold} has {len(train_idx)} training tiles, fewer than "
-                         f"train.batch_size={config.train.batch_size}; lower the batch size")
+        raise ValueError(
+            f"fold {fold} has {len(train_idx)} training tiles, fewer than "
+            f"train.batch_size={config.train.batch_size}; lower the batch size"
+        )
 
     torch.manual_seed(config.train.seed * 1000 + fold)
     model = build_model(config.model).to(device)
@@ -151,8 +159,16 @@ def train_fold(
         pin_memory=device.type == "cuda",
     )
 
-    state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": 0, "history": [],
-             "best_state": None, "best_oof": None, "best_empty": None}
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "best_score": -math.inf,
+        "best_epoch": 0,
+        "history": [],
+        "best_state": None,
+        "best_oof": None,
+        "best_empty": None,
+    }
     if resume is not None:
         state = _restore(resume, model, optimizer, scaler, config, fold)
 
@@ -165,22 +181,38 @@ def train_fold(
         metrics, probs, empty = evaluate(model, val_set, epoch, config, device)
         state["epoch"] = epoch + 1
         if metrics["val_map"] > state["best_score"]:
-            state.update(best_score=metrics["val_map"], best_epoch=epoch + 1,
-                         best_state=_cpu_copy(model.state_dict()),
-                         best_oof=probs.astype(np.float16), best_empty=empty)
+            state.update(
+                best_score=metrics["val_map"],
+                best_epoch=epoch + 1,
+                best_state=_cpu_copy(model.state_dict()),
+                best_oof=probs.astype(np.float16),
+                best_empty=empty,
+            )
         metrics.update(
-            fold=fold, epoch=epoch + 1, train_loss=train_loss, loss=loss_name(epoch, config.train),
-            lr=optimizer.param_groups[0]["lr"], best_val_map=state["best_score"],
+            fold=fold,
+            epoch=epoch + 1,
+            train_loss=train_loss,
+            loss=loss_name(epoch, config.train),
+            lr=optimizer.param_groups[0]["lr"],
+            best_val_map=state["best_score"],
             epoch_s=time.perf_counter() - start,
         )
         state["history"].append(metrics)
         if report is not None:
-            report(dict(metrics), lambda directory: _save(directory, fold, model, optimizer, scaler, state, config))
+            report(
+                dict(metrics),
+                lambda directory: _save(directory, fold, model, optimizer, scaler, state, config),
+            )
 
     return FoldResult(
-        fold=fold, best_score=state["best_score"], best_epoch=state["best_epoch"], history=state["history"],
-        val_index=val_idx, oof_probs=state["best_oof"].astype(np.float32),
-        oof_empty=state["best_empty"], best_state=state["best_state"],
+        fold=fold,
+        best_score=state["best_score"],
+        best_epoch=state["best_epoch"],
+        history=state["history"],
+        val_index=val_idx,
+        oof_probs=state["best_oof"].astype(np.float32),
+        oof_empty=state["best_empty"],
+        best_state=state["best_state"],
     )
 
 
@@ -215,9 +247,11 @@ def _restore(resume, model, optimizer, scaler, config: Config, fold: int) -> dic
     saved = Config.from_dict(ckpt["config"], source="checkpoint config")
     for section in ("model", "data"):
         if getattr(saved, section) != getattr(config, section):
-            raise ValueError(f"checkpoint was trained with a different '{section}' config: "
-                             f"{getattr(saved, section)} vs now {getattr(config, section)}; "
-                             "use a new output folder or the same config")
+            raise ValueError(
+                f"checkpoint was trained with a different '{section}' config: "
+                f"{getattr(saved, section)} vs now {getattr(config, section)}; "
+                "use a new output folder or the same config"
+            )
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
@@ -232,7 +266,9 @@ def _val_loss(probs, empty, masks, epoch, config) -> float:
     eps = 1e-6
     logits = torch.logit(torch.from_numpy(probs).clamp(eps, 1 - eps))[:, None]  # (N, 1, 101, 101)
     empty_logits = None if empty is None else torch.logit(torch.from_numpy(empty).clamp(eps, 1 - eps))
-    loss, _ = compute_loss((logits, empty_logits), torch.from_numpy(masks)[:, None].float(), epoch, config.train)
+    loss, _ = compute_loss(
+        (logits, empty_logits), torch.from_numpy(masks)[:, None].float(), epoch, config.train
+    )
     return float(loss)
 
 

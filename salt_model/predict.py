@@ -82,7 +82,13 @@ def predict_probs(
 
 def save_fold_model(path: Path, model_state: dict, config: Config, fold: int, score: float, epoch: int):
     """Writes a fold's best weights with the config that rebuilds the model (atomically)."""
-    payload = {"config": config.to_dict(), "fold": fold, "score": score, "epoch": epoch, "state_dict": model_state}
+    payload = {
+        "config": config.to_dict(),
+        "fold": fold,
+        "score": score,
+        "epoch": epoch,
+        "state_dict": model_state,
+    }
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 

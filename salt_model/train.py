@@ -23,27 +23,42 @@ from salt_model.predict import save_fold_model
 
 
 def format_epoch(m: dict) -> str:
-    return (f"fold {m['fold']} epoch {m['epoch']:>3} | {m['loss']:>6} loss {m['train_loss']:.4f} "
-            f"lr {m['lr']:.2e} | val_map {m['val_map']:.4f} iou {m['val_iou']:.4f} "
-            f"loss {m['val_loss']:.4f} | best {m['best_val_map']:.4f} | {m['epoch_s']:.1f}s")
+    return (
+        f"fold {m['fold']} epoch {m['epoch']:>3} | {m['loss']:>6} loss {m['train_loss']:.4f} "
+        f"lr {m['lr']:.2e} | val_map {m['val_map']:.4f} iou {m['val_iou']:.4f} "
+        f"loss {m['val_loss']:.4f} | best {m['best_val_map']:.4f} | {m['epoch_s']:.1f}s"
+    )
 
 
 def save_fold_outputs(out: Path, result: FoldResult, config, ids: np.ndarray) -> None:
     """The best model, its out-of-fold probabilities and the history, each written atomically."""
-    save_fold_model(out / f"model_fold_{result.fold}.pt", result.best_state, config,
-                    result.fold, result.best_score, result.best_epoch)
+    save_fold_model(
+        out / f"model_fold_{result.fold}.pt",
+        result.best_state,
+        config,
+        result.fold,
+        result.best_score,
+        result.best_epoch,
+    )
     arrays = {"ids": ids[result.val_index], "probs": result.oof_probs.astype(np.float16)}
     if result.oof_empty is not None:
         arrays["empty"] = result.oof_empty
     atomic_savez(out / f"oof_fold_{result.fold}.npz", **arrays)
-    summary = {"fold": result.fold, "best_val_map": result.best_score, "best_epoch": result.best_epoch,
-               "history": result.history}
+    summary = {
+        "fold": result.fold,
+        "best_val_map": result.best_score,
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+    }
     atomic_write_text(out / f"result_fold_{result.fold}.json", json.dumps(summary, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m salt_model.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m salt_model.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(parser)
     parser.add_argument("--fold", type=int, default=0, help="which fold to hold out (0-based)")
     parser.add_argument("--out", required=True, help="output folder")
@@ -62,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ckpt = out / checkpoint_name(args.fold)
     resume = ckpt if ckpt.exists() and not args.restart else None
-    print(f"data {root}: {len(data)} tiles, fold {args.fold} of {config.data.folds} "
-          f"({int((folds == args.fold).sum())} held out)" + (f"; resuming from {ckpt}" if resume else ""))
+    print(
+        f"data {root}: {len(data)} tiles, fold {args.fold} of {config.data.folds} "
+        f"({int((folds == args.fold).sum())} held out)" + (f"; resuming from {ckpt}" if resume else "")
+    )
 
     def report(metrics: dict, save) -> None:
         print(format_epoch(metrics), flush=True)
@@ -71,10 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             save(out)
 
     start = time.perf_counter()
-    result = train_fold(config, data, args.fold, report=report, folds=folds, resume=resume, device=args.device)
+    result = train_fold(
+        config, data, args.fold, report=report, folds=folds, resume=resume, device=args.device
+    )
     save_fold_outputs(out, result, config, data.ids)
-    print(f"fold {args.fold}: best val_map {result.best_score:.4f} at epoch {result.best_epoch} "
-          f"({time.perf_counter() - start:.0f}s); outputs in {out}")
+    print(
+        f"fold {args.fold}: best val_map {result.best_score:.4f} at epoch {result.best_epoch} "
+        f"({time.perf_counter() - start:.0f}s); outputs in {out}"
+    )
     return 0
 
 

@@ -12,9 +12,16 @@ REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "tgs"
 
 # A model small enough for 2 CPU cores; every architectural piece stays on.
 TINY = [
-    "model.encoder=resnet18", "model.width=0.125", "train.batch_size=8", "train.epochs=2",
-    "train.loss_switch_epoch=1", "schedule.name=constant", "schedule.lr=0.003", "data.folds=3",
-    "data.synthetic_train=60", "data.synthetic_test=12",
+    "model.encoder=resnet18",
+    "model.width=0.125",
+    "train.batch_size=8",
+    "train.epochs=2",
+    "train.loss_switch_epoch=1",
+    "schedule.name=constant",
+    "schedule.lr=0.003",
+    "data.folds=3",
+    "data.synthetic_train=60",
+    "data.synthetic_test=12",
 ]
 
 

@@ -59,7 +59,9 @@ def test_kfold_train_ends_with_every_fold_and_a_valid_submission(ray_cluster, ti
         assert rle_decode(rle, (101, 101)).shape == (101, 101)
 
 
-def test_a_failing_fold_worker_resumes_from_its_checkpoint(ray_cluster, tiny_config, tiny_data_root, tmp_path):
+def test_a_failing_fold_worker_resumes_from_its_checkpoint(
+    ray_cluster, tiny_config, tiny_data_root, tmp_path
+):
     from orchestrator.kfold import run_kfold
     from orchestrator.runtime import fold_resources
     from salt_model.folds import make_folds
@@ -67,8 +69,15 @@ def test_a_failing_fold_worker_resumes_from_its_checkpoint(ray_cluster, tiny_con
     data = load_split(tiny_data_root, "train")
     folds = make_folds(data.masks, 3, tiny_config.data.fold_seed)
     marker = tmp_path / "failed-once"
-    result = run_kfold(tiny_config, data, folds, tmp_path / "run", fold_resources(3, None, None),
-                       max_failures=2, inject_failure={"fold": 1, "epoch": 2, "marker": str(marker)})
+    result = run_kfold(
+        tiny_config,
+        data,
+        folds,
+        tmp_path / "run",
+        fold_resources(3, None, None),
+        max_failures=2,
+        inject_failure={"fold": 1, "epoch": 2, "marker": str(marker)},
+    )
     assert marker.exists(), "the injected failure did not happen"
     assert len(result.scores) == 3 and all(p.exists() for p in result.model_paths)
     for fold, history in enumerate(result.histories):
@@ -80,6 +89,8 @@ def test_a_failing_fold_worker_resumes_from_its_checkpoint(ray_cluster, tiny_con
 def test_predict_cli_rejects_a_run_without_models(ray_cluster, tiny_data_root, tmp_path):
     from orchestrator.predict import main
 
-    (tmp_path / "cv.json").write_text(json.dumps({"thresholds": {"pixel": 0.5, "min_area": 0, "empty": 1.01}}))
+    (tmp_path / "cv.json").write_text(
+        json.dumps({"thresholds": {"pixel": 0.5, "min_area": 0, "empty": 1.01}})
+    )
     with pytest.raises(ValueError, match="no fold models"):
         main(["--run", str(tmp_path), "--data", str(tiny_data_root)])

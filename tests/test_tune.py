@@ -17,8 +17,15 @@ from orchestrator.search import PruningOptunaSearch, define_space, params_to_ove
 from salt_model.config import load_config
 from tests.conftest import TINY, tiny_args
 
-SEARCH = [*TINY, "data.folds=2", "train.epochs=3", "search.trials=3", "search.switch_low=1",
-          "search.grace_epochs=1", "search.max_concurrent=1"]
+SEARCH = [
+    *TINY,
+    "data.folds=2",
+    "train.epochs=3",
+    "search.trials=3",
+    "search.switch_low=1",
+    "search.grace_epochs=1",
+    "search.max_concurrent=1",
+]
 
 
 def sample(config, seed=0, n=30):
@@ -46,12 +53,20 @@ def test_every_sampled_trial_is_a_valid_config_within_the_bounds():
 
 
 def test_overrides_map_each_schedule_onto_the_config():
-    o = params_to_overrides({"schedule": "cyclic", "lr": 0.01, "cyclic_min_lr_ratio": 10.0,
-                             "cyclic_cycle_epochs": 4, "loss_switch_epoch": 3})
+    o = params_to_overrides(
+        {
+            "schedule": "cyclic",
+            "lr": 0.01,
+            "cyclic_min_lr_ratio": 10.0,
+            "cyclic_cycle_epochs": 4,
+            "loss_switch_epoch": 3,
+        }
+    )
     assert o["schedule.max_lr"] == 0.01 and o["schedule.min_lr"] == pytest.approx(0.001)
     assert o["schedule.cycle_epochs"] == 4.0 and o["train.loss_switch_epoch"] == 3
-    o = params_to_overrides({"schedule": "step", "lr": 0.01, "step_epochs": 2, "step_gamma": 0.3,
-                             "loss_switch_epoch": 1})
+    o = params_to_overrides(
+        {"schedule": "step", "lr": 0.01, "step_epochs": 2, "step_gamma": 0.3, "loss_switch_epoch": 1}
+    )
     assert o["schedule.step_epochs"] == 2.0 and o["schedule.gamma"] == 0.3
 
 
@@ -76,8 +91,15 @@ def test_trials_stopped_early_are_pruned_in_the_study_and_full_ones_complete():
 def check_search_outputs(out, data_root, trials=3, epochs=3):
     table = pd.read_csv(out / "trials.csv")
     assert len(table) == trials
-    assert {"trial_id", "state", "best_val_map", "epochs_run", "param_schedule", "param_lr",
-            "param_loss_switch_epoch"} <= set(table.columns)
+    assert {
+        "trial_id",
+        "state",
+        "best_val_map",
+        "epochs_run",
+        "param_schedule",
+        "param_lr",
+        "param_loss_switch_epoch",
+    } <= set(table.columns)
     study = optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{out / 'optuna.db'}")
     assert len(study.trials) == trials
     for row in table.itertuples():
@@ -110,8 +132,9 @@ def test_an_interrupted_search_resumes_and_finishes_every_trial(tiny_data_root, 
     out = tmp_path / "search"
     cmd = [sys.executable, "-m", "orchestrator.tune", *tiny_args(tiny_data_root, out, overrides=SEARCH)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     deadline = time.time() + 600
     try:
         for line in proc.stdout:  # kill the driver once the first trial has finished
@@ -128,7 +151,19 @@ def test_an_interrupted_search_resumes_and_finishes_every_trial(tiny_data_root, 
 
 
 def test_resume_without_a_search_is_a_clear_error(tmp_path, tiny_data_root):
-    result = subprocess.run([sys.executable, "-m", "orchestrator.tune", "--data", str(tiny_data_root),
-                             "--out", str(tmp_path / "none"), "--resume"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.tune",
+            "--data",
+            str(tiny_data_root),
+            "--out",
+            str(tmp_path / "none"),
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "no interrupted search" in result.stderr and "Traceback" not in result.stderr
