@@ -25,6 +25,8 @@ from salt_model.cli import add_config_args, config_from_args, run_cli
 from salt_model.config import Config
 from salt_model.data import SaltData, has_test, load_split, resolve_data
 from salt_model.folds import load_folds, make_folds, save_folds
+from salt_model.postprocess import Thresholds, binarize
+from salt_model.visualize import oof_gallery
 
 
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:
@@ -74,10 +76,15 @@ def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.nda
 def finalize(
     result: KFoldResult, out: Path, config: Config, data: SaltData, root: Path, extra: dict | None = None
 ) -> dict:
-    """OOF thresholds, cv.json, a score table, and submission.csv when the data has test tiles."""
-    chosen = choose_oof_thresholds(result.oof_probs, result.oof_empty, data.masks.astype(bool))
+    """OOF thresholds, cv.json, a score table, oof_gallery.png, and submission.csv when there are test tiles."""
+    truth = data.masks.astype(bool)
+    chosen = choose_oof_thresholds(result.oof_probs, result.oof_empty, truth)
     summary = write_cv(out, result, config, {**chosen, **(extra or {})})
     print_cv_table(summary)
+    pred = binarize(result.oof_probs, result.oof_empty, Thresholds(**chosen["thresholds"]))
+    print(
+        f"OOF predictions vs truth (worst, random, best tiles): {oof_gallery(out / 'oof_gallery.png', data.images, truth, pred, data.ids)}"
+    )
     if has_test(root):
         predict_submission(out, load_split(root, "test"), chosen["thresholds"], out / "submission.csv")
     return summary
