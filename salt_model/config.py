@@ -119,8 +119,8 @@ class DataConfig:
     crop_prob: float = 0.5  # random crop resized back to 101 with this probability
     crop_size: int = 90  # side of that crop
     intensity_prob: float = 0.5  # one of brightness/contrast/gamma with this probability
-    synthetic_train: int = 300  # tiles generated when --data synthetic
-    synthetic_test: int = 60
+    synthetic_train: int = 200  # tiles generated when --data synthetic
+    synthetic_test: int = 50
     synthetic_seed: int = 0
 
     def validate(self) -> None:

@@ -128,8 +128,8 @@ def train_fold(
     """Trains `fold` of the k-fold split to config.train.epochs and returns its result.
 
     `resume` is a checkpoint (path or loaded dict) written by this function's `save`; training goes
-    on from the epoch after it. Every epoch calls `report(metrics, save)` exactly once, including
-    resumed runs where no epoch is left (then it is never called).
+    on from the epoch after it. `report(metrics, save)` is called once per trained epoch, and never
+    when a resumed run has no epoch left.
     """
     device = pick_device(device)
     if config.train.threads:
@@ -174,7 +174,11 @@ def train_fold(
 
     for epoch in range(state["epoch"], config.train.epochs):
         start = time.perf_counter()
-        torch.manual_seed(config.train.seed * 1000 + fold * 100 + epoch)  # same epoch after a resume
+        # The same epoch after a resume: torch's shuffling and albumentations' own generator (exact
+        # with loader_workers=0; worker processes keep their own augmentation streams).
+        epoch_seed = config.train.seed * 1000 + fold * 100 + epoch
+        torch.manual_seed(epoch_seed)
+        loader.dataset.transform.set_random_seed(epoch_seed)
         train_loss, state["step"] = train_one_epoch(
             model, loader, optimizer, scaler, epoch, state["step"], config, device
         )

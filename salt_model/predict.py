@@ -50,34 +50,42 @@ def predict_probs(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(N, 101, 101) uint8 tiles -> mask probabilities (N, 101, 101) float32 and empty probs (N,).
 
-    With `tta` the prediction of the horizontally flipped tile is flipped back and averaged.
+    With `tta` the horizontally flipped tile is predicted too and its prediction flipped back and
+    averaged. The flip happens before padding, as in training: 101 -> 128 pads 13 px on one side and
+    14 on the other, so flipping the padded tile would shift the view by a pixel.
     """
     model.eval()
+    views = [images, images[:, :, ::-1]] if tta else [images]
+    probs = np.zeros(images.shape, dtype=np.float32)
+    empty = np.zeros(len(images), dtype=np.float32)
+    has_empty_head = True
+    for i, view in enumerate(views):
+        p, e = _predict_view(
+            model, pad_batch(np.ascontiguousarray(view), config.data), config, device, batch_size
+        )
+        probs += p[:, :, ::-1] if i == 1 else p
+        if e is None:
+            has_empty_head = False
+        else:
+            empty += e
+    probs /= len(views)
+    return probs, (empty / len(views) if has_empty_head else None)
+
+
+def _predict_view(model, padded: np.ndarray, config: Config, device: torch.device, batch_size: int):
+    """(N, P, P) padded uint8 -> unpadded (N, 101, 101) probabilities and (N,) empty probs or None."""
     dtype = autocast_dtype(config.train.precision, device)
     memory_format = _memory_format(config, device)
-    padded = pad_batch(images, config.data)  # (N, P, P) uint8
-    probs = np.empty(images.shape, dtype=np.float32)
-    empty = np.empty(len(images), dtype=np.float32)
-    has_empty_head = True
-    for start in range(0, len(images), batch_size):
+    probs, empty = [], []
+    for start in range(0, len(padded), batch_size):
         x = torch.from_numpy(padded[start : start + batch_size]).to(device, non_blocking=True)
         x = x[:, None].float().div_(255).contiguous(memory_format=memory_format)  # (B, 1, P, P)
-        views = [x, x.flip(-1)] if tta else [x]
-        mask_sum, empty_sum = 0.0, 0.0
-        for i, view in enumerate(views):
-            with autocast(device, dtype):
-                mask_logits, empty_logits = model(view)[:2]
-            p = torch.sigmoid(mask_logits.float())[:, 0]  # (B, P, P)
-            mask_sum = mask_sum + (p.flip(-1) if i == 1 else p)
-            if empty_logits is None:
-                has_empty_head = False
-            else:
-                empty_sum = empty_sum + torch.sigmoid(empty_logits.float())
-        stop = start + len(x)
-        probs[start:stop] = unpad((mask_sum / len(views)).cpu().numpy())
-        if has_empty_head:
-            empty[start:stop] = (empty_sum / len(views)).cpu().numpy()
-    return probs, (empty if has_empty_head else None)
+        with autocast(device, dtype):
+            mask_logits, empty_logits = model(x)[:2]
+        probs.append(unpad(torch.sigmoid(mask_logits.float())[:, 0]).cpu().numpy())  # (B, 101, 101)
+        if empty_logits is not None:
+            empty.append(torch.sigmoid(empty_logits.float()).cpu().numpy())
+    return np.concatenate(probs), (np.concatenate(empty) if empty else None)
 
 
 def save_fold_model(path: Path, model_state: dict, config: Config, fold: int, score: float, epoch: int):

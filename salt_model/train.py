@@ -67,10 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = config_from_args(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
     root = resolve_data(args.data, config.data)
     data = load_split(root, "train")
+    out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be good
     folds = make_folds(data.masks, config.data.folds, config.data.fold_seed)
     save_folds(out / "folds.csv", data.ids, folds)
     config.save(out / "config.json")

@@ -44,9 +44,10 @@ def tiny_data_root(tmp_path_factory, tiny_config) -> Path:
     return resolve_data("synthetic", tiny_config.data, cache_dir=tmp_path_factory.mktemp("synthetic"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray for the whole session: 4 logical CPUs so 3 fold workers fit on 2 cores."""
+    """A local Ray per test module: 4 logical CPUs so 3 fold workers fit on 2 cores. Module scope, so
+    that modules whose tests start their own Ray in a subprocess never run beside this one."""
     import ray
 
     from orchestrator.runtime import init_ray

@@ -35,7 +35,9 @@ def test_empty_yaml_file_is_the_defaults(tmp_path):
 
 
 def test_overrides_from_strings_and_dicts():
-    config = load_config(None, ["train.epochs=3", "model.scse=false", "schedule.lr=0.01", "model.encoder=resnet18"])
+    config = load_config(
+        None, ["train.epochs=3", "model.scse=false", "schedule.lr=0.01", "model.encoder=resnet18"]
+    )
     assert config.train.epochs == 3 and isinstance(config.train.epochs, int)
     assert config.model.scse is False
     assert config.schedule.lr == pytest.approx(0.01)
@@ -149,8 +151,16 @@ def test_missing_encoder_weights_file_is_named(tmp_path):
 
 
 def test_to_dict_from_dict_round_trip(tmp_path):
-    config = load_config(None, ["model.encoder=resnet18", "model.width=0.5", "train.epochs=3",
-                                "schedule.name=onecycle", "data.folds=4"])
+    config = load_config(
+        None,
+        [
+            "model.encoder=resnet18",
+            "model.width=0.5",
+            "train.epochs=3",
+            "schedule.name=onecycle",
+            "data.folds=4",
+        ],
+    )
     raw = config.to_dict()
     assert raw["model"]["width"] == 0.5 and raw["train"]["epochs"] == 3
     assert Config.from_dict(raw) == config

@@ -1,0 +1,207 @@
+"""Quality benchmark: train k-fold folds without Ray and score their out-of-fold predictions.
+
+    python bench/quality.py --data ../shared/tgs --config configs/cpu.yaml --folds-to-run 0 \
+        --out bench/quality_cpu.json
+
+Trains the chosen folds (default: all k) one after another with `salt_model.engine.train_fold`, pure
+PyTorch, so it runs the same on a laptop or a GPU box without Ray. Then it scores the held-out tiles of
+those folds together with the competition metric (salt_model.metric): at the default thresholds (pixel
+0.5, empty head 0.5, as `engine.evaluate` scores every epoch) and at thresholds chosen on these OOF
+predictions (`postprocess.choose_thresholds`, as the top TGS solutions did). Thresholds chosen on the
+same tiles they are scored on are optimistic by a little; the default figure is the unbiased one.
+
+The JSON (written atomically) holds the per-fold histories and best scores, both OOF figures, the
+empty-image accuracy, the all-empty baseline on the same tiles, wall times, the device, the torch
+version, the resolved config and the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):  # `python bench/quality.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from salt_model.cli import add_config_args, config_from_args, run_cli
+from salt_model.data import load_split, resolve_data
+from salt_model.engine import train_fold
+from salt_model.folds import make_folds
+from salt_model.io import atomic_write_text
+from salt_model.metric import image_scores
+from salt_model.postprocess import Thresholds, binarize, choose_thresholds
+from salt_model.predict import pick_device
+from salt_model.train import format_epoch
+
+
+def parse_folds(text: str | None, k: int) -> list[int]:
+    """'0,2' -> [0, 2]; None -> all k folds. Raises ValueError naming the bad entry."""
+    if text is None:
+        return list(range(k))
+    folds = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.lstrip("-").isdigit() or not 0 <= int(item) < k:
+            raise ValueError(
+                f"--folds-to-run: {item!r} is not a fold; expected integers in 0..{k - 1} "
+                f"for data.folds={k}, e.g. --folds-to-run 0,1"
+            )
+        if int(item) in folds:
+            raise ValueError(f"--folds-to-run: fold {item} is listed twice")
+        folds.append(int(item))
+    return folds
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        models = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = models[0] if models else cpu
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+
+
+def oof_summary(probs: np.ndarray, empty: np.ndarray | None, truth: np.ndarray) -> dict:
+    """Competition metric, empty-image accuracy and the all-empty baseline of OOF probabilities.
+
+    probs (N, 101, 101) float, empty (N,) or None, truth (N, 101, 101) bool.
+    """
+    default = Thresholds(empty=0.5) if empty is not None else Thresholds()  # what engine.evaluate uses
+    chosen, chosen_score = choose_thresholds(probs, empty, truth)
+    truly_empty = ~truth.any(axis=(1, 2))  # (N,)
+
+    def scored(th: Thresholds) -> dict:
+        pred = binarize(probs, empty, th)
+        predicted_empty = ~pred.any(axis=(1, 2))
+        return {
+            "thresholds": {k: v.item() if isinstance(v, np.generic) else v for k, v in th.to_dict().items()},
+            "metric": float(image_scores(truth, pred).mean()),
+            "empty_accuracy": float((predicted_empty == truly_empty).mean()),
+        }
+
+    out = {
+        "tiles": len(truth),
+        "truly_empty_fraction": float(truly_empty.mean()),
+        "all_empty_baseline": float(image_scores(truth, np.zeros_like(truth)).mean()),
+        "default": scored(default),
+        "chosen": scored(chosen),
+    }
+    assert abs(out["chosen"]["metric"] - chosen_score) < 1e-9, "choose_thresholds score mismatch"
+    if empty is not None:
+        out["empty_head_accuracy"] = float(((empty > 0.5) == truly_empty).mean())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python bench/quality.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(parser)
+    parser.add_argument(
+        "--folds-to-run",
+        default=None,
+        metavar="F,F,...",
+        help="comma-separated folds to train (default: all data.folds)",
+    )
+    parser.add_argument("--out", default="bench/quality.json", help="JSON results file")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    run_folds = parse_folds(args.folds_to_run, config.data.folds)
+    device = pick_device(args.device)
+    command = (
+        shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", parser.prog, *argv])
+    )
+
+    root = resolve_data(args.data, config.data)
+    data = load_split(root, "train")
+    folds = make_folds(data.masks, config.data.folds, config.data.fold_seed)
+    load_before = os.getloadavg()
+    print(
+        f"data {root}: {len(data)} tiles | folds {run_folds} of {config.data.folds} | device "
+        f"{device_name(device)} | torch {torch.__version__} | load average {load_before[0]:.2f}",
+        flush=True,
+    )
+
+    def report(metrics: dict, save) -> None:
+        print(format_epoch(metrics), flush=True)
+
+    results, start = [], time.perf_counter()
+    for fold in run_folds:
+        fold_start = time.perf_counter()
+        result = train_fold(config, data, fold, report=report, folds=folds, device=device)
+        wall = time.perf_counter() - fold_start
+        print(
+            f"fold {fold}: best val_map {result.best_score:.4f} at epoch {result.best_epoch} ({wall:.0f}s)",
+            flush=True,
+        )
+        results.append((result, wall))
+    total = time.perf_counter() - start
+
+    val_index = np.concatenate([r.val_index for r, _ in results])
+    probs = np.concatenate([r.oof_probs for r, _ in results])  # (N, 101, 101)
+    has_empty = all(r.oof_empty is not None for r, _ in results)
+    empty = np.concatenate([r.oof_empty for r, _ in results]) if has_empty else None
+    oof = oof_summary(probs, empty, data.masks[val_index].astype(bool))
+
+    summary = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "data": str(root),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "load_average_before": list(load_before),
+        "load_average_after": list(os.getloadavg()),
+        "folds_run": run_folds,
+        "folds": [
+            {
+                "fold": r.fold,
+                "best_val_map": r.best_score,
+                "best_epoch": r.best_epoch,
+                "held_out": len(r.val_index),
+                "wall_s": wall,
+                "history": r.history,
+            }
+            for r, wall in results
+        ],
+        "oof": oof,
+        "wall_s_total": total,
+        "config": config.to_dict(),
+    }
+    out = Path(args.out)
+    atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
+
+    d, c = oof["default"], oof["chosen"]
+    print(
+        f"OOF over {oof['tiles']} tiles of folds {run_folds}: metric {d['metric']:.4f} at default thresholds "
+        f"(empty acc {d['empty_accuracy']:.3f}) | {c['metric']:.4f} at chosen {c['thresholds']} "
+        f"(empty acc {c['empty_accuracy']:.3f}) | all-empty baseline {oof['all_empty_baseline']:.4f}"
+    )
+    print(
+        f"wall {total:.0f}s total ({', '.join(f'fold {r.fold} {w:.0f}s' for r, w in results)}); "
+        f"results in {out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

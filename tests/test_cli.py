@@ -1,0 +1,128 @@
+"""`python -m salt_model.train` end to end in a subprocess: its outputs, resuming, and clean error exits."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from salt_model.config import Config
+from tests.conftest import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUTS = ("config.json", "folds.csv", "fold_0.pt", "model_fold_0.pt", "oof_fold_0.npz", "result_fold_0.json")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _train_args(data, out, *extra) -> list[str]:
+    args = [sys.executable, "-m", "salt_model.train", "--data", str(data), "--out", str(out)]
+    for item in TINY:
+        args += ["--set", item]
+    return args + ["--set", "train.eval_tta=false", *extra]
+
+
+def _run(args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_root, tmp_path_factory):
+    """One 1-epoch run of fold 0, then the same command again (which must resume)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    args = _train_args(tiny_data_root, out, "--epochs", "1")
+    first = _run(args)
+    second = _run(args) if first.returncode == 0 else None
+    return out, first, second
+
+
+def test_train_writes_every_output(trained, tiny_data_root):
+    out, first, _ = trained
+    assert first.returncode == 0, first.stderr
+    for name in OUTPUTS:
+        assert (out / name).is_file(), f"{name} missing; stdout:\n{first.stdout}"
+    assert not list(out.glob(".*.tmp")), "a temporary file of an atomic write was left behind"
+    epoch_lines = [line for line in first.stdout.splitlines() if line.startswith("fold 0 epoch")]
+    assert len(epoch_lines) == 1 and "val_map" in epoch_lines[0] and "lr" in epoch_lines[0]
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 1 and config["model"]["width"] == 0.125
+    result = json.loads((out / "result_fold_0.json").read_text())
+    assert result["fold"] == 0 and [h["epoch"] for h in result["history"]] == [1]
+    assert 0 <= result["best_val_map"] <= 1
+    folds_csv = (out / "folds.csv").read_text().splitlines()
+    n_tiles = len(list((tiny_data_root / "train" / "images").glob("*.png")))
+    assert len(folds_csv) == n_tiles + 1  # a header, then one row per tile
+    with np.load(out / "oof_fold_0.npz") as oof:
+        assert oof["probs"].shape == (len(oof["ids"]), 101, 101)
+        assert 0 < len(oof["ids"]) < n_tiles
+    model = torch.load(out / "model_fold_0.pt", map_location="cpu", weights_only=True)
+    assert model["fold"] == 0 and model["state_dict"]
+    assert Config.from_dict(model["config"]) == Config.from_dict(config)  # JSON has lists for tuples
+    ckpt = torch.load(out / "fold_0.pt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1
+
+
+def test_rerun_resumes(trained):
+    out, first, second = trained
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert "resuming" in second.stdout
+    assert "fold 0 epoch" not in second.stdout  # the only epoch was already trained
+    result = json.loads((out / "result_fold_0.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == [1]
+
+
+def _image_without_mask(root: Path, tmp_path: Path) -> Path:
+    bad = tmp_path / "no_mask"
+    shutil.copytree(root / "train", bad / "train")
+    (bad / "train.csv").unlink(missing_ok=True)
+    orphan = sorted((bad / "train" / "masks").glob("*.png"))[0]
+    orphan.unlink()
+    return bad, orphan.stem
+
+
+def test_bad_inputs_exit_with_one_clean_line(tiny_data_root, tmp_path):
+    no_mask, orphan_id = _image_without_mask(tiny_data_root, tmp_path)
+    missing = tmp_path / "no_such_folder"
+    out = tmp_path / "out"
+    cases = {  # name: (args, pieces the error line must contain)
+        "missing data": (_train_args(missing, out), [str(missing), "not found"]),
+        "image without mask": (_train_args(no_mask, out), [orphan_id, "without a mask"]),
+        "bad value": (
+            _train_args(tiny_data_root, out, "--set", "train.epochs=abc"),
+            ["train.epochs", "'abc'"],
+        ),
+        "unknown key": (
+            _train_args(tiny_data_root, out, "--set", "train.epoch=2"),
+            ["train.epoch", "allowed"],
+        ),
+        "missing config": (
+            _train_args(tiny_data_root, out, "--config", str(tmp_path / "nope.yaml")),
+            ["nope.yaml", "not found"],
+        ),
+    }
+    # All at once: each run spends most of its time importing torch.
+    procs = {
+        name: subprocess.Popen(
+            args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, (args, _) in cases.items()
+    }
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        lines = stderr.strip().splitlines()
+        assert proc.returncode != 0, f"{name}: exit 0; stdout {stdout!r}"
+        assert "Traceback" not in stderr, f"{name}: {stderr}"
+        assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: {stderr!r}"
+        for piece in cases[name][1]:
+            assert piece in lines[0], f"{name}: {piece!r} not in {lines[0]!r}"
