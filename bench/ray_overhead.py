@@ -30,7 +30,9 @@ from salt_model.io import atomic_write_text  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_args(parser)
     parser.add_argument("--out", default="bench/ray_overhead.json")
     args = parser.parse_args(argv)
@@ -54,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         ray_start = time.time()
         run_kfold(config, data, folds, Path(tmp) / "run", FoldResources(cpus=1, gpus=0, threads=1))
         ray_wall = time.time() - ray_start
-        progress = [json.loads(line) for line in (Path(tmp) / "run" / "progress.jsonl").read_text().splitlines()]
+        progress = [
+            json.loads(line) for line in (Path(tmp) / "run" / "progress.jsonl").read_text().splitlines()
+        ]
     first_step = progress[0]["time"] - progress[0]["epoch_s"]
     ray.shutdown()
 

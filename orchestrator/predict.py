@@ -26,7 +26,7 @@ from salt_model.config import Config
 from salt_model.data import DataError, SaltData, load_split, resolve_data
 from salt_model.io import atomic_write
 from salt_model.metric import competition_metric
-from salt_model.postprocess import Thresholds, binarize, choose_thresholds
+from salt_model.postprocess import Thresholds, binarize, choose_thresholds, default_thresholds
 from salt_model.predict import model_from_payload, pick_device, predict_probs, read_fold_model
 from salt_model.rle import rle_encode
 
@@ -73,9 +73,7 @@ def ensemble_probs(models: list, images: np.ndarray, device, batch_size: int = 6
 
 def choose_oof_thresholds(oof_probs: np.ndarray, oof_empty: np.ndarray | None, truth: np.ndarray) -> dict:
     """The thresholds that maximise the OOF competition metric, with the scores before and after."""
-    default_pred = binarize(
-        oof_probs, oof_empty, Thresholds(empty=0.5) if oof_empty is not None else Thresholds()
-    )
+    default_pred = binarize(oof_probs, oof_empty, default_thresholds(oof_empty))
     default_score = competition_metric(truth, default_pred)
     thresholds, score = choose_thresholds(oof_probs, oof_empty, truth)
     return {

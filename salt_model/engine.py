@@ -29,7 +29,7 @@ from salt_model.io import atomic_write
 from salt_model.losses import compute_loss, loss_name
 from salt_model.metric import image_scores, iou
 from salt_model.model import build_model
-from salt_model.postprocess import Thresholds, binarize
+from salt_model.postprocess import binarize, default_thresholds
 from salt_model.predict import autocast, autocast_dtype, pick_device, predict_probs
 from salt_model.schedules import lr_at, make_optimizer, set_lr
 
@@ -105,7 +105,7 @@ def evaluate(
     """Held-out metrics at the default thresholds, plus the probabilities behind them."""
     probs, empty = predict_probs(model, data.images, config, device, tta=config.train.eval_tta)
     truth = data.masks.astype(bool)
-    pred = binarize(probs, empty, Thresholds(empty=0.5) if empty is not None else Thresholds())
+    pred = binarize(probs, empty, default_thresholds(empty))
     metrics = {
         "val_map": float(image_scores(truth, pred).mean()),
         "val_iou": float(iou(truth, pred).mean()),

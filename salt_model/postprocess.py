@@ -14,7 +14,7 @@ import numpy as np
 
 from salt_model.metric import image_scores
 
-PIXEL_GRID = tuple(np.round(np.arange(0.20, 0.81, 0.025), 3))
+PIXEL_GRID = tuple(float(v) for v in np.round(np.arange(0.20, 0.81, 0.025), 3))
 AREA_GRID = (0, 5, 10, 20, 40, 60, 80, 120, 160)
 EMPTY_GRID = (1.01, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)  # 1.01 = the empty head never empties a mask
 
@@ -38,15 +38,20 @@ def binarize(probs: np.ndarray, empty_probs: np.ndarray | None, th: Thresholds) 
     return masks & keep[:, None, None]
 
 
+def default_thresholds(empty_probs: np.ndarray | None) -> Thresholds:
+    """What the training loop scores val_map with: pixel 0.5, and the empty head at 0.5 when present."""
+    return Thresholds() if empty_probs is None else Thresholds(empty=0.5)
+
+
 def choose_thresholds(
     probs: np.ndarray, empty_probs: np.ndarray | None, truth: np.ndarray, rounds: int = 2
 ) -> tuple[Thresholds, float]:
     """Coordinate-wise search of (pixel, min_area, empty) maximising the competition metric.
 
-    Returns the chosen thresholds and the OOF score they reach. Starts from the defaults, so the
-    result is never worse than the default thresholds on these predictions.
+    Returns the chosen thresholds and the OOF score they reach. Starts from `default_thresholds`, so
+    the result is never worse than the training loop's own thresholds on these predictions.
     """
-    best = Thresholds()
+    best = default_thresholds(empty_probs)
     best_score = _score(probs, empty_probs, truth, best)
     grids = {"pixel": PIXEL_GRID, "min_area": AREA_GRID}
     if empty_probs is not None:
