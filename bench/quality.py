@@ -17,7 +17,6 @@ version, the resolved config and the command line.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -33,7 +32,7 @@ import torch
 if __package__ in (None, ""):  # `python bench/quality.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from salt_model.cli import add_config_args, config_from_args, run_cli
+from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.data import load_split, resolve_data
 from salt_model.engine import train_fold
 from salt_model.folds import make_folds
@@ -110,11 +109,7 @@ def oof_summary(probs: np.ndarray, empty: np.ndarray | None, truth: np.ndarray) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python bench/quality.py",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = make_parser("python bench/quality.py", __doc__)
     add_config_args(parser)
     parser.add_argument(
         "--folds-to-run",

@@ -10,7 +10,6 @@ length of that first epoch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -22,7 +21,7 @@ START = time.time()  # before the heavy imports: "command start"
 
 import torch  # noqa: E402
 
-from salt_model.cli import add_config_args, config_from_args, run_cli  # noqa: E402
+from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli  # noqa: E402
 from salt_model.data import load_split, resolve_data  # noqa: E402
 from salt_model.engine import train_fold  # noqa: E402
 from salt_model.folds import make_folds  # noqa: E402
@@ -30,9 +29,7 @@ from salt_model.io import atomic_write_text  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = make_parser("python bench/ray_overhead.py", __doc__)
     add_config_args(parser)
     parser.add_argument("--out", default="bench/ray_overhead.json")
     args = parser.parse_args(argv)

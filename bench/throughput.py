@@ -19,7 +19,6 @@ Other processes on a shared machine depress the wall-clock figures: check `load_
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from salt_model.augment import SaltDataset, pad_batch, train_transform
-from salt_model.cli import add_config_args, config_from_args, run_cli
+from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import PRECISIONS, Config
 from salt_model.data import load_split, resolve_data
 from salt_model.engine import train_one_epoch
@@ -50,11 +49,7 @@ DEFAULTS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.throughput",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = make_parser("python -m bench.throughput", __doc__)
     add_config_args(parser, epochs=False)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument(

@@ -11,7 +11,6 @@ so only text travels back. Rows come back in any order, so every row carries its
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import pandas as pd
 import ray
 
 from orchestrator.runtime import init_ray
-from salt_model.cli import run_cli
+from salt_model.cli import make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data import DataError, SaltData, load_split, resolve_data
 from salt_model.io import atomic_write
@@ -156,11 +155,7 @@ def thresholds_for_run(run: Path, root: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.predict",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = make_parser("python -m orchestrator.predict", __doc__)
     parser.add_argument(
         "--run", required=True, help="output folder of orchestrator.train or orchestrator.tune"
     )

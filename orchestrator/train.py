@@ -21,7 +21,7 @@ import ray
 from orchestrator.kfold import KFoldResult, run_kfold, write_cv
 from orchestrator.predict import choose_oof_thresholds, predict_submission
 from orchestrator.runtime import fold_resources, init_ray
-from salt_model.cli import add_config_args, config_from_args, run_cli
+from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data import SaltData, has_test, load_split, resolve_data
 from salt_model.folds import load_folds, make_folds, save_folds
@@ -104,11 +104,7 @@ def print_cv_table(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = make_parser("python -m orchestrator.train", __doc__)
     add_config_args(parser)
     parser.add_argument("--out", required=True, help="run folder (re-use it to resume)")
     add_cluster_args(parser)

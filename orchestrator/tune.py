@@ -17,7 +17,6 @@ models/, oof.npz, cv.json and submission.csv.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -37,7 +36,7 @@ from orchestrator.kfold import collect_folds, make_trainer
 from orchestrator.runtime import FoldResources, fold_resources, init_ray
 from orchestrator.search import METRIC, PruningOptunaSearch, define_space, trial_config
 from orchestrator.train import add_cluster_args, finalize, prepare_run
-from salt_model.cli import add_config_args, config_from_args, run_cli
+from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config, load_config
 from salt_model.data import resolve_data
 from salt_model.io import atomic_write, atomic_write_text
@@ -181,11 +180,7 @@ def trial_table(results: tune.ResultGrid, out: Path) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.tune",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = make_parser("python -m orchestrator.tune", __doc__)
     add_config_args(parser)
     parser.add_argument("--trials", type=int, default=None, help="number of trials (search.trials)")
     parser.add_argument(

@@ -9,6 +9,13 @@ from collections.abc import Callable
 from salt_model.config import Config, load_config
 
 
+def make_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """An entry point's parser, with its module docstring as the help text."""
+    return argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def add_config_args(parser: argparse.ArgumentParser, epochs: bool = True) -> None:
     parser.add_argument(
         "--data",

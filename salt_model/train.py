@@ -7,14 +7,13 @@ resumes from fold_F.pt; --restart ignores it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from salt_model.cli import add_config_args, config_from_args, run_cli
+from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.data import load_split, resolve_data
 from salt_model.engine import FoldResult, checkpoint_name, train_fold
 from salt_model.folds import make_folds, save_folds
@@ -54,11 +53,7 @@ def save_fold_outputs(out: Path, result: FoldResult, config, ids: np.ndarray) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m salt_model.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = make_parser("python -m salt_model.train", __doc__)
     add_config_args(parser)
     parser.add_argument("--fold", type=int, default=0, help="which fold to hold out (0-based)")
     parser.add_argument("--out", required=True, help="output folder")
