@@ -201,6 +201,19 @@ def main(argv: list[str] | None = None) -> int:
         if not tune.Tuner.can_restore(str(experiment.resolve())):
             raise ValueError(f"--resume: no interrupted search in {out} (no {experiment})")
         config = load_config(out / "config.json")  # the search goes on with the config it started with
+        ignored = [
+            flag
+            for flag, value in (
+                ("--config", args.config),
+                ("--set", args.overrides),
+                ("--trials", args.trials),
+                ("--epochs", args.epochs),
+                ("--folds", args.folds),
+            )
+            if value
+        ]
+        if ignored:
+            print(f"note: --resume continues with {out / 'config.json'}; ignoring {', '.join(ignored)}")
     else:
         if experiment.exists():
             raise ValueError(
