@@ -189,7 +189,7 @@ def train_fold(
                 best_score=metrics["val_map"],
                 best_epoch=epoch + 1,
                 best_state=_cpu_copy(model.state_dict()),
-                best_oof=probs.astype(np.float16),
+                best_oof=probs,  # float32: float16 flips pixels that sit at a threshold
                 best_empty=empty,
             )
         metrics.update(
@@ -214,7 +214,7 @@ def train_fold(
         best_epoch=state["best_epoch"],
         history=state["history"],
         val_index=val_idx,
-        oof_probs=state["best_oof"].astype(np.float32),
+        oof_probs=state["best_oof"],
         oof_empty=state["best_empty"],
         best_state=state["best_state"],
     )
