@@ -112,7 +112,7 @@ def predict_submission(
         EnsemblePredictor,
         fn_constructor_args=([ray.put(payloads)], thresholds, batch_size),
         batch_size=max(batch_size, 256),
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_gpus=1 if gpus else 0,
         num_cpus=cpus_per_actor,
     )
