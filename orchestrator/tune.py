@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import ray
 from optuna.storages import RDBStorage
@@ -125,8 +126,13 @@ def trial_resources() -> dict:
     return {"CPU": 0.01}
 
 
+def study_url(out: Path) -> str:
+    """The Optuna study's SQLite storage in the run folder."""
+    return f"sqlite:///{(out / 'optuna.db').resolve()}"
+
+
 def make_searcher(config: Config, out: Path) -> PruningOptunaSearch:
-    storage = RDBStorage(f"sqlite:///{(out / 'optuna.db').resolve()}")
+    storage = RDBStorage(study_url(out))
     return PruningOptunaSearch(
         functools.partial(define_space, search=config.search, epochs=config.train.epochs),
         metric=METRIC,
@@ -153,9 +159,7 @@ def make_scheduler(config: Config) -> ASHAScheduler | None:
 
 def trial_table(results: tune.ResultGrid, out: Path) -> pd.DataFrame:
     """trials.csv: one row per trial with its params, Optuna state, best fold-mean metric and epochs."""
-    import optuna
-
-    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{(out / 'optuna.db').resolve()}")
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
     states = {t.user_attrs.get("tune_trial_id"): t.state.name for t in study.trials}
     rows = []
     for result in results:
