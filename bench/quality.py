@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -32,13 +31,14 @@ import torch
 if __package__ in (None, ""):  # `python bench/quality.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import cpu_model  # noqa: E402
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.data import load_split, resolve_data
 from salt_model.engine import train_fold
 from salt_model.folds import make_folds
 from salt_model.io import atomic_write_text
 from salt_model.metric import image_scores
-from salt_model.postprocess import Thresholds, binarize, choose_thresholds
+from salt_model.postprocess import Thresholds, binarize, choose_thresholds, default_thresholds
 from salt_model.predict import pick_device
 from salt_model.train import format_epoch
 
@@ -64,17 +64,7 @@ def parse_folds(text: str | None, k: int) -> list[int]:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        models = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = models[0] if models else cpu
-    except OSError:
-        pass
-    return f"{cpu} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+    return f"{cpu_model()} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
 
 
 def oof_summary(probs: np.ndarray, empty: np.ndarray | None, truth: np.ndarray) -> dict:
@@ -82,7 +72,7 @@ def oof_summary(probs: np.ndarray, empty: np.ndarray | None, truth: np.ndarray) 
 
     probs (N, 101, 101) float, empty (N,) or None, truth (N, 101, 101) bool.
     """
-    default = Thresholds(empty=0.5) if empty is not None else Thresholds()  # what engine.evaluate uses
+    default = default_thresholds(empty)  # what engine.evaluate scores val_map with
     chosen, chosen_score = choose_thresholds(probs, empty, truth)
     truly_empty = ~truth.any(axis=(1, 2))  # (N,)
 
@@ -90,7 +80,7 @@ def oof_summary(probs: np.ndarray, empty: np.ndarray | None, truth: np.ndarray) 
         pred = binarize(probs, empty, th)
         predicted_empty = ~pred.any(axis=(1, 2))
         return {
-            "thresholds": {k: v.item() if isinstance(v, np.generic) else v for k, v in th.to_dict().items()},
+            "thresholds": th.to_dict(),
             "metric": float(image_scores(truth, pred).mean()),
             "empty_accuracy": float((predicted_empty == truly_empty).mean()),
         }

@@ -30,16 +30,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from bench.machine import cpu_model
 from salt_model.augment import SaltDataset, pad_batch, train_transform
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import PRECISIONS, Config
 from salt_model.data import load_split, resolve_data
-from salt_model.engine import train_one_epoch
+from salt_model.engine import make_optimizer_and_scaler, train_one_epoch
 from salt_model.io import atomic_write_text
 from salt_model.losses import loss_name
 from salt_model.model import build_model
 from salt_model.predict import autocast_dtype, pick_device, predict_probs
-from salt_model.schedules import make_optimizer
 
 # Defaults per device type: a full ResNet34 step takes seconds on a laptop CPU, milliseconds on a GPU.
 DEFAULTS = {
@@ -158,7 +158,7 @@ def _train_model_step(model, compiled, data, config, device, epoch, steps, warmu
     images = torch.from_numpy(pad_batch(data.images[index], config.data))[:, None].to(device)  # (N, 1, P, P)
     masks = torch.from_numpy(pad_batch(data.masks[index], config.data))[:, None].to(device)
     batches = list(zip(images.split(batch), masks.split(batch), strict=True))
-    optimizer, scaler = _optimizer(model, config, device)
+    optimizer, scaler = make_optimizer_and_scaler(model, config, device)
 
     if warmup:
         start = time.perf_counter()
@@ -170,7 +170,7 @@ def _train_model_step(model, compiled, data, config, device, epoch, steps, warmu
             compiled.update(ok=False, error=_error_text(err))
             print(f"torch.compile failed, measuring the eager model: {compiled['error']}", flush=True)
             model = model._orig_mod
-            optimizer, scaler = _optimizer(model, config, device)
+            optimizer, scaler = make_optimizer_and_scaler(model, config, device)
             _run_epoch(model, batches[:warmup], optimizer, scaler, epoch, config, device)
         if compiled["requested"] and compiled["ok"] is None:
             compiled.update(ok=True, warmup_s=time.perf_counter() - start)
@@ -183,7 +183,7 @@ def _train_model_step(model, compiled, data, config, device, epoch, steps, warmu
 def _train_pipeline(model, data, config, device, epoch, steps, warmup):
     """train_one_epoch over the real DataLoader, built as engine.train_fold builds it."""
     batch = config.train.batch_size
-    optimizer, scaler = _optimizer(model, config, device)
+    optimizer, scaler = make_optimizer_and_scaler(model, config, device)
 
     def loader(n_batches: int, seed: int) -> DataLoader:
         dataset = SaltDataset(data.images, data.masks, train_transform(config.data, seed=seed))
@@ -242,12 +242,6 @@ def _run_epoch(model, batches, optimizer, scaler, epoch, config, device):
     return train_one_epoch(model, batches, optimizer, scaler, epoch, 0, config, device)
 
 
-def _optimizer(model, config, device):
-    optimizer = make_optimizer(model.parameters(), config.train, config.schedule)
-    use_scaler = autocast_dtype(config.train.precision, device) == torch.float16
-    return optimizer, torch.amp.GradScaler(device.type, enabled=use_scaler)
-
-
 def _timed(fn, device) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of fn(), with the device synchronised at both ends."""
     _sync(device)
@@ -287,15 +281,7 @@ def _precision(config: Config, device: torch.device) -> str:
 
 
 def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()}"
-    except OSError:
-        pass
-    return f"cpu: {platform.processor() or platform.machine()}"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {cpu_model()}"
 
 
 def _positive(flag: str, value: int | None, default: int, allow_zero: bool = False) -> int:

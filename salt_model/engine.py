@@ -67,6 +67,15 @@ def fold_split(data: SaltData, fold: int, config: Config, folds: np.ndarray | No
     return np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
 
 
+def make_optimizer_and_scaler(
+    model, config: Config, device
+) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
+    """The optimizer of the config, and a GradScaler that is on only for fp16 autocast."""
+    optimizer = make_optimizer(model.parameters(), config.train, config.schedule)
+    use_scaler = autocast_dtype(config.train.precision, device) == torch.float16
+    return optimizer, torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+
 def train_one_epoch(model, loader, optimizer, scaler, epoch, step, config, device) -> tuple[float, int]:
     """One pass over the loader; returns (mean loss, global step after the pass)."""
     model.train()
@@ -146,9 +155,7 @@ def train_fold(
     model = build_model(config.model).to(device)
     if config.train.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model.parameters(), config.train, config.schedule)
-    use_scaler = autocast_dtype(config.train.precision, device) == torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    optimizer, scaler = make_optimizer_and_scaler(model, config, device)
     loader = DataLoader(
         SaltDataset(train_set.images, train_set.masks, train_transform(config.data)),
         batch_size=config.train.batch_size,
