@@ -34,7 +34,9 @@ from ray.train import (
 )
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from orchestrator import console
 from orchestrator.runtime import FoldResources
+from orchestrator.tensorboard import FoldCurves
 from salt_model.config import Config
 from salt_model.data import SaltData
 from salt_model.engine import checkpoint_name, load_checkpoint, train_fold
@@ -60,14 +62,6 @@ def merge_fold_metrics(per_fold: list[dict]) -> dict:
     return merged
 
 
-def format_progress(m: dict, epochs: int, k: int) -> str:
-    folds = " ".join(f"{m[f'val_map_fold{r}']:.3f}" for r in range(k))
-    return (
-        f"epoch {m['epoch']:>3}/{epochs} | {m['loss']:>6} lr {m['lr']:.2e} | train_loss {m['train_loss']:.4f} "
-        f"| val_map mean {m['val_map']:.4f} [{folds}] | best mean {m['best_val_map']:.4f} | {m['epoch_s']:.0f}s"
-    )
-
-
 def fold_worker(loop_config: dict) -> None:
     """The per-worker training function: rank r trains fold r and reports every epoch."""
     context = ray.train.get_context()
@@ -86,7 +80,7 @@ def fold_worker(loop_config: dict) -> None:
             if path.exists():
                 resume = load_checkpoint(path)
     if resume is not None:
-        print(f"fold {fold}: resuming after epoch {resume['epoch']}", flush=True)
+        console.worker_say(f"fold {fold}: worker restarted, resuming after epoch {resume['epoch']}")
 
     gauge = ray.util.metrics.Gauge(
         "fold_val_map", "held-out competition metric of a fold", tag_keys=("run", "fold")
@@ -112,8 +106,6 @@ def fold_worker(loop_config: dict) -> None:
         gathered: list[dict] = [None] * k  # type: ignore[list-item]
         dist.all_gather_object(gathered, metrics)
         merged = merge_fold_metrics(gathered)
-        if fold == 0 and loop_config["print_progress"]:
-            print(format_progress(merged, config.train.epochs, k), flush=True)
         if save is not None and (epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs):
             with tempfile.TemporaryDirectory() as directory:
                 save(Path(directory))
@@ -132,14 +124,25 @@ def fold_worker(loop_config: dict) -> None:
 
 
 class ProgressFile(UserCallback):
-    """Appends every epoch's merged metrics to `progress.jsonl` in the output folder, for watching."""
+    """Runs in the Train controller: every epoch's merged metrics go to `OUT/progress.jsonl`, the fold
+    curves to `OUT/tensorboard/fold_{r}`, and an event to the driver's live view; a failing fold worker
+    becomes one warning line with its cause."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, out: str, folds: int):
+        self.out, self.folds = out, folds
+        self.curves = None
 
     def after_report(self, run_context, metrics, checkpoint):
-        with open(self.path, "a") as f:
+        with open(Path(self.out) / "progress.jsonl", "a") as f:
             f.write(json.dumps({"time": time.time(), **metrics[0]}) + "\n")
+        if self.curves is None:
+            self.curves = FoldCurves(Path(self.out) / "tensorboard", self.folds)
+        self.curves.add(metrics[0])
+        console.worker_say({"event": "epoch", **metrics[0]})
+
+    def after_exception(self, run_context, worker_exceptions):
+        causes = {str(rank): console.cause(e) for rank, e in worker_exceptions.items()}
+        console.worker_say({"event": "failure", "folds": causes})
 
 
 @dataclass
@@ -162,7 +165,6 @@ def make_trainer(
     max_failures: int,
     callbacks: list | None = None,
     inject_failure: dict | None = None,
-    print_progress: bool = True,
 ) -> TorchTrainer:
     """One TorchTrainer whose k workers are the k folds."""
     k = config.data.folds
@@ -173,7 +175,6 @@ def make_trainer(
         "threads": resources.threads,
         "run_name": run_name,
         "inject_failure": inject_failure,
-        "print_progress": print_progress,
     }
     return TorchTrainer(
         fold_worker,
@@ -257,7 +258,7 @@ def run_kfold(
         storage,
         run_name,
         max_failures,
-        callbacks=[ProgressFile(str(out.resolve() / "progress.jsonl"))],
+        callbacks=[ProgressFile(str(out.resolve()), config.data.folds)],
         inject_failure=inject_failure,
     )
     result = trainer.fit()

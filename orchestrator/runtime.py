@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import ray
 
+from orchestrator import console
+
 log = logging.getLogger(__name__)
 
 
@@ -27,9 +29,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, resources:
         context = ray.init(address=address, log_to_driver=True)
     else:
         context = ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=True, log_to_driver=True)
+    console.capture_ray_logs()  # worker lines -> the run folder's logs, our own -> the console
     url = getattr(context, "dashboard_url", None)
     if url:
-        print(f"Ray dashboard: http://{url}")
+        console.say(f"Ray dashboard: http://{url}")
 
 
 @dataclass(frozen=True)

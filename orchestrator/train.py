@@ -18,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from orchestrator import console
 from orchestrator.kfold import KFoldResult, run_kfold, write_cv
 from orchestrator.predict import choose_oof_thresholds, predict_submission
+from orchestrator.report import build as build_report
+from orchestrator.report import save_oof_truth
 from orchestrator.runtime import fold_resources, init_ray
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config
@@ -80,6 +83,7 @@ def finalize(
     truth = data.masks.astype(bool)
     chosen = choose_oof_thresholds(result.oof_probs, result.oof_empty, truth)
     summary = write_cv(out, result, config, {**chosen, **(extra or {})})
+    save_oof_truth(out, data.ids, data.images, truth)
     print_cv_table(summary)
     pred = binarize(result.oof_probs, result.oof_empty, Thresholds(**chosen["thresholds"]))
     print(
@@ -87,7 +91,18 @@ def finalize(
     )
     if has_test(root):
         predict_submission(out, load_split(root, "test"), chosen["thresholds"], out / "submission.csv")
+    write_report(out)
     return summary
+
+
+def write_report(out: Path) -> None:
+    """OUT/report/index.html; a plotting failure is a warning, never the loss of a finished run."""
+    try:
+        print(f"report: {build_report(out)} (rebuild: python -m orchestrator.report --run {out})")
+    except Exception as err:  # noqa: BLE001
+        console.say(
+            f"warning: the run report failed ({console.cause(err)}); retry: python -m orchestrator.report --run {out}"
+        )
 
 
 def print_cv_table(summary: dict) -> None:
@@ -108,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     parser.add_argument("--out", required=True, help="run folder (re-use it to resume)")
     add_cluster_args(parser)
+    console.add_verbose_arg(parser)
     args = parser.parse_args(argv)
     config = config_from_args(args)
     out = Path(args.out)
@@ -116,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     root = resolve_data(args.data, config.data)
     data, folds = prepare_run(config, root, out)
     print(f"data {root}: {len(data)} tiles, {config.data.folds} folds, {config.train.epochs} epochs")
+    console.setup(out, args.verbose, config.train.epochs, config.data.folds)
     init_ray(args.address)
     resources = fold_resources(config.data.folds, args.cpus_per_fold, args.gpus_per_fold)
     print(
@@ -124,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_kfold(
         config, data, folds, out, resources, max_failures=args.max_failures, storage=args.storage
     )
+    console.end_live_view()
     finalize(result, out, config, data, root)
     print(f"done in {time.perf_counter() - start:.0f}s; outputs in {out}")
     return 0

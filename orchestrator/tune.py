@@ -33,9 +33,11 @@ from ray.train import Checkpoint
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from orchestrator import console
 from orchestrator.kfold import collect_folds, make_trainer
 from orchestrator.runtime import FoldResources, fold_resources, init_ray
 from orchestrator.search import METRIC, PruningOptunaSearch, define_space, trial_config
+from orchestrator.tensorboard import FoldCurves
 from orchestrator.train import add_cluster_args, finalize, prepare_run
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config, load_config
@@ -62,7 +64,6 @@ def kfold_trial(
         run_name=f"trial-{trial_id}",
         max_failures=max_failures,
         callbacks=[TuneReportCallback()],
-        print_progress=False,
     )
     result = trainer.fit()
     if result.error is not None:
@@ -70,37 +71,66 @@ def kfold_trial(
 
 
 class ProgressTable(tune.Callback):
-    """One line per trial epoch: trial, schedule, switch epoch, epoch, fold-mean metric, best so far."""
+    """The search's live view: each trial's folds per epoch on the console, in OUT/progress.jsonl (one
+    line per trial epoch) and in OUT/tensorboard/trial-ID/fold_{r}; pruned and failed trials in one line."""
 
-    def __init__(self, epochs: int):
-        self.epochs = epochs
+    def __init__(self, epochs: int, folds: int, out: Path):
+        self.epochs, self.folds, self.out = epochs, folds, Path(out)
         self.best = -math.inf
-        self.header_printed = False
+        self.curves: dict[str, FoldCurves] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        cfg = trial.config
+        view = console.view()
+        if view is not None:
+            view.start(trial.trial_id, f"({cfg['schedule']}, switch {cfg['loss_switch_epoch']}) ")
+        console.say(f"trial {trial.trial_id} started: {format_params(cfg)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if not self.header_printed:
-            print(
-                f"{'trial':<14}{'schedule':<10}{'switch':>7}{'epoch':>8}{'val_map':>9}{'trial best':>11}"
-                f"{'search best':>12}",
-                flush=True,
-            )
-            self.header_printed = True
         self.best = max(self.best, result.get(METRIC, -math.inf))
-        cfg = trial.config
-        print(
-            f"{trial.trial_id:<14}{cfg['schedule']:<10}{cfg['loss_switch_epoch']:>7}"
-            f"{result['epoch']:>5}/{self.epochs:<2}{result['val_map']:>9.4f}{result[METRIC]:>11.4f}"
-            f"{self.best:>12.4f}",
-            flush=True,
-        )
+        metrics = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k != "config"}
+        with open(self.out / "progress.jsonl", "a") as f:
+            f.write(json.dumps({"trial_id": trial.trial_id, "time": time.time(), **metrics}) + "\n")
+        if trial.trial_id not in self.curves:
+            self.curves[trial.trial_id] = FoldCurves(
+                self.out / "tensorboard" / f"trial-{trial.trial_id}", self.folds
+            )
+        self.curves[trial.trial_id].add(result)
+        view = console.view()
+        if view is not None:
+            view.update(trial.trial_id, metrics)
+
+    def _end(self, trial, message: str, error: bool = False):
+        if trial.trial_id in self.curves:
+            self.curves.pop(trial.trial_id).close()
+        view = console.view()
+        if view is not None:
+            view.finish(trial.trial_id)
+        console.say(message, error=error)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
-        state = "finished" if last.get("epoch", 0) >= self.epochs else "stopped early (pruned)"
-        print(f"{trial.trial_id:<14}{state} after epoch {last.get('epoch', 0)}", flush=True)
+        epoch = last.get("epoch", 0)
+        state = "finished" if epoch >= self.epochs else f"pruned by ASHA after epoch {epoch}/{self.epochs}"
+        self._end(
+            trial,
+            f"trial {trial.trial_id} {state}: {METRIC} {last.get(METRIC, float('nan')):.4f} "
+            f"(search best {self.best:.4f})",
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        print(f"{trial.trial_id:<14}FAILED: see {trial.local_path}", flush=True)
+        error_file = Path(trial.local_path or "") / "error.txt"
+        reason = ""
+        if error_file.exists():
+            lines = [line for line in error_file.read_text().splitlines() if line.strip()]
+            reason = f": {lines[-1].strip()[:300]}" if lines else ""
+        self._end(
+            trial, f"error: trial {trial.trial_id} FAILED{reason} (traceback: {error_file})", error=True
+        )
+
+
+def format_params(cfg: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(cfg.items()))
 
 
 def trials_per_wave(config: Config, args) -> int:
@@ -192,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     add_cluster_args(parser)
+    console.add_verbose_arg(parser)
     args = parser.parse_args(argv)
     if args.out is None:
         if args.resume:
@@ -234,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = resolve_data(args.data, config.data)
     data, folds = prepare_run(config, root, out)
+    console.setup(out, args.verbose, config.train.epochs, config.data.folds)
     init_ray(args.address, resources=None if args.address else {DRIVER_RESOURCE: 64})
     waves = trials_per_wave(config, args)
     resources = fold_resources(
@@ -275,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                 name="search",
                 storage_path=str((out / "tune").resolve()),
                 verbose=0,
-                callbacks=[ProgressTable(config.train.epochs)],
+                callbacks=[ProgressTable(config.train.epochs, config.data.folds, out)],
             ),
         )
     results = tuner.fit()

@@ -1,0 +1,287 @@
+"""The run report: `OUT/report/index.html`, one static page with PNGs beside it (no server, no notebook).
+
+`python -m orchestrator.report --run DIR` (re)builds it from the run folder alone, finished or still
+running: progress.jsonl (every epoch of every fold, per trial in a search), config.json, and once the
+folds are collected cv.json, oof.npz and oof_truth.npz (truth masks and tiles); for a search also
+trials.csv and optuna.db. Sections follow the TGS case studies' pictures: training curves per fold with
+the loss switch (and snapshot epochs when the config has them), the OOF threshold curve, the worst OOF
+tiles coloured TP/FP/FN, the OOF metric by coverage class and score bucket, the empty-image confusion,
+and for a search the trials table, Optuna's history and importances and the pruning picture.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from salt_model import oof_stats, plots
+from salt_model.cli import make_parser, run_cli
+from salt_model.io import atomic_savez, atomic_write_text
+from salt_model.postprocess import Thresholds, binarize
+from salt_model.visualize import overlay_grid
+
+STUDY_NAME = "salt-orchestrator"  # orchestrator.tune's study name
+
+
+def save_oof_truth(out: Path, ids: np.ndarray, images: np.ndarray, masks: np.ndarray) -> None:
+    """OUT/oof_truth.npz: what the report needs from the data set, so the run folder stands alone."""
+    atomic_savez(
+        out / "oof_truth.npz", ids=ids, images=images, masks=np.packbits(masks.astype(bool), axis=-1)
+    )
+
+
+def read_progress(run: Path) -> pd.DataFrame:
+    path = run / "progress.jsonl"
+    if not path.exists():
+        return pd.DataFrame()
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    frame = pd.DataFrame(rows)
+    if "trial_id" not in frame:
+        frame["trial_id"] = "run"
+    # a restarted fold group reports its epochs again: keep the last report of each epoch
+    return frame.drop_duplicates(["trial_id", "epoch"], keep="last").sort_values(["trial_id", "epoch"])
+
+
+def fold_histories(progress: pd.DataFrame, folds: int) -> list[list[dict]]:
+    histories = []
+    for r in range(folds):
+        rows = []
+        for m in progress.to_dict("records"):
+            row = {"epoch": m["epoch"], "lr": m.get("lr")}
+            for key in ("train_loss", "val_loss", "val_map"):
+                value = m.get(f"{key}_fold{r}")
+                if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                    row[key] = value
+            rows.append(row)
+        histories.append(rows)
+    return histories
+
+
+def snapshot_epochs(config: dict) -> list[int]:
+    """Epochs whose weights join the ensemble as snapshots, when the config asks for them."""
+    snaps = config.get("train", {}).get("snapshots")
+    if isinstance(snaps, (list, tuple)):
+        return [int(e) for e in snaps]
+    return []
+
+
+def table(rows: list[dict], fmt: dict | None = None) -> str:
+    if not rows:
+        return "<p>none</p>"
+    fmt = fmt or {}
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(fmt.get(k, '{}').format(v))}</td>" for k, v in r.items())
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def img(name: str, alt: str) -> str:
+    return f'<img src="{name}" alt="{html.escape(alt)}">'
+
+
+def build(run: Path) -> Path:
+    """Writes run/report/index.html and its PNGs from what the run folder holds now; returns the page."""
+    run = Path(run)
+    if not (run / "config.json").exists():
+        raise ValueError(
+            f"--run {run}: not a run folder (no config.json); expected an orchestrator.train/tune --out"
+        )
+    report = run / "report"
+    report.mkdir(exist_ok=True)
+    for old in report.glob("*.png"):  # a rebuild draws only what the run holds now
+        old.unlink()
+    base = json.loads((run / "config.json").read_text())
+    cv = json.loads((run / "cv.json").read_text()) if (run / "cv.json").exists() else None
+    config = cv["config"] if cv else base
+    folds = config["data"]["folds"]
+    progress = read_progress(run)
+    is_search = (run / "optuna.db").exists()
+    sections = [
+        f"<h1>Run report: {html.escape(run.resolve().name)}</h1>",
+        summary_html(run, cv, config, is_search),
+    ]
+
+    if not progress.empty:
+        trial = pick_trial(progress, cv)
+        rows = progress[progress["trial_id"] == trial]
+        plots.training_curves(
+            report / "curves.png", fold_histories(rows, folds), config["train"]["loss_switch_epoch"],
+            snapshot_epochs(config),
+        )  # fmt: skip
+        title = "Training curves per fold" + (f" (trial {trial})" if trial != "run" else "")
+        sections.append(
+            f"<h2>{title}</h2><p>Dashed line: BCE &rarr; Lovasz switch after epoch "
+            f"{config['train']['loss_switch_epoch']}.</p>{img('curves.png', 'training curves')}"
+        )
+    else:
+        sections.append("<h2>Training curves</h2><p>No epoch reported yet.</p>")
+
+    if cv and (run / "oof.npz").exists() and (run / "oof_truth.npz").exists():
+        sections.append(oof_html(run, report, cv))
+    else:
+        sections.append(
+            "<h2>Out-of-fold predictions</h2><p>Not collected yet (the folds are still training).</p>"
+        )
+
+    if is_search:
+        sections.append(search_html(run, report, progress, base))
+    page = PAGE.format(title=html.escape(run.resolve().name), body="\n".join(sections))
+    atomic_write_text(report / "index.html", page)
+    for path in report.iterdir():
+        path.chmod(0o644)  # atomic writes start as private temporary files; the page is for sharing
+    return report / "index.html"
+
+
+def pick_trial(progress: pd.DataFrame, cv: dict | None) -> str:
+    if cv and cv.get("best_trial") in set(progress["trial_id"]):
+        return cv["best_trial"]
+    metric = "best_val_map" if "best_val_map" in progress else "val_map"
+    return str(progress.loc[progress[metric].idxmax(), "trial_id"])
+
+
+def summary_html(run: Path, cv: dict | None, config: dict, is_search: bool) -> str:
+    t = config["train"]
+    lines = [
+        f"<p>{'Search' if is_search else 'k-fold training'} in <code>{html.escape(str(run.resolve()))}</code>: "
+        f"{config['data']['folds']} folds x {t['epochs']} epochs, model {config['model']['encoder']} "
+        f"width {config['model']['width']}, schedule {config['schedule']['name']} lr {config['schedule']['lr']:.3g}, "
+        f"loss switch {t['loss_switch_epoch']}.</p>"
+    ]
+    if cv:
+        rows = [
+            {"fold": r, "best val_map": s, "best epoch": e}
+            for r, (s, e) in enumerate(zip(cv["fold_scores"], cv["best_epochs"], strict=True))
+        ]
+        lines.append(table(rows, {"best val_map": "{:.4f}"}))
+        lines.append(
+            f"<p>Mean fold score <b>{cv['mean_fold_score']:.4f}</b>; OOF competition metric "
+            f"<b>{cv['oof_score']:.4f}</b> with thresholds {html.escape(json.dumps(cv['thresholds']))} "
+            f"(default thresholds {cv['oof_score_default_thresholds']:.4f}).</p>"
+        )
+    return "\n".join(lines)
+
+
+def oof_html(run: Path, report: Path, cv: dict) -> str:
+    oof = np.load(run / "oof.npz")
+    tiles = np.load(run / "oof_truth.npz")
+    probs = oof["probs"].astype(np.float32)
+    empty = oof.get("empty")
+    if list(tiles["ids"]) != list(oof["ids"]):
+        raise ValueError(
+            f"{run / 'oof_truth.npz'} and {run / 'oof.npz'} hold different tiles; rerun the finalize step"
+        )
+    h, w = probs.shape[1:]
+    truth = np.unpackbits(tiles["masks"], axis=-1, count=w).astype(bool).reshape(probs.shape)
+    chosen = Thresholds(**cv["thresholds"])
+    pred = binarize(probs, empty, chosen)
+    grid, scores = oof_stats.threshold_curve(probs, empty, truth, chosen)
+    plots.threshold_plot(report / "threshold.png", grid, scores, chosen.pixel, cv["oof_score"])
+    shown = overlay_grid(report / "worst_oof.png", tiles["images"], truth, pred, oof["ids"])
+    conf = oof_stats.empty_confusion(truth, pred)
+    confusion = table(
+        [
+            {
+                "truth \\ prediction": "empty",
+                "empty": conf["empty_pred_empty"],
+                "salt": conf["empty_pred_salt"],
+            },
+            {"truth \\ prediction": "salt", "empty": conf["salt_pred_empty"], "salt": conf["salt_pred_salt"]},
+        ]
+    )
+    return (
+        "<h2>Out-of-fold predictions</h2>"
+        f"<h3>Threshold vs metric</h3>{img('threshold.png', 'threshold curve')}"
+        f"<h3>Worst {len(shown)} OOF tiles, worst first</h3>"
+        + (
+            "<p>green: salt found (TP); red: false salt (FP); blue: missed salt (FN); the tile's competition "
+            f"score beside its id.</p>{img('worst_oof.png', 'worst tiles')}"
+            if shown
+            else "<p>Every OOF tile scores 1.</p>"
+        )
+        + "<div class=row><div><h3>By salt coverage class</h3>"
+        f"{table(oof_stats.by_coverage(truth, pred), {'score': '{:.4f}'})}</div>"
+        "<div><h3>By per-image score</h3>"
+        f"{table(oof_stats.by_score_bucket(truth, pred), {'share': '{:.1%}'})}</div>"
+        f"<div><h3>Empty-image confusion</h3>{confusion}</div></div>"
+    )
+
+
+def search_html(run: Path, report: Path, progress: pd.DataFrame, base: dict) -> str:
+    import optuna
+
+    parts = ["<h2>Search</h2>"]
+    if (run / "trials.csv").exists():
+        trials = pd.read_csv(run / "trials.csv")
+        parts.append(trials.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{(run / 'optuna.db').resolve()}")
+    if study.trials:
+        plots.optuna_history(report / "optuna_history.png", study)
+        parts.append(
+            f"<h3>Optimisation history (Optuna)</h3>{img('optuna_history.png', 'optimisation history')}"
+        )
+        if plots.optuna_importances(report / "importances.png", study):
+            parts.append(
+                "<h3>Parameter importances (Optuna, PED-ANOVA)</h3>"
+                + img("importances.png", "parameter importances")
+            )
+    pruned = {t.user_attrs.get("tune_trial_id") for t in study.trials if t.state.name == "PRUNED"}
+    if not progress.empty:
+        curves = {
+            trial: (list(rows["epoch"]), list(rows["best_val_map"]))
+            for trial, rows in progress.groupby("trial_id", sort=False)
+        }
+        plots.pruning_plot(report / "pruning.png", curves, pruned, asha_rungs(base))
+        stops = [{"trial": t, "stopped after epoch": curves[t][0][-1]} for t in sorted(pruned) if t in curves]
+        parts.append(f"<h3>Pruning (ASHA)</h3>{img('pruning.png', 'pruning')}{table(stops)}")
+    return "\n".join(parts)
+
+
+def asha_rungs(config: dict) -> list[int]:
+    """The epochs at which ASHA compares trials (orchestrator.tune.make_scheduler's settings)."""
+    search, epochs = config["search"], config["train"]["epochs"]
+    if not search["early_stopping"] or epochs < 3:
+        return []
+    grace = max(1, min(search["grace_epochs"] or search["switch_low"] + 2, epochs - 1))
+    rungs, rung = [], grace
+    while rung < epochs:
+        rungs.append(int(rung))
+        rung *= search["reduction_factor"]
+    return rungs
+
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 24px; max-width: 1500px; color: #222; }}
+img {{ max-width: 100%; border: 1px solid #ddd; margin: 6px 0; }}
+table {{ border-collapse: collapse; margin: 8px 0; font-size: 13px; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+th {{ background: #f3f3f3; }}
+.row {{ display: flex; gap: 32px; flex-wrap: wrap; align-items: flex-start; }}
+h2 {{ border-bottom: 1px solid #ccc; margin-top: 32px; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser("python -m orchestrator.report", __doc__)
+    parser.add_argument("--run", required=True, help="the run folder (an orchestrator.train/tune --out)")
+    args = parser.parse_args(argv)
+    print(f"report: {build(Path(args.run))}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,93 @@
+"""Where the out-of-fold predictions win and lose: the numbers behind the run report.
+
+The breakdowns follow the TGS write-ups' error analysis: the metric by salt-coverage class (the
+`round(coverage * 10)` classes the folds are stratified on), per-image score buckets, and the
+empty-image confusion (an empty truth with any predicted pixel scores 0, a whole image lost). The
+threshold curve is the OOF metric against the pixel threshold with the other chosen thresholds held.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from salt_model.metric import image_scores
+from salt_model.postprocess import PIXEL_GRID, Thresholds, binarize
+
+SCORE_BUCKETS = (
+    (0.0, 0.0, "0 (miss)"),
+    (0.1, 0.4, "0.1-0.4"),
+    (0.5, 0.9, "0.5-0.9"),
+    (1.0, 1.0, "1 (exact)"),
+)
+
+
+def threshold_curve(
+    probs: np.ndarray, empty: np.ndarray | None, truth: np.ndarray, chosen: Thresholds
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel thresholds, OOF metric at each) with min_area and the empty threshold as chosen."""
+    grid = np.asarray(sorted(set(PIXEL_GRID) | {chosen.pixel}))
+    scores = [
+        float(
+            image_scores(
+                truth, binarize(probs, empty, Thresholds(float(p), chosen.min_area, chosen.empty))
+            ).mean()
+        )
+        for p in grid
+    ]
+    return grid, np.asarray(scores)
+
+
+def coverage_classes(truth: np.ndarray) -> np.ndarray:
+    """(N,) int 0..10: round(salt coverage * 10), the classes the folds are stratified on."""
+    return np.round(truth.reshape(len(truth), -1).mean(axis=1) * 10).astype(int)
+
+
+def by_coverage(truth: np.ndarray, pred: np.ndarray) -> list[dict]:
+    """Rows: coverage class, tiles, mean OOF score."""
+    scores = image_scores(truth, pred)
+    classes = coverage_classes(truth)
+    empty = ~truth.any(axis=(1, 2))
+    rows = []
+    for c in range(11):
+        sel = classes == c
+        if c == 0:  # class 0 mixes empty tiles with tiny salt: split them, they fail differently
+            for name, part in (("empty", sel & empty), ("0 (<5%)", sel & ~empty)):
+                if part.any():
+                    rows.append(
+                        {"class": name, "tiles": int(part.sum()), "score": float(scores[part].mean())}
+                    )
+            continue
+        if sel.any():
+            label = f"{c} ({c * 10 - 5}-{min(100, c * 10 + 5)}%)"
+            rows.append({"class": label, "tiles": int(sel.sum()), "score": float(scores[sel].mean())})
+    return rows
+
+
+def by_score_bucket(truth: np.ndarray, pred: np.ndarray) -> list[dict]:
+    """Rows: per-image score bucket, tiles, share of tiles, and how many of them have empty truth."""
+    scores = np.round(image_scores(truth, pred), 2)
+    empty = ~truth.any(axis=(1, 2))
+    rows = []
+    for low, high, label in SCORE_BUCKETS:
+        sel = (scores >= low) & (scores <= high)
+        rows.append(
+            {
+                "bucket": label,
+                "tiles": int(sel.sum()),
+                "share": float(sel.mean()),
+                "empty_truth": int((sel & empty).sum()),
+            }
+        )
+    return rows
+
+
+def empty_confusion(truth: np.ndarray, pred: np.ndarray) -> dict:
+    """Counts of (truth empty?, prediction empty?) over the tiles."""
+    t = ~truth.any(axis=(1, 2))
+    p = ~pred.any(axis=(1, 2))
+    return {
+        "empty_pred_empty": int((t & p).sum()),  # right: scores 1
+        "empty_pred_salt": int((t & ~p).sum()),  # false positive: scores 0
+        "salt_pred_empty": int((~t & p).sum()),  # missed salt: scores 0
+        "salt_pred_salt": int((~t & ~p).sum()),  # scored by IoU
+    }
