@@ -1,0 +1,188 @@
+"""The console: our lines only (no Ray chatter), a live progress view, warnings that matter.
+
+Fast tests drive the view and the worker-line routing directly; the `ray` tests run the real entry
+points in subprocesses (their own local Ray in a private RAY_TMPDIR) and read what a user would see.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from orchestrator import console
+from tests.conftest import TINY, tiny_args
+
+# What the bare console used to show, from Ray, Tune, Ray Data and Optuna (issue 10)
+NOISE = (
+    "Reporting training result",
+    "TrainingReport(",
+    "PreemptionWatcher",
+    "RayDeprecationWarning",
+    "pid=",
+    "Running Dataset",
+    "logging_progress",
+    "MapBatches(",
+    "To visualize your results with TensorBoard",
+    "Configuration for experiment",
+    "View detailed results here",
+    "A new study created",
+    "core_worker.cc",
+    "Started a local Ray instance",
+)
+PLAIN_PROGRESS = re.compile(
+    r"epoch (\d+)/(\d+) \| \w* ?val_map [\d.]+ best [\d.]+ \| folds now/best( [\d.]+/[\d.]+)+ \| "
+    r"[\d:]+ elapsed, ETA [\d:?]+"
+)
+
+
+def metrics(epoch: int, folds: int = 3) -> dict:
+    m = {"epoch": epoch, "loss": "bce", "val_map": 0.3 + 0.1 * epoch, "best_val_map": 0.35 + 0.1 * epoch}
+    for r in range(folds):
+        m[f"val_map_fold{r}"] = 0.3 + 0.1 * epoch + 0.01 * r
+        m[f"best_val_map_fold{r}"] = 0.35 + 0.1 * epoch + 0.01 * r
+    return m
+
+
+def test_plain_view_prints_one_line_per_epoch_with_every_fold_and_an_eta():
+    stream = io.StringIO()
+    view = console.ProgressView(epochs=4, folds=3, stream=stream, tty=False)
+    view.start("t1", "(cosine, switch 2) ")
+    view.update("t1", metrics(1))
+    view.update("t1", metrics(2))
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and all(PLAIN_PROGRESS.search(line) for line in lines), lines
+    assert lines[1].startswith("trial t1 (cosine, switch 2) epoch 2/4")
+    assert "0.520/0.570" in lines[1]  # fold 2: current / best
+    assert "\x1b[" not in stream.getvalue()  # no cursor control when not a terminal
+
+
+def test_tty_view_redraws_a_block_with_bars_per_trial_and_fold():
+    stream = io.StringIO()
+    view = console.ProgressView(epochs=4, folds=2, stream=stream, tty=True)
+    view.update("t1", metrics(1, folds=2))
+    view.update("t1", metrics(2, folds=2))
+    out = stream.getvalue()
+    assert "\x1b[3F\x1b[J" in out  # second draw moves up over the 3-line block (trial + 2 folds) first
+    block = view.block()
+    assert len(block) == 3 and "█" in block[0] and block[1].lstrip().startswith("fold 0")
+    assert "2/4" in block[2] and "ETA" in block[0]
+
+
+def test_worker_lines_route_events_to_the_view_and_failures_to_a_warning(capsys):
+    stream = io.StringIO()
+    console._State.view = console.ProgressView(epochs=4, folds=3, stream=stream, tty=False)
+    try:
+        console.on_worker_line(json.dumps({"event": "epoch", **metrics(1)}))
+        console.on_worker_line(json.dumps({"event": "failure", "folds": {"1": "RuntimeError: disk full"}}))
+        console.on_worker_line("fold 1: worker restarted, resuming after epoch 1")
+    finally:
+        console._State.view = None
+    assert PLAIN_PROGRESS.search(stream.getvalue())
+    out = capsys.readouterr().out
+    assert "warning: fold worker failed (fold 1: RuntimeError: disk full)" in out
+    assert "fold 1: worker restarted, resuming after epoch 1" in out
+
+
+def test_cause_is_the_last_line_of_a_wrapped_traceback():
+    err = RuntimeError("Traceback (most recent call last):\n  File x\nValueError: bad tile 3")
+    assert console.cause(err) == "ValueError: bad tile 3"
+    assert console.cause(OSError("no space left")) == "OSError: no space left"
+
+
+def run_entry(module: str, args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """An entry point as a user runs it: its own local Ray (private RAY_TMPDIR), stdout not a terminal."""
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rtc", dir="/tmp")}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def assert_clean(text: str) -> None:
+    for noise in NOISE:
+        hits = [line for line in text.splitlines() if noise in line]
+        assert not hits, f"Ray noise {noise!r} on the console: {hits[:3]}"
+
+
+def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] from the TFRecord event files in `folder` (tensorboardX's protobufs)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4  # length, its crc, the record, its crc
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+@pytest.fixture(scope="module")
+def tiny_train(tiny_data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("console") / "train"
+    result = run_entry("orchestrator.train", tiny_args(tiny_data_root, out), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+@pytest.mark.ray
+def test_train_console_shows_progress_and_no_ray_noise(tiny_train):
+    out, result = tiny_train
+    assert_clean(result.stdout + result.stderr)
+    epochs = sorted(int(m.group(1)) for m in PLAIN_PROGRESS.finditer(result.stdout))
+    assert epochs == [1, 2], result.stdout  # one progress line per epoch, each fold on it
+    assert f"Ray's own output: {out}/logs/" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].startswith("done in"), "lines after the summary"
+    workers = (out / "logs" / "workers.log").read_text()
+    assert "pid=" in workers and "[salt] " in workers  # Ray's worker lines kept, in the run folder
+
+
+@pytest.mark.ray
+def test_train_writes_fold_curves_as_tensorboard_events(tiny_train):
+    out, _ = tiny_train
+    for fold in range(3):
+        scalars = read_scalars(out / "tensorboard" / f"fold_{fold}")
+        for tag in ("train_loss", "val_loss", "val_map", "lr"):
+            assert [step for step, _ in scalars[tag]] == [1, 2], (fold, tag)
+    progress = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert read_scalars(out / "tensorboard" / "fold_1")["val_map"][-1][1] == pytest.approx(
+        progress[-1]["val_map_fold1"], rel=1e-6
+    )
+
+
+@pytest.mark.ray
+def test_verbose_brings_ray_output_back(tiny_data_root, tmp_path):
+    result = run_entry(
+        "orchestrator.train",
+        tiny_args(tiny_data_root, tmp_path / "v", overrides=[*TINY, "train.epochs=1"]) + ["--verbose"],
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pid=" in result.stdout + result.stderr
+
+
+@pytest.mark.ray
+def test_a_real_tiny_run_writes_its_report(tiny_train):
+    from orchestrator.report import main
+    from tests.test_report import assert_real_pngs
+
+    out, result = tiny_train
+    page = out / "report" / "index.html"
+    assert f"report: {page}" in result.stdout
+    assert {"curves.png", "threshold.png"} <= set(assert_real_pngs(page))
+    before = (out / "report" / "curves.png").stat().st_mtime_ns
+    assert main(["--run", str(out)]) == 0  # rebuilt from the run folder alone
+    assert (out / "report" / "curves.png").stat().st_mtime_ns > before
