@@ -123,10 +123,17 @@ def fold_worker(loop_config: dict) -> None:
         report(result.history[-1], None)
 
 
-class ProgressFile(UserCallback):
+class FailureNotice(UserCallback):
+    """Runs in the Train controller: a failing fold worker becomes one console warning with its cause."""
+
+    def after_exception(self, run_context, worker_exceptions):
+        causes = {str(rank): console.cause(e) for rank, e in worker_exceptions.items()}
+        console.worker_say({"event": "failure", "folds": causes})
+
+
+class ProgressFile(FailureNotice):
     """Runs in the Train controller: every epoch's merged metrics go to `OUT/progress.jsonl`, the fold
-    curves to `OUT/tensorboard/fold_{r}`, and an event to the driver's live view; a failing fold worker
-    becomes one warning line with its cause."""
+    curves to `OUT/tensorboard/fold_{r}`, and an event to the driver's live view."""
 
     def __init__(self, out: str, folds: int):
         self.out, self.folds = out, folds
@@ -139,10 +146,6 @@ class ProgressFile(UserCallback):
             self.curves = FoldCurves(Path(self.out) / "tensorboard", self.folds)
         self.curves.add(metrics[0])
         console.worker_say({"event": "epoch", **metrics[0]})
-
-    def after_exception(self, run_context, worker_exceptions):
-        causes = {str(rank): console.cause(e) for rank, e in worker_exceptions.items()}
-        console.worker_say({"event": "failure", "folds": causes})
 
 
 @dataclass

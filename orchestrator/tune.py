@@ -34,7 +34,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator import console
-from orchestrator.kfold import collect_folds, make_trainer
+from orchestrator.kfold import FailureNotice, collect_folds, make_trainer
 from orchestrator.runtime import FoldResources, fold_resources, init_ray
 from orchestrator.search import METRIC, PruningOptunaSearch, define_space, trial_config
 from orchestrator.tensorboard import FoldCurves
@@ -63,7 +63,7 @@ def kfold_trial(
         storage,
         run_name=f"trial-{trial_id}",
         max_failures=max_failures,
-        callbacks=[TuneReportCallback()],
+        callbacks=[TuneReportCallback(), FailureNotice()],
     )
     result = trainer.fit()
     if result.error is not None:
