@@ -33,6 +33,7 @@ class _State:
     log_dir: Path | None = None
     verbose: bool = True  # until setup() says otherwise, Ray behaves as it always does
     view: ProgressView | None = None
+    closed = False  # after the run's last epoch: late worker lines stay in the log file
     lock = threading.Lock()
 
 
@@ -42,9 +43,9 @@ def setup(out: Path, verbose: bool, epochs: int, folds: int) -> Path:
     log_dir.mkdir(parents=True, exist_ok=True)
     _State.log_dir, _State.verbose = log_dir, verbose
     _State.view = ProgressView(epochs, folds)
+    _State.closed = False
     if not verbose:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # legacy reporter: silent at verbose=0, no TB hint
-        os.environ["RAY_DEDUP_LOGS"] = "0"  # the log file keeps every worker's line
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
         quiet_loggers()
     return log_dir
@@ -68,7 +69,7 @@ def quiet_loggers() -> None:
         for old in list(logger.handlers):
             if isinstance(old, logging.StreamHandler) and not isinstance(old, logging.FileHandler):
                 logger.removeHandler(old)
-        if name in ("ray", "optuna", "py.warnings"):
+        if name in ("ray", "optuna", "py.warnings") or not logger.propagate:  # e.g. ray.data keeps its own
             if not any(getattr(h, "baseFilename", None) == handler.baseFilename for h in logger.handlers):
                 logger.addHandler(handler)
             logger.propagate = False
@@ -82,13 +83,10 @@ def capture_ray_logs() -> None:
 
     if not _State.verbose:
         dispatcher.remove_handler("ray_print_logs")
-        quiet_loggers()  # Ray Train/Tune/Data loggers created since setup()
-        try:
-            from ray.data import DataContext
+        from ray.data import DataContext  # importing it configures the ray.data logger, quieted next
 
-            DataContext.get_current().enable_progress_bars = False
-        except ImportError:
-            pass
+        DataContext.get_current().enable_progress_bars = False
+        quiet_loggers()  # Ray Train/Tune/Data loggers created since setup()
     path = _State.log_dir / "workers.log"
     sink = open(path, "a", buffering=1)  # noqa: SIM115 (open for the life of the driver)
 
@@ -126,6 +124,8 @@ def worker_say(message: str | dict) -> None:
 
 
 def on_worker_line(text: str) -> None:
+    if _State.closed:
+        return
     if text.startswith("{"):
         event = json.loads(text)
         kind = event.pop("event", None)
@@ -156,12 +156,20 @@ def view() -> ProgressView | None:
     return _State.view
 
 
-def end_live_view() -> None:
-    """Clears the live block (the run is over); later lines print plainly."""
+def end_live_view(final_epoch: int | None = None, wait_s: float = 10.0) -> None:
+    """The training is over: wait (briefly) for the last epoch's line, which travels through Ray's log
+    stream, clear the live block, and keep any later worker line in the log file only."""
+    deadline = time.time() + wait_s
+    while final_epoch and _State.view is not None and time.time() < deadline:
+        metrics = _State.view.runs.get("run", {}).get("metrics") or {}
+        if metrics.get("epoch", 0) >= final_epoch:
+            break
+        time.sleep(0.1)
     with _State.lock:
         if _State.view is not None:
             _State.view.clear()
             _State.view.runs.clear()
+        _State.closed = True
 
 
 def clock(seconds: float) -> str:
@@ -184,6 +192,16 @@ class ProgressView:
         self.tty = self.stream.isatty() if tty is None else tty
         self.runs: dict[str, dict] = {}  # trial id -> last metrics, start time
         self.drawn = 0  # lines of the live block on screen (TTY only)
+        self.ticker: threading.Thread | None = None
+
+    def _tick(self) -> None:
+        """Redraws the block every second on a terminal, so elapsed and ETA move between epochs."""
+        while True:
+            time.sleep(1.0)
+            with _State.lock:
+                if self.drawn:
+                    self.clear()
+                    self.draw()
 
     def start(self, run: str, label: str = "") -> None:
         self.runs.setdefault(run, {"start": time.time(), "label": label, "metrics": None})
@@ -201,6 +219,9 @@ class ProgressView:
             if self.tty:
                 self.clear()
                 self.draw()
+                if self.ticker is None:
+                    self.ticker = threading.Thread(target=self._tick, name="salt-progress", daemon=True)
+                    self.ticker.start()
             else:
                 print(self.plain_line(run), file=self.stream, flush=True)
 

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_kfold(
         config, data, folds, out, resources, max_failures=args.max_failures, storage=args.storage
     )
-    console.end_live_view()
+    console.end_live_view(final_epoch=config.train.epochs)
     finalize(result, out, config, data, root)
     print(f"done in {time.perf_counter() - start:.0f}s; outputs in {out}")
     return 0

@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
     results = tuner.fit()
+    console.end_live_view()  # every trial's result came through ProgressTable
     table = trial_table(results, out)
     finished = table.dropna(subset=[METRIC])
     if finished.empty:

@@ -80,6 +80,7 @@ def test_tty_view_redraws_a_block_with_bars_per_trial_and_fold():
 def test_worker_lines_route_events_to_the_view_and_failures_to_a_warning(capsys):
     stream = io.StringIO()
     console._State.view = console.ProgressView(epochs=4, folds=3, stream=stream, tty=False)
+    console._State.closed = False
     try:
         console.on_worker_line(json.dumps({"event": "epoch", **metrics(1)}))
         console.on_worker_line(json.dumps({"event": "failure", "folds": {"1": "RuntimeError: disk full"}}))
@@ -186,3 +187,31 @@ def test_a_real_tiny_run_writes_its_report(tiny_train):
     before = (out / "report" / "curves.png").stat().st_mtime_ns
     assert main(["--run", str(out)]) == 0  # rebuilt from the run folder alone
     assert (out / "report" / "curves.png").stat().st_mtime_ns > before
+
+
+@pytest.mark.ray
+def test_bare_tune_console_shows_trials_and_folds_and_no_ray_noise(tmp_path):
+    """The bare command a new user runs (embedded default: 4 trials x 3 folds x 4 epochs, ~5 min)."""
+    out = tmp_path / "tune"
+    result = run_entry("orchestrator.tune", ["--out", str(out)], timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    assert_clean(text)
+    started = re.findall(r"^trial (\w+) started: ", result.stdout, re.M)
+    assert len(started) == 4, result.stdout
+    for trial in started:
+        epochs = [
+            int(e) for e in re.findall(rf"^trial {trial} \(.*?\) epoch (\d+)/4 \|", result.stdout, re.M)
+        ]
+        assert epochs and epochs == list(range(1, len(epochs) + 1)), (trial, epochs)
+        assert all(
+            PLAIN_PROGRESS.search(line) for line in result.stdout.splitlines() if f"trial {trial} (" in line
+        )
+        end = re.search(
+            rf"^trial {trial} (finished|pruned by ASHA after epoch (\d+)/4): ", result.stdout, re.M
+        )
+        assert end, f"trial {trial} has no end line"
+        assert end.group(1) == "finished" or int(end.group(2)) == len(epochs)
+        assert read_scalars(out / "tensorboard" / f"trial-{trial}" / "fold_2")["val_map"]
+    assert result.stdout.rstrip().splitlines()[-1].startswith("search done"), "lines after the summary"
+    assert (out / "report" / "index.html").exists()
