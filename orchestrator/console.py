@@ -48,6 +48,7 @@ def setup(out: Path, verbose: bool, epochs: int, folds: int) -> Path:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # legacy reporter: silent at verbose=0, no TB hint
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
         quiet_loggers()
+        native_stderr_to(log_dir / "driver-native.log")
     return log_dir
 
 
@@ -73,6 +74,22 @@ def quiet_loggers() -> None:
             if not any(getattr(h, "baseFilename", None) == handler.baseFilename for h in logger.handlers):
                 logger.addHandler(handler)
             logger.propagate = False
+
+
+def native_stderr_to(path: Path) -> None:
+    """Ray's C++ core in this process writes its errors straight to file descriptor 2 (e.g.
+    `core_worker.cc: Actor ... has constructor arguments in the object store`): point fd 2 at a log
+    file, and Python's sys.stderr (our errors, tracebacks) at a copy of the terminal's."""
+    if getattr(native_stderr_to, "done", False) or sys.stderr is not sys.__stderr__:
+        return  # done already, or stderr is captured (pytest running an entry point in-process)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+    sys.stderr = os.fdopen(
+        terminal, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace"
+    )
+    native_stderr_to.done = True
 
 
 def capture_ray_logs() -> None:
@@ -216,6 +233,8 @@ class ProgressView:
         with _State.lock:
             self.start(run)
             self.runs[run]["metrics"] = metrics
+            if "epoch_s" in metrics:
+                self.runs[run].setdefault("epoch_s", []).append(float(metrics["epoch_s"]))
             if self.tty:
                 self.clear()
                 self.draw()
@@ -226,13 +245,12 @@ class ProgressView:
                 print(self.plain_line(run), file=self.stream, flush=True)
 
     def timing(self, run: str) -> tuple[float, float | None]:
+        """Elapsed since the run (trial) started; ETA from the mean epoch time of its slowest fold."""
         state = self.runs[run]
         elapsed = time.time() - state["start"]
         epoch = (state["metrics"] or {}).get("epoch", 0)
-        # ETA from this run's own pace; a resumed run counts only the epochs it trained since it began
-        first = state.setdefault("first_epoch", epoch - 1 if epoch else 0)
-        done = epoch - first
-        eta = elapsed / done * (self.epochs - epoch) if done > 0 else None
+        times = state.get("epoch_s") or []
+        eta = sum(times) / len(times) * (self.epochs - epoch) if times else None
         return elapsed, eta
 
     def fold_text(self, m: dict, r: int) -> str:

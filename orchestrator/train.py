@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{config.data.folds} fold workers x {resources.as_dict()} on a cluster with {ray.cluster_resources()}"
     )
+    console.view().start("run")  # elapsed counts from here
     result = run_kfold(
         config, data, folds, out, resources, max_failures=args.max_failures, storage=args.storage
     )

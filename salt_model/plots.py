@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PANELS = (
     ("train_loss", "train loss"),
@@ -53,13 +54,14 @@ def training_curves(
             )
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     axes[0].legend(fontsize=8)
     if switch_epoch:
         axes[1].annotate(
-            "BCE | Lovasz", (switch_epoch + 0.5, 1), xycoords=("data", "axes fraction"), ha="center",
-            va="bottom", fontsize=8, color="gray",
+            "BCE | Lovasz", (switch_epoch + 0.5, 0.97), xycoords=("data", "axes fraction"), ha="center",
+            va="top", fontsize=8, color="gray", backgroundcolor="white",
         )  # fmt: skip
     return _save(fig, path)
 
@@ -116,6 +118,7 @@ def pruning_plot(
         if trial in pruned and epochs:
             ax.plot(epochs[-1], values[-1], "x", color="tab:red", markersize=10, markeredgewidth=2)
     ax.set_xlabel("epoch (dotted: ASHA rungs)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("fold-mean best_val_map")
     ax.set_title("trials by epoch; red x = pruned there")
     if len(curves) <= 12:
