@@ -72,8 +72,8 @@ def threshold_plot(
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(grid, scores, marker=".")
     ax.axvline(chosen, color="tab:red", linestyle="--", linewidth=1)
-    ax.annotate(f"chosen {chosen:g}: {chosen_score:.4f}", (chosen, chosen_score), textcoords="offset points",
-                xytext=(6, -14), color="tab:red", fontsize=9)  # fmt: skip
+    ax.annotate(f"chosen {chosen:g}: {chosen_score:.4f}", (chosen, 0.04), xycoords=("data", "axes fraction"),
+                xytext=(5, 0), textcoords="offset points", color="tab:red", fontsize=9)  # fmt: skip
     ax.set_xlabel("pixel threshold (min area and empty threshold as chosen)")
     ax.set_ylabel("OOF competition metric")
     ax.grid(alpha=0.3)
