@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import ray
 
+from orchestrator import console
 from orchestrator.runtime import init_ray
 from salt_model.cli import make_parser, run_cli
 from salt_model.config import Config
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="submission file (default: RUN/submission.csv)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     parser.add_argument("--batch-size", type=int, default=64)
+    console.add_verbose_arg(parser)
     args = parser.parse_args(argv)
     run = Path(args.run)
     if not run.is_dir():
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     root = resolve_data(args.data, config.data)
     thresholds = thresholds_for_run(run, root)
     test = load_split(root, "test")
+    console.setup(run, args.verbose, config.train.epochs, config.data.folds)
     init_ray(args.address)
     start = time.perf_counter()
     predict_submission(
