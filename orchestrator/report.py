@@ -63,11 +63,20 @@ def fold_histories(progress: pd.DataFrame, folds: int) -> list[list[dict]]:
 
 
 def snapshot_epochs(config: dict) -> list[int]:
-    """Epochs whose weights join the ensemble as snapshots, when the config asks for them."""
-    snaps = config.get("train", {}).get("snapshots")
-    if isinstance(snaps, (list, tuple)):
-        return [int(e) for e in snaps]
-    return []
+    """Epochs (1-based) whose weights join the ensemble as snapshots: the last `train.snapshots` cycle
+    ends (salt_model.schedules.cycle_end_epochs) and the `train.swa_epochs` averaged at the end; [] when
+    the config (or this version of salt_model) has neither."""
+    from salt_model import schedules
+    from salt_model.config import Config
+
+    train, epochs = config.get("train", {}), config["train"]["epochs"]
+    marks: set[int] = set()
+    if train.get("snapshots") and hasattr(schedules, "cycle_end_epochs"):
+        ends = schedules.cycle_end_epochs(epochs, Config.from_dict(config, source="run config").schedule)
+        marks.update(ends[-train["snapshots"] :])
+    if train.get("swa_epochs"):
+        marks.update(range(epochs - train["swa_epochs"] + 1, epochs + 1))
+    return sorted(marks)
 
 
 def table(rows: list[dict], fmt: dict | None = None) -> str:

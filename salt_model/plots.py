@@ -50,7 +50,11 @@ def training_curves(
             ax.axvline(switch_epoch + 0.5, color="gray", linestyle="--", linewidth=1)
         for i, epoch in enumerate(snapshot_epochs):
             ax.axvline(
-                epoch, color="tab:purple", linestyle=":", linewidth=1, label="snapshot" if i == 0 else None
+                epoch,
+                color="tab:purple",
+                linestyle=":",
+                linewidth=1,
+                label="snapshot/SWA" if i == 0 else None,
             )
         ax.set_title(title)
         ax.set_xlabel("epoch")

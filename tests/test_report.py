@@ -16,7 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from orchestrator.report import asha_rungs, build, main, read_progress, save_oof_truth
+from orchestrator.report import asha_rungs, build, main, read_progress, save_oof_truth, snapshot_epochs
 from salt_model import oof_stats
 from salt_model.config import load_config
 from salt_model.io import atomic_savez
@@ -158,3 +158,10 @@ def test_oof_tables_count_every_tile_once():
 def test_asha_rungs_follow_the_scheduler_settings():
     config = load_config(None, ["train.epochs=10", "search.grace_epochs=2", "search.reduction_factor=2"])
     assert asha_rungs(config.to_dict()) == [2, 4, 8]
+
+
+def test_swa_epochs_are_marked_on_the_curves():
+    config = load_config(None, ["train.epochs=6"]).to_dict()
+    assert snapshot_epochs(config) == []
+    config["train"]["swa_epochs"] = 2  # the ensembles feature's key (a dict here: any salt_model version)
+    assert snapshot_epochs(config) == [5, 6]
