@@ -235,13 +235,14 @@ def search_html(run: Path, report: Path, progress: pd.DataFrame, base: dict) -> 
     if study.trials:
         plots.optuna_history(report / "optuna_history.png", study)
         parts.append(
-            f"<h3>Optimisation history (Optuna)</h3>{img('optuna_history.png', 'optimisation history')}"
+            "<h3>Optimisation history (Optuna)</h3><p>Complete trials only: a pruned trial has no final value "
+            f"(see the pruning picture).</p>{img('optuna_history.png', 'optimisation history')}"
+            "<h3>Parameter importances (Optuna, PED-ANOVA)</h3>"
         )
         if plots.optuna_importances(report / "importances.png", study):
-            parts.append(
-                "<h3>Parameter importances (Optuna, PED-ANOVA)</h3>"
-                + img("importances.png", "parameter importances")
-            )
+            parts.append(img("importances.png", "parameter importances"))
+        else:
+            parts.append("<p>Needs at least two complete trials.</p>")
     pruned = {t.user_attrs.get("tune_trial_id") for t in study.trials if t.state.name == "PRUNED"}
     if not progress.empty:
         curves = {
