@@ -215,3 +215,50 @@ def test_bare_tune_console_shows_trials_and_folds_and_no_ray_noise(tmp_path):
         assert read_scalars(out / "tensorboard" / f"trial-{trial}" / "fold_2")["val_map"]
     assert result.stdout.rstrip().splitlines()[-1].startswith("search done"), "lines after the summary"
     assert (out / "report" / "index.html").exists()
+
+
+RESTART_SCRIPT = """
+import sys
+from pathlib import Path
+from orchestrator import console
+from orchestrator.kfold import run_kfold
+from orchestrator.runtime import fold_resources, init_ray
+from salt_model.config import load_config
+from salt_model.data import load_split
+from salt_model.folds import make_folds
+
+root, out, overrides = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+config = load_config(None, overrides)
+data = load_split(root, "train")
+folds = make_folds(data.masks, 3, config.data.fold_seed)
+console.setup(out, False, config.train.epochs, 3)
+init_ray()
+run_kfold(config, data, folds, out, fold_resources(3, None, None), max_failures=2,
+          inject_failure={"fold": 1, "epoch": 2, "marker": str(out / "failed-once")})
+console.end_live_view(final_epoch=config.train.epochs)
+print("trained")
+"""
+
+
+@pytest.mark.ray
+def test_a_failed_fold_worker_and_its_restart_show_as_warnings(tiny_data_root, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rtc", dir="/tmp")}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run(
+        [sys.executable, "-c", RESTART_SCRIPT, str(tiny_data_root), str(out), *TINY],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "failed-once").exists(), "the injected failure did not happen"
+    assert_clean(result.stdout + result.stderr)
+    assert (
+        "warning: fold worker failed (fold 1: RuntimeError: injected failure in fold 1 at epoch 2)"
+        in result.stdout
+    )
+    for fold in range(3):
+        assert f"fold {fold}: worker restarted, resuming after epoch 1" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1] == "trained"
