@@ -5,9 +5,10 @@ file handler instead of the terminal (`OUT/logs/driver.log`); Tune's own reporte
 verbosity 0 (`RAY_AIR_NEW_OUTPUT=0`, which also drops its TensorBoard hint into /tmp/ray); Ray Data's
 progress bars are off (DataContext); and the worker lines Ray streams to the driver (`log_to_driver`)
 are routed by a handler on Ray's stdstream dispatcher (Ray's internal fan-out, the one private piece)
-into `OUT/logs/workers.log`. Worker lines that start with `MARK` are ours (fold progress, restarts,
-failures): they come to the console without Ray's `(pid=...)` prefix. `--verbose` keeps Ray's own
-output on the terminal as well.
+into `OUT/logs/workers.log`; the C++ core's own stderr lines in the driver go to
+`OUT/logs/driver-native.log` (file descriptor 2 is pointed there, Python's sys.stderr keeps the
+terminal). Worker lines that start with `MARK` are ours (fold progress, restarts, failures): they come
+to the console without Ray's `(pid=...)` prefix. `--verbose` keeps Ray's own output on the terminal.
 
 The live view (`ProgressView`) shows every running trial (or the one train run) and its folds: epoch/of,
 current and best metric, elapsed and ETA; redrawn in place with bars on a terminal, one plain line per
@@ -61,7 +62,7 @@ def quiet_loggers() -> None:
     optuna.logging.disable_default_handler()
     logging.captureWarnings(True)
     warnings.filterwarnings("default")  # keep them, in the file
-    handler = logging.FileHandler(_State.log_dir / "driver.log")
+    handler = logging.FileHandler(_State.log_dir / "driver.log", delay=True)  # opened on first record
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     names = ["ray", "optuna", "py.warnings", "filelock"]
     names += [n for n in logging.root.manager.loggerDict if n.startswith(("ray.", "optuna."))]
@@ -110,8 +111,7 @@ def capture_ray_logs() -> None:
     def handle(data: dict) -> None:
         name = f"({data.get('actor_name') or data.get('task_name') or 'worker'} pid={data.get('pid')})"
         for line in data.get("lines", []):
-            if not _State.verbose:
-                sink.write(f"{name} {line}\n")
+            sink.write(f"{name} {line}\n")
             if line.startswith(MARK):
                 on_worker_line(line[len(MARK) :])
 
@@ -123,7 +123,7 @@ def add_verbose_arg(parser) -> None:
     parser.add_argument(
         "--verbose",
         action="store_true",
-        help="show Ray's own output on the console too (it is always in OUT/logs)",
+        help="show Ray's own output on the console too (worker lines are always in OUT/logs/workers.log)",
     )
 
 
