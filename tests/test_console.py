@@ -194,6 +194,7 @@ def test_bare_tune_console_shows_trials_and_folds_and_no_ray_noise(tmp_path):
     """The bare command a new user runs (embedded default: 4 trials x 3 folds x 4 epochs, ~5 min)."""
     out = tmp_path / "tune"
     result = run_entry("orchestrator.tune", ["--out", str(out)], timeout=1200)
+    (tmp_path / "console.txt").write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout + result.stderr
     assert_clean(text)
@@ -204,9 +205,12 @@ def test_bare_tune_console_shows_trials_and_folds_and_no_ray_noise(tmp_path):
             int(e) for e in re.findall(rf"^trial {trial} \(.*?\) epoch (\d+)/4 \|", result.stdout, re.M)
         ]
         assert epochs and epochs == list(range(1, len(epochs) + 1)), (trial, epochs)
-        assert all(
-            PLAIN_PROGRESS.search(line) for line in result.stdout.splitlines() if f"trial {trial} (" in line
-        )
+        odd = [
+            line
+            for line in result.stdout.splitlines()
+            if line.startswith(f"trial {trial} (") and not PLAIN_PROGRESS.search(line)
+        ]
+        assert not odd, odd
         end = re.search(
             rf"^trial {trial} (finished|pruned by ASHA after epoch (\d+)/4): ", result.stdout, re.M
         )
