@@ -91,6 +91,7 @@ def optuna_history(path: Path, study) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
         ax = plot_optimization_history(study)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.figure.set_size_inches(7, 3.8)
     return _save(ax.figure, path)
 
@@ -114,7 +115,8 @@ def pruning_plot(
     path: Path, curves: dict[str, tuple[list, list]], pruned: set[str], rungs: list[int]
 ) -> Path:
     """Every trial's fold-mean metric by epoch; a pruned trial ends in a red x at the rung it stopped."""
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    with plt.style.context("default"):  # Optuna's plots switch matplotlib to its ggplot style
+        fig, ax = plt.subplots(figsize=(7, 3.8))
     for rung in rungs:
         ax.axvline(rung, color="gray", linestyle=":", linewidth=1)
     for trial, (epochs, values) in curves.items():
