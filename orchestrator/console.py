@@ -10,9 +10,7 @@ into `OUT/logs/workers.log`; the C++ core's own stderr lines in the driver go to
 terminal). Worker lines that start with `MARK` are ours (fold progress, restarts, failures): they come
 to the console without Ray's `(pid=...)` prefix. `--verbose` keeps Ray's own output on the terminal.
 
-The live view (`ProgressView`) shows every running trial (or the one train run) and its folds: epoch/of,
-current and best metric, elapsed and ETA; redrawn in place with bars on a terminal, one plain line per
-epoch otherwise.
+The live view itself is orchestrator/progress_view.py.
 """
 
 from __future__ import annotations
@@ -21,13 +19,13 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
 
+from orchestrator.progress_view import LOCK, ProgressView
+
 MARK = "[salt] "  # a worker line that starts with this is ours: JSON event or plain message
-BAR = 20  # bar width in characters
 
 
 class _State:
@@ -35,7 +33,6 @@ class _State:
     verbose: bool = True  # until setup() says otherwise, Ray behaves as it always does
     view: ProgressView | None = None
     closed = False  # after the run's last epoch: late worker lines stay in the log file
-    lock = threading.Lock()
 
 
 def setup(out: Path, verbose: bool, epochs: int, folds: int) -> Path:
@@ -160,7 +157,7 @@ def on_worker_line(text: str) -> None:
 
 def say(line: str, error: bool = False) -> None:
     """A line of ours, printed above the live view."""
-    with _State.lock:
+    with LOCK:
         view = _State.view
         if view is not None:
             view.clear()
@@ -182,124 +179,8 @@ def end_live_view(final_epoch: int | None = None, wait_s: float = 10.0) -> None:
         if metrics.get("epoch", 0) >= final_epoch:
             break
         time.sleep(0.1)
-    with _State.lock:
+    with LOCK:
         if _State.view is not None:
             _State.view.clear()
             _State.view.runs.clear()
         _State.closed = True
-
-
-def clock(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
-
-
-def bar(done: int, total: int) -> str:
-    filled = round(BAR * done / max(total, 1))
-    return "█" * filled + "·" * (BAR - filled)
-
-
-class ProgressView:
-    """Running trials and their folds: epoch/of, metric, best, elapsed, ETA."""
-
-    def __init__(self, epochs: int, folds: int, stream=None, tty: bool | None = None):
-        self.epochs, self.folds = epochs, folds
-        self.stream = stream or sys.stdout
-        self.tty = self.stream.isatty() if tty is None else tty
-        self.runs: dict[str, dict] = {}  # trial id -> last metrics, start time
-        self.drawn = 0  # lines of the live block on screen (TTY only)
-        self.ticker: threading.Thread | None = None
-
-    def _tick(self) -> None:
-        """Redraws the block every second on a terminal, so elapsed and ETA move between epochs."""
-        while True:
-            time.sleep(1.0)
-            with _State.lock:
-                if self.drawn:
-                    self.clear()
-                    self.draw()
-
-    def start(self, run: str, label: str = "") -> None:
-        self.runs.setdefault(run, {"start": time.time(), "label": label, "metrics": None})
-
-    def finish(self, run: str) -> None:
-        with _State.lock:
-            self.clear()
-            self.runs.pop(run, None)
-            self.draw()
-
-    def update(self, run: str, metrics: dict) -> None:
-        with _State.lock:
-            self.start(run)
-            self.runs[run]["metrics"] = metrics
-            if "epoch_s" in metrics:
-                self.runs[run].setdefault("epoch_s", []).append(float(metrics["epoch_s"]))
-            if self.tty:
-                self.clear()
-                self.draw()
-                if self.ticker is None:
-                    self.ticker = threading.Thread(target=self._tick, name="salt-progress", daemon=True)
-                    self.ticker.start()
-            else:
-                print(self.plain_line(run), file=self.stream, flush=True)
-
-    def timing(self, run: str) -> tuple[float, float | None]:
-        """Elapsed since the run (trial) started; ETA from the mean epoch time of its slowest fold."""
-        state = self.runs[run]
-        elapsed = time.time() - state["start"]
-        epoch = (state["metrics"] or {}).get("epoch", 0)
-        times = state.get("epoch_s") or []
-        eta = sum(times) / len(times) * (self.epochs - epoch) if times else None
-        return elapsed, eta
-
-    def fold_text(self, m: dict, r: int) -> str:
-        return f"{m.get(f'val_map_fold{r}', float('nan')):.3f}/{m.get(f'best_val_map_fold{r}', float('nan')):.3f}"
-
-    def plain_line(self, run: str) -> str:
-        state, m = self.runs[run], self.runs[run]["metrics"]
-        elapsed, eta = self.timing(run)
-        name = f"trial {run} " if run != "run" else ""
-        folds = " ".join(self.fold_text(m, r) for r in range(self.folds))
-        return (
-            f"{name}{state['label']}epoch {m['epoch']}/{self.epochs} | {m.get('loss', '')} val_map "
-            f"{m['val_map']:.4f} best {m['best_val_map']:.4f} | folds now/best {folds} | "
-            f"{clock(elapsed)} elapsed, ETA {clock(eta) if eta is not None else '?'}"
-        )
-
-    def block(self) -> list[str]:
-        lines = []
-        for run, state in self.runs.items():
-            m = state["metrics"]
-            if m is None:
-                lines.append(f"trial {run} {state['label']}starting...")
-                continue
-            elapsed, eta = self.timing(run)
-            eta_text = clock(eta) if eta is not None else "?"
-            name = f"trial {run} {state['label']}" if run != "run" else "folds mean "
-            lines.append(
-                f"{name}{bar(m['epoch'], self.epochs)} {m['epoch']}/{self.epochs} val_map "
-                f"{m['val_map']:.4f} best {m['best_val_map']:.4f}  {clock(elapsed)} ETA {eta_text}"
-            )
-            for r in range(self.folds):
-                lines.append(
-                    f"  fold {r} {bar(m['epoch'], self.epochs)} {m['epoch']}/{self.epochs} val_map "
-                    f"{m.get(f'val_map_fold{r}', float('nan')):.4f} best "
-                    f"{m.get(f'best_val_map_fold{r}', float('nan')):.4f}"
-                )
-        return lines
-
-    def clear(self) -> None:
-        if self.tty and self.drawn:
-            self.stream.write(f"\x1b[{self.drawn}F\x1b[J")  # up to the block's first line, erase down
-            self.stream.flush()
-        self.drawn = 0
-
-    def draw(self) -> None:
-        if not self.tty:
-            return
-        lines = self.block()
-        if lines:
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
-        self.drawn = len(lines)
