@@ -266,3 +266,37 @@ def test_a_failed_fold_worker_and_its_restart_show_as_warnings(tiny_data_root, t
     for fold in range(3):
         assert f"fold {fold}: worker restarted, resuming after epoch 1" in result.stdout
     assert result.stdout.rstrip().splitlines()[-1] == "trained"
+
+
+def test_tune_progress_table_records_each_trial_epoch_and_names_pruned_and_failed_trials(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from orchestrator.tune import ProgressTable
+
+    console._State.view = console.ProgressView(epochs=4, folds=3, stream=sys.stdout, tty=False)
+    console._State.closed = False
+    table = ProgressTable(epochs=4, folds=3, out=tmp_path)
+    trial = SimpleNamespace(
+        trial_id="t1",
+        config={"schedule": "cosine", "loss_switch_epoch": 2, "lr": 0.01},
+        local_path=str(tmp_path),
+    )
+    try:
+        table.on_trial_start(0, [], trial)
+        for epoch in (1, 2):
+            table.on_trial_result(0, [], trial, {**metrics(epoch), "config": trial.config})
+        trial.last_result = metrics(2)
+        table.on_trial_complete(0, [], trial)  # stopped at epoch 2 of 4: ASHA pruned it
+        (tmp_path / "error.txt").write_text("Traceback ...\nRuntimeError: CUDA out of memory\n")
+        table.on_trial_error(0, [], SimpleNamespace(trial_id="t2", local_path=str(tmp_path)))
+    finally:
+        console._State.view = None
+    out, err = capsys.readouterr()
+    assert "trial t1 started: " in out and "lr=0.01" in out
+    assert [int(m.group(1)) for m in PLAIN_PROGRESS.finditer(out)] == [1, 2]
+    assert "trial t1 (cosine, switch 2) epoch 2/4" in out
+    assert "trial t1 pruned by ASHA after epoch 2/4: best_val_map 0.5500" in out
+    assert "error: trial t2 FAILED: RuntimeError: CUDA out of memory" in err
+    rows = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert [(r["trial_id"], r["epoch"]) for r in rows] == [("t1", 1), ("t1", 2)] and "config" not in rows[0]
+    assert [s for s, _ in read_scalars(tmp_path / "tensorboard" / "trial-t1" / "fold_0")["val_map"]] == [1, 2]
