@@ -38,8 +38,10 @@ from orchestrator import console
 from orchestrator.runtime import FoldResources
 from orchestrator.tensorboard import FoldCurves
 from salt_model.config import Config
+from salt_model.cv import cross_validate
 from salt_model.data import SaltData
 from salt_model.engine import checkpoint_name, load_checkpoint, train_fold
+from salt_model.ensemble import member_from_payload
 from salt_model.io import atomic_savez, atomic_write_text
 from salt_model.predict import save_fold_model
 
@@ -150,12 +152,17 @@ class ProgressFile(FailureNotice):
 
 @dataclass
 class KFoldResult:
-    scores: list[float]  # best held-out metric of each fold
+    scores: list[float]  # best held-out metric of each fold (optimistic: the epoch was chosen on it)
     best_epochs: list[int]
-    oof_probs: np.ndarray  # (N, 101, 101) float32, every training tile predicted by its held-out fold model
+    cv: dict  # salt_model.cv.cross_validate: every ensemble variant's OOF figures and the chosen one
+    oof_probs: np.ndarray  # (N, 101, 101) float32 OOF of the chosen variant, in data order
     oof_empty: np.ndarray | None  # (N,)
     histories: list[list[dict]]
-    model_paths: list[Path]
+    model_paths: list[Path]  # the chosen variant's members, k x s
+
+    @property
+    def chosen(self):
+        return self.cv["variants"][self.cv["chosen"]]
 
 
 def make_trainer(
@@ -190,7 +197,7 @@ def make_trainer(
             name=run_name,
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints or None),
             callbacks=callbacks or [],
             logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from our own lines
         ),
@@ -200,31 +207,40 @@ def make_trainer(
 def collect_folds(
     checkpoint: Checkpoint, out: Path, data: SaltData, folds: np.ndarray, k: int
 ) -> KFoldResult:
-    """Turns the final shared checkpoint into per-fold model files and the stitched OOF arrays."""
-    n = len(data)
-    oof_probs = np.zeros(data.images.shape, dtype=np.float32)
-    oof_empty = None
-    scores, epochs, histories, paths = [], [], [], []
+    """The final shared checkpoint -> every variant's OOF figures, the chosen variant's members in
+    OUT/models/fold_{r}_{member}.pt (k x s files) and its float32 OOF in OUT/oof.npz."""
+    per_fold, scores, epochs, histories = [], [], [], []
     with checkpoint.as_directory() as directory:
         for fold in range(k):
             ckpt = load_checkpoint(Path(directory) / checkpoint_name(fold))
-            config = Config.from_dict(ckpt["config"], source="checkpoint")
-            val_idx = np.flatnonzero(folds == fold)
-            oof_probs[val_idx] = ckpt["best_oof"].float().numpy()
-            if ckpt["best_empty"] is not None:
-                oof_empty = np.zeros(n, dtype=np.float32) if oof_empty is None else oof_empty
-                oof_empty[val_idx] = ckpt["best_empty"].numpy()
-            path = out / "models" / f"fold_{fold}.pt"
-            save_fold_model(path, ckpt["best_state"], config, fold, ckpt["best_score"], ckpt["best_epoch"])
+            members = {m.name: m for m in map(member_from_payload, ckpt["members"])}
+            per_fold.append((np.flatnonzero(folds == fold), members, ckpt))
             scores.append(float(ckpt["best_score"]))
             epochs.append(int(ckpt["best_epoch"]))
             histories.append(ckpt["history"])
+    cv = cross_validate([(val, members) for val, members, _ in per_fold], data.masks)
+    chosen = cv["variants"][cv["chosen"]]
+    models = out / "models"
+    for stale in models.glob("fold_*.pt"):  # a rerun may choose another variant
+        stale.unlink()
+    paths = []
+    for fold, (_, members, ckpt) in enumerate(per_fold):
+        config = Config.from_dict(ckpt["config"], source="checkpoint")
+        for name in chosen.member_names[fold]:
+            m = members[name]
+            path = models / f"fold_{fold}_{name}.pt"
+            save_fold_model(path, m.state, config, fold, m.score, m.epoch, member=name)
             paths.append(path)
-    arrays = {"ids": data.ids, "fold": folds, "probs": oof_probs.astype(np.float16)}
-    if oof_empty is not None:
+    oof_probs = np.zeros(data.images.shape, dtype=np.float32)
+    oof_probs[cv["index"]] = chosen.probs
+    arrays = {"ids": data.ids, "fold": folds, "probs": oof_probs, "variant": np.asarray(chosen.name)}
+    oof_empty = None
+    if chosen.empty is not None:
+        oof_empty = np.zeros(len(data), dtype=np.float32)
+        oof_empty[cv["index"]] = chosen.empty
         arrays["empty"] = oof_empty
     atomic_savez(out / "oof.npz", **arrays)
-    return KFoldResult(scores, epochs, oof_probs, oof_empty, histories, paths)
+    return KFoldResult(scores, epochs, cv, oof_probs, oof_empty, histories, paths)
 
 
 def run_name_for(out: Path) -> str:
@@ -273,11 +289,19 @@ def run_kfold(
 
 
 def write_cv(out: Path, result: KFoldResult, config: Config, extra: dict) -> dict:
-    """cv.json: per-fold and mean scores plus whatever the aggregation chose (thresholds, OOF score)."""
+    """cv.json: every variant's per-fold and overall OOF, the one the submission uses, its thresholds."""
+    chosen = result.chosen
     summary = {
-        "fold_scores": result.scores,
-        "mean_fold_score": float(np.mean(result.scores)),
+        "submission_variant": chosen.name,
+        "submission_members": len(result.model_paths),
+        "fold_scores": chosen.fold_scores,
+        "mean_fold_score": float(np.mean(chosen.fold_scores)),
+        "oof_score": chosen.oof_score,
+        "oof_score_default_thresholds": chosen.oof_score_default_thresholds,
+        "thresholds": chosen.thresholds.to_dict(),
+        "best_epoch_fold_scores": result.scores,  # optimistic: each chosen on its own held-out fold
         "best_epochs": result.best_epochs,
+        "variants": {name: v.summary() for name, v in result.cv["variants"].items()},
         **extra,
         "config": config.to_dict(),
     }

@@ -1,11 +1,13 @@
-"""Aggregation: the k fold models' averaged predictions on the test tiles, as submission.csv.
+"""Aggregation: all ensemble members of all folds averaged on the test tiles, as submission.csv.
 
 `python -m orchestrator.predict --run DIR --data DIR --out FILE`
 
-Ray Data streams the test tiles through actors that each hold all k fold models (measured here: one
-actor with every fold ran 2000 tiles in 12.8 s vs 19.6 s for one task per fold). Each actor averages
-the folds' horizontally-flip-TTA'd probabilities in float32 (float16 flipped masks near the
-threshold), applies the thresholds chosen on the out-of-fold predictions, and returns RLE strings,
+RUN/models holds the members the run chose (cv.json "submission_variant"): k folds x s members
+(the last epoch, the cycle-end snapshots and/or SWA; salt_model.ensemble). Ray Data streams the test
+tiles once through actors that each hold every member (measured here: one actor with every fold ran
+2000 tiles in 12.8 s vs 19.6 s for one task per fold). Each actor averages the members'
+horizontally-flip-TTA'd probabilities in float32 (float16 flipped masks near the threshold), applies
+the thresholds chosen on the OOF of the same member average (salt_model.cv), and returns RLE strings,
 so only text travels back. Rows come back in any order, so every row carries its id.
 """
 
@@ -32,7 +34,7 @@ from salt_model.rle import rle_encode
 
 
 class EnsemblePredictor:
-    """A Ray Data actor holding all k fold models; batch of tiles in, ids and RLE masks out."""
+    """A Ray Data actor holding every member of every fold; batch of tiles in, ids and RLE masks out."""
 
     def __init__(self, payloads_ref: list, thresholds: dict, batch_size: int):
         import torch
@@ -59,7 +61,7 @@ class EnsemblePredictor:
 
 
 def ensemble_probs(models: list, images: np.ndarray, device, batch_size: int = 64):
-    """Mean over fold models of the flip-TTA probabilities, in float32."""
+    """Mean over all members (k folds x s) of the flip-TTA probabilities, in float32."""
     probs_sum = np.zeros(images.shape, dtype=np.float32)
     empty_sum = None
     for model, config in models:
@@ -84,11 +86,19 @@ def choose_oof_thresholds(oof_probs: np.ndarray, oof_empty: np.ndarray | None, t
 
 
 def load_models(run: Path) -> list[dict]:
+    """Every member file in RUN/models; as many as cv.json says the submission uses, when it says."""
     paths = sorted((run / "models").glob("fold_*.pt"))
     if not paths:
         raise ValueError(
             f"run folder {run}: no fold models in {run / 'models'}; train first "
             "(python -m orchestrator.train ... --out RUN)"
+        )
+    cv = run / "cv.json"
+    expected = json.loads(cv.read_text()).get("submission_members") if cv.exists() else None
+    if expected is not None and expected != len(paths):
+        raise ValueError(
+            f"run folder {run}: {len(paths)} member files in {run / 'models'} but cv.json's "
+            f"submission uses {expected}; rerun the training command to rewrite them"
         )
     return [read_fold_model(p) for p in paths]
 
@@ -127,9 +137,10 @@ def predict_submission(
     submission = rows.set_index("id").loc[test.ids, ["rle_mask"]].reset_index()  # the test split's id order
     atomic_write(out, lambda tmp: submission.to_csv(tmp, index=False))
     empty = int((rows["area"] == 0).sum())
+    folds = len({p["fold"] for p in payloads})
     print(
-        f"submission {out}: {len(submission)} rows from {len(payloads)} fold models, "
-        f"{empty} empty masks ({empty / len(submission):.0%})"
+        f"submission {out}: {len(submission)} rows from {len(payloads)} members ({folds} folds x "
+        f"{len(payloads) / folds:g}), {empty} empty masks ({empty / len(submission):.0%})"
     )
     return submission
 

@@ -4,9 +4,10 @@
 
 All k folds train at once, one Ray Train worker each (a GPU each when the cluster has GPUs, or a
 fraction with --gpus-per-fold). Outputs in --out: config.json, folds.csv, progress.jsonl (one line per
-epoch while it runs), ray/ (Ray's run state and checkpoints), models/fold_{r}.pt, oof.npz, cv.json
-(per-fold and mean scores, OOF-chosen thresholds, config) and, when the data has test images,
-submission.csv. Running the same command again resumes an interrupted run from its last checkpoint.
+epoch while it runs), ray/ (Ray's run state and checkpoints), models/fold_{r}_{member}.pt (the
+chosen ensemble variant's members), oof.npz, cv.json (per-fold and overall OOF of every variant: best
+epoch, last epoch, snapshots, SWA; the one the submission uses and its OOF-chosen thresholds; config)
+and, when the data has test images, submission.csv. Running the same command again resumes an interrupted run from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import ray
 
 from orchestrator import console
 from orchestrator.kfold import KFoldResult, run_kfold, write_cv
-from orchestrator.predict import choose_oof_thresholds, predict_submission
+from orchestrator.predict import predict_submission
 from orchestrator.report import build as build_report
 from orchestrator.report import save_oof_truth
 from orchestrator.runtime import fold_resources, init_ray
@@ -79,18 +80,19 @@ def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.nda
 def finalize(
     result: KFoldResult, out: Path, config: Config, data: SaltData, root: Path, extra: dict | None = None
 ) -> dict:
-    """OOF thresholds, cv.json, a score table, oof_gallery.png, and submission.csv when there are test tiles."""
+    """cv.json, a score table, oof_gallery.png, and submission.csv when there are test tiles.
+
+    The submission uses the variant collect_folds chose and the thresholds chosen on its own OOF."""
     truth = data.masks.astype(bool)
-    chosen = choose_oof_thresholds(result.oof_probs, result.oof_empty, truth)
-    summary = write_cv(out, result, config, {**chosen, **(extra or {})})
+    summary = write_cv(out, result, config, extra or {})
     save_oof_truth(out, data.ids, data.images, truth)
     print_cv_table(summary)
-    pred = binarize(result.oof_probs, result.oof_empty, Thresholds(**chosen["thresholds"]))
+    pred = binarize(result.oof_probs, result.oof_empty, Thresholds(**summary["thresholds"]))
     print(
         f"OOF predictions vs truth (worst, random, best tiles): {oof_gallery(out / 'oof_gallery.png', data.images, truth, pred, data.ids)}"
     )
     if has_test(root):
-        predict_submission(out, load_split(root, "test"), chosen["thresholds"], out / "submission.csv")
+        predict_submission(out, load_split(root, "test"), summary["thresholds"], out / "submission.csv")
     write_report(out)
     return summary
 
@@ -106,15 +108,23 @@ def write_report(out: Path) -> None:
 
 
 def print_cv_table(summary: dict) -> None:
-    print("\nfold | best val_map | best epoch")
-    for fold, (score, epoch) in enumerate(zip(summary["fold_scores"], summary["best_epochs"], strict=True)):
-        print(f"{fold:>4} | {score:12.4f} | {epoch:>10}")
-    print(f"mean | {summary['mean_fold_score']:12.4f} |")
+    """One row per ensemble variant: per-fold and overall OOF, thresholds; * marks the submission's."""
+    k = len(summary["fold_scores"])
+    print(
+        f"\n  variant        members | {'folds (default thresholds)':<{max(26, 7 * k)}} | OOF default | OOF chosen"
+    )
+    for name, v in summary["variants"].items():
+        mark = "*" if name == summary["submission_variant"] else ("~" if not v["honest"] else " ")
+        folds = " ".join(f"{s:.4f}" for s in v["fold_scores"])
+        print(
+            f"{mark} {name:<14} {sum(v['members_per_fold']):>7} | {folds:<{max(26, 7 * k)}} | "
+            f"{v['oof_score_default_thresholds']:11.4f} | {v['oof_score']:10.4f}"
+        )
     th = summary["thresholds"]
     print(
-        f"OOF competition metric {summary['oof_score']:.4f} (default thresholds "
-        f"{summary['oof_score_default_thresholds']:.4f}) with pixel>{th['pixel']}, "
-        f"min_area {th['min_area']}, empty-head>{th['empty']}\n"
+        f"* submission: {summary['submission_variant']} ({summary['submission_members']} members), OOF "
+        f"{summary['oof_score']:.4f} with pixel>{th['pixel']}, min_area {th['min_area']}, "
+        f"empty-head>{th['empty']}; ~ best epoch, chosen on the held-out fold (optimistic)\n"
     )
 
 

@@ -95,6 +95,16 @@ class TrainConfig:
     loader_workers: int = 0  # DataLoader worker processes (0 = augment in the training process)
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    # Ensemble members (salt_model/ensemble.py). snapshots: keep the weights at the last N cycle ends
+    # of a cosine/cyclic schedule (schedules.cycle_end_epochs), each with its OOF probabilities.
+    snapshots: int = 0
+    # swa_epochs: stochastic weight averaging of the weights at the end of each of the last N epochs
+    # (0 = off), BatchNorm statistics recomputed on the fold's training tiles; with cosine/cyclic,
+    # N = schedule.cycle_epochs averages the last cycle, 2 x cycle_epochs the last two.
+    swa_epochs: int = 0
+    # Ray checkpoints kept per k-fold run (CheckpointConfig.num_to_keep); a finished or stopped Tune
+    # trial then keeps only its last one, without optimizer state. 0 = keep everything, untouched.
+    keep_checkpoints: int = 2
     seed: int = 0
 
     def validate(self) -> None:
@@ -108,6 +118,14 @@ class TrainConfig:
         _check("train.loader_workers", self.loader_workers, self.loader_workers >= 0, ">= 0")
         _check("train.threads", self.threads, self.threads >= 0, ">= 0")
         _check("train.checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, ">= 1")
+        _check("train.snapshots", self.snapshots, self.snapshots >= 0, ">= 0")
+        _check(
+            "train.swa_epochs",
+            self.swa_epochs,
+            0 <= self.swa_epochs <= self.epochs,
+            f"in [0, train.epochs={self.epochs}] (0 = no SWA)",
+        )
+        _check("train.keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 0, ">= 0 (0 = all)")
 
 
 @dataclass(frozen=True)
@@ -205,6 +223,25 @@ class Config:
     def __post_init__(self) -> None:
         for section in SECTIONS:
             getattr(self, section).validate()
+        self._check_snapshots()
+
+    def _check_snapshots(self) -> None:
+        """train.snapshots needs that many cycle ends within the epoch budget."""
+        if not self.train.snapshots:
+            return
+        from salt_model.schedules import cycle_end_epochs  # schedules imports this module
+
+        ends = cycle_end_epochs(self.train.epochs, self.schedule)
+        if self.train.snapshots > len(ends):
+            how = (
+                f"schedule.name={self.schedule.name!r} with cycle_epochs={self.schedule.cycle_epochs} "
+                f"ends {len(ends)} cycle(s) within train.epochs={self.train.epochs} (at epochs {ends})"
+                if self.schedule.name in ("cosine", "cyclic")
+                else f"schedule.name={self.schedule.name!r} has no cycles; snapshots need cosine or cyclic"
+            )
+            raise ValueError(
+                f"train.snapshots={self.train.snapshots} is out of range: {how}; expected at most {len(ends)}"
+            )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

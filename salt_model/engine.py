@@ -1,17 +1,19 @@
 """Training one fold: `train_one_epoch`, `evaluate` and `train_fold`, kept apart as in torchvision's
 references/segmentation/train.py.
 
-`train_fold` evaluates on the held-out fold every epoch, keeps a deep copy of the best weights (by the
-competition metric) and their out-of-fold probabilities, and hands every epoch to one `report` hook:
-the CLI uses it to print and checkpoint, the Ray orchestrator to gather the folds' metrics and write the
-shared checkpoint. A checkpoint holds everything a resume needs (model, optimizer, step, epoch, best
-weights, history, config); the LR schedule is a pure function of the step, so the step is its state.
+`train_fold` evaluates on the held-out fold every epoch, collects the fold's ensemble members with their
+out-of-fold probabilities (salt_model.ensemble: cycle-end snapshots, SWA, the last epoch, and the best
+epoch's OOF), and hands every epoch to one `report` hook: the CLI uses it to print and checkpoint, the
+Ray orchestrator to gather the folds' metrics and write the shared checkpoint.
+
+A checkpoint is two files per fold: `fold_{r}.pt`, the resume state (model, optimizer, scaler, step,
+epoch, history, SWA running average, config; the LR schedule is a pure function of the step, so the
+step is its state), and `fold_{r}_members.pt`, the members' weights and float32 OOF, serialized once per
+change. `strip_resume_state` drops a finished run's optimizer state and keeps what the ensemble needs.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader
 from salt_model.augment import SaltDataset, train_transform
 from salt_model.config import Config
 from salt_model.data import SaltData
+from salt_model.ensemble import FoldMembers, Member, cpu_copy
 from salt_model.folds import make_folds
 from salt_model.io import atomic_write
 from salt_model.losses import compute_loss, loss_name
@@ -41,18 +44,29 @@ ReportFn = Callable[[dict, Callable[[Path], Path]], None]
 @dataclass
 class FoldResult:
     fold: int
-    best_score: float
-    best_epoch: int  # 1-based count of epochs trained when the best weights were seen
+    best_score: float  # highest held-out val_map (optimistic: chosen on the same tiles)
+    best_epoch: int  # 1-based count of epochs trained when it was seen
     history: list[dict]
     val_index: np.ndarray  # (n_val,) indices into the training data
-    oof_probs: np.ndarray  # (n_val, 101, 101) float32 probabilities of the best weights
-    oof_empty: np.ndarray | None  # (n_val,) empty-head probabilities of the best weights
-    best_state: dict = field(repr=False)  # the best weights (CPU tensors)
+    members: dict[str, Member] = field(repr=False)  # best (OOF only), last, snap{epoch}, swa
+
+    @property
+    def oof_probs(self) -> np.ndarray:
+        """(n_val, 101, 101) float32 OOF probabilities of the best epoch."""
+        return self.members["best"].probs
+
+    @property
+    def oof_empty(self) -> np.ndarray | None:
+        return self.members["best"].empty
 
 
 def checkpoint_name(fold: int) -> str:
     """Per-fold file names: Ray merges every worker's checkpoint files into one folder."""
     return f"fold_{fold}.pt"
+
+
+def members_name(fold: int) -> str:
+    return f"fold_{fold}_members.pt"
 
 
 def fold_split(data: SaltData, fold: int, config: Config, folds: np.ndarray | None = None):
@@ -166,18 +180,10 @@ def train_fold(
         pin_memory=device.type == "cuda",
     )
 
-    state = {
-        "epoch": 0,
-        "step": 0,
-        "best_score": -math.inf,
-        "best_epoch": 0,
-        "history": [],
-        "best_state": None,
-        "best_oof": None,
-        "best_empty": None,
-    }
+    members = FoldMembers(config)
+    state = {"epoch": 0, "step": 0, "history": []}
     if resume is not None:
-        state = _restore(resume, model, optimizer, scaler, config, fold)
+        state = _restore(resume, model, optimizer, scaler, config, fold, members)
 
     for epoch in range(state["epoch"], config.train.epochs):
         start = time.perf_counter()
@@ -191,67 +197,107 @@ def train_fold(
         )
         metrics, probs, empty = evaluate(model, val_set, epoch, config, device)
         state["epoch"] = epoch + 1
-        if metrics["val_map"] > state["best_score"]:
-            state.update(
-                best_score=metrics["val_map"],
-                best_epoch=epoch + 1,
-                best_state=_cpu_copy(model.state_dict()),
-                best_oof=probs,  # float32: float16 flips pixels that sit at a threshold
-                best_empty=empty,
-            )
+        members.after_epoch(epoch + 1, model, metrics["val_map"], probs, empty)  # float32 OOF
+        if epoch + 1 == config.train.epochs and members.swa_state is not None:
+
+            def evaluate_swa(swa_model, epoch=epoch):
+                swa_metrics, swa_probs, swa_empty = evaluate(swa_model, val_set, epoch, config, device)
+                return swa_metrics["val_map"], swa_probs, swa_empty
+
+            swa = members.finish_swa(model, train_set.images, evaluate_swa, config, device)
+            metrics["swa_val_map"] = swa.score
         metrics.update(
             fold=fold,
             epoch=epoch + 1,
             train_loss=train_loss,
             loss=loss_name(epoch, config.train),
             lr=optimizer.param_groups[0]["lr"],
-            best_val_map=state["best_score"],
+            best_val_map=members.best.score,
             epoch_s=time.perf_counter() - start,
         )
         state["history"].append(metrics)
         if report is not None:
             report(
                 dict(metrics),
-                lambda directory: _save(directory, fold, model, optimizer, scaler, state, config),
+                lambda directory: _save(directory, fold, model, optimizer, scaler, state, members, config),
             )
 
     return FoldResult(
         fold=fold,
-        best_score=state["best_score"],
-        best_epoch=state["best_epoch"],
+        best_score=members.best.score,
+        best_epoch=members.best.epoch,
         history=state["history"],
         val_index=val_idx,
-        oof_probs=state["best_oof"],
-        oof_empty=state["best_empty"],
-        best_state=state["best_state"],
+        members=dict(members.members),
     )
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """A fold's resume state with its members file (beside it) under "members"."""
     path = Path(path)
+    ckpt = _load(path)
+    if "best_state" in ckpt or "members_file" not in ckpt:
+        raise ValueError(
+            f"checkpoint {path}: an older single-file fold checkpoint (best_state inside); "
+            "this version keeps members apart: retrain, or use the version that wrote it"
+        )
+    members_path = path.parent / ckpt["members_file"]
+    if not members_path.is_file():
+        raise ValueError(f"checkpoint {path}: its members file {members_path.name} is missing")
+    ckpt["members"] = _load(members_path)["members"]
+    return ckpt
+
+
+def strip_resume_state(path: str | Path) -> int:
+    """Rewrites a stopped or finished fold checkpoint without optimizer, scaler and SWA state (and
+    without the model when the members file holds the last epoch's weights). Returns bytes saved."""
+    path = Path(path)
+    ckpt = _load(path)
+    if not ckpt.get("resumable", False):
+        return 0
+    finished = ckpt["epoch"] >= Config.from_dict(ckpt["config"], source=f"checkpoint {path}").train.epochs
+    drop = ("optimizer", "scaler", "swa", *(("model",) if finished else ()))
+    before = path.stat().st_size
+    slim = {k: v for k, v in ckpt.items() if k not in drop}
+    slim["resumable"] = False
+    atomic_write(path, lambda tmp: torch.save(slim, tmp))
+    return before - path.stat().st_size
+
+
+def _load(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"checkpoint {path}: not a readable fold checkpoint ({err})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"checkpoint {path}: expected a dict, got {type(payload).__name__}")
+    return payload
 
 
-def _save(directory: Path, fold, model, optimizer, scaler, state, config) -> Path:
+def _save(directory: Path, fold, model, optimizer, scaler, state, members: FoldMembers, config) -> Path:
+    directory = Path(directory)
+    atomic_write(
+        directory / members_name(fold), lambda tmp: tmp.write_bytes(members.serialized(fold, config))
+    )
     payload = {
         "fold": fold,
         "config": config.to_dict(),
-        "model": _cpu_copy(model.state_dict()),
+        "resumable": True,
+        "members_file": members_name(fold),
+        "model": cpu_copy(model.state_dict()),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        **{k: state[k] for k in ("epoch", "step", "best_score", "best_epoch", "history", "best_state")},
-        "best_oof": torch.from_numpy(state["best_oof"]),
-        "best_empty": None if state["best_empty"] is None else torch.from_numpy(state["best_empty"]),
+        "swa": members.resume_state(),
+        **{k: state[k] for k in ("epoch", "step", "history")},
+        "best_score": members.best.score,
+        "best_epoch": members.best.epoch,
     }
-    path = Path(directory) / checkpoint_name(fold)
+    path = directory / checkpoint_name(fold)
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 
-def _restore(resume, model, optimizer, scaler, config: Config, fold: int) -> dict:
+def _restore(resume, model, optimizer, scaler, config: Config, fold: int, members: FoldMembers) -> dict:
     ckpt = resume if isinstance(resume, dict) else load_checkpoint(resume)
     if ckpt.get("fold") != fold:
         raise ValueError(f"checkpoint is for fold {ckpt.get('fold')}, not fold {fold}")
@@ -263,13 +309,19 @@ def _restore(resume, model, optimizer, scaler, config: Config, fold: int) -> dic
                 f"{getattr(saved, section)} vs now {getattr(config, section)}; "
                 "use a new output folder or the same config"
             )
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
-    state = {k: ckpt[k] for k in ("epoch", "step", "best_score", "best_epoch", "history", "best_state")}
-    state["best_oof"] = ckpt["best_oof"].numpy()
-    state["best_empty"] = None if ckpt["best_empty"] is None else ckpt["best_empty"].numpy()
-    return state
+    if ckpt.get("resumable", True):
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        members.restore(ckpt["members"], ckpt["swa"])
+    elif ckpt["epoch"] < config.train.epochs:
+        raise ValueError(
+            f"checkpoint of fold {fold} after epoch {ckpt['epoch']} was stripped of its optimizer state "
+            "when its run stopped (train.keep_checkpoints); it cannot train on, only be collected"
+        )
+    else:
+        members.restore(ckpt["members"], {"state": None, "count": 0})
+    return {k: ckpt[k] for k in ("epoch", "step", "history")}
 
 
 def _val_loss(probs, empty, masks, epoch, config) -> float:
@@ -281,10 +333,6 @@ def _val_loss(probs, empty, masks, epoch, config) -> float:
         (logits, empty_logits), torch.from_numpy(masks)[:, None].float(), epoch, config.train
     )
     return float(loss)
-
-
-def _cpu_copy(state_dict: dict) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in copy.copy(state_dict).items()}
 
 
 def _to_float(output):

@@ -88,11 +88,14 @@ def _predict_view(model, padded: np.ndarray, config: Config, device: torch.devic
     return np.concatenate(probs), (np.concatenate(empty) if empty else None)
 
 
-def save_fold_model(path: Path, model_state: dict, config: Config, fold: int, score: float, epoch: int):
-    """Writes a fold's best weights with the config that rebuilds the model (atomically)."""
+def save_fold_model(
+    path: Path, model_state: dict, config: Config, fold: int, score: float, epoch: int, member: str = "last"
+):
+    """Writes one ensemble member's weights with the config that rebuilds the model (atomically)."""
     payload = {
         "config": config.to_dict(),
         "fold": fold,
+        "member": member,  # salt_model.ensemble: last | snap{epoch} | swa
         "score": score,
         "epoch": epoch,
         "state_dict": model_state,
@@ -101,7 +104,7 @@ def save_fold_model(path: Path, model_state: dict, config: Config, fold: int, sc
 
 
 def read_fold_model(path: str | Path) -> dict:
-    """The payload of a fold model file: {'config', 'fold', 'score', 'epoch', 'state_dict'}."""
+    """The payload of a fold model file: {'config', 'fold', 'member', 'score', 'epoch', 'state_dict'}."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"fold model {path}: not found")

@@ -1,8 +1,9 @@
 """Train one fold without Ray: `python -m salt_model.train --data DIR --fold F --folds K --epochs E --out DIR`.
 
-Writes into --out: config.json, folds.csv, fold_F.pt (the resumable checkpoint, every epoch),
-model_fold_F.pt (the best weights), oof_fold_F.npz and result_fold_F.json. Re-running the same command
-resumes from fold_F.pt; --restart ignores it.
+Writes into --out: config.json, folds.csv, fold_F.pt and fold_F_members.pt (the resumable checkpoint,
+every epoch), model_fold_F_{member}.pt (each ensemble member's weights: last, snap{epoch}, swa),
+oof_fold_F.npz (float32 OOF probabilities `probs_{member}` of every member, best epoch included) and
+result_fold_F.json. Re-running the same command resumes from fold_F.pt; --restart ignores it.
 """
 
 from __future__ import annotations
@@ -30,23 +31,28 @@ def format_epoch(m: dict) -> str:
 
 
 def save_fold_outputs(out: Path, result: FoldResult, config, ids: np.ndarray) -> None:
-    """The best model, its out-of-fold probabilities and the history, each written atomically."""
-    save_fold_model(
-        out / f"model_fold_{result.fold}.pt",
-        result.best_state,
-        config,
-        result.fold,
-        result.best_score,
-        result.best_epoch,
-    )
-    arrays = {"ids": ids[result.val_index], "probs": result.oof_probs.astype(np.float16)}
-    if result.oof_empty is not None:
-        arrays["empty"] = result.oof_empty
+    """Every member's weights, their out-of-fold probabilities and the history, each written atomically."""
+    arrays = {"ids": ids[result.val_index]}
+    for name, m in result.members.items():
+        if m.state is not None:
+            save_fold_model(
+                out / f"model_fold_{result.fold}_{name}.pt",
+                m.state,
+                config,
+                result.fold,
+                m.score,
+                m.epoch,
+                name,
+            )
+        arrays[f"probs_{name}"] = m.probs  # float32: thresholds are chosen on these
+        if m.empty is not None:
+            arrays[f"empty_{name}"] = m.empty
     atomic_savez(out / f"oof_fold_{result.fold}.npz", **arrays)
     summary = {
         "fold": result.fold,
         "best_val_map": result.best_score,
         "best_epoch": result.best_epoch,
+        "members": {name: {"epoch": m.epoch, "val_map": m.score} for name, m in result.members.items()},
         "history": result.history,
     }
     atomic_write_text(out / f"result_fold_{result.fold}.json", json.dumps(summary, indent=2) + "\n")

@@ -129,8 +129,9 @@ def test_checkpoint_resume_continues_the_run(tiny_config, tiny_data, tmp_path):
         train_fold(longer, tiny_data, 0, resume=garbage, device=CPU)
 
 
-def test_best_weights_are_deep_copies(tiny_config, tiny_data, tmp_path, monkeypatch):
-    """Scores forced to fall after epoch 1: the best weights must stay epoch 1's, not the live model's."""
+def test_members_are_deep_copies_and_best_keeps_only_its_oof(tiny_config, tiny_data, tmp_path, monkeypatch):
+    """Scores forced to fall after epoch 1: "best" is epoch 1's OOF (no weights), "last" holds a copy of
+    the final weights, never the live state_dict."""
     config = _tiny(tiny_config, "train.epochs=2", "schedule.lr=0.01")
     models, epoch_probs = [], []
     real_build, real_evaluate = engine.build_model, engine.evaluate
@@ -153,17 +154,19 @@ def test_best_weights_are_deep_copies(tiny_config, tiny_data, tmp_path, monkeypa
 
     result = train_fold(config, tiny_data, 0, report=report, device=CPU)
     assert result.best_epoch == 1 and result.best_score == pytest.approx(0.9)
-    live = models[0].state_dict()
-    assert set(result.best_state) == set(live)
-    for name, tensor in result.best_state.items():
-        assert tensor.untyped_storage().data_ptr() != live[name].untyped_storage().data_ptr(), name
-        torch.testing.assert_close(tensor, live_after[1][name], rtol=0, atol=0, msg=name)
-    changed = [
-        k for k, v in result.best_state.items() if v.is_floating_point() and not torch.equal(v, live[k])
-    ]
-    assert changed, "epoch 2 changed no weight, or best_state is the live state_dict"
-    np.testing.assert_allclose(result.oof_probs, epoch_probs[0], atol=1e-3)  # float16 storage
+    assert result.members["best"].state is None  # the optimistic choice keeps no weights
+    np.testing.assert_array_equal(result.oof_probs, epoch_probs[0])  # float32, exactly
     assert not np.allclose(result.oof_probs, epoch_probs[1], atol=1e-3)
+    last = result.members["last"]
+    np.testing.assert_array_equal(last.probs, epoch_probs[1])
+    live = models[0].state_dict()
+    for name, tensor in last.state.items():
+        assert tensor.untyped_storage().data_ptr() != live[name].untyped_storage().data_ptr(), name
+        torch.testing.assert_close(tensor, live_after[2][name], rtol=0, atol=0, msg=name)
+    changed = [
+        k for k, v in last.state.items() if v.is_floating_point() and not torch.equal(v, live_after[1][k])
+    ]
+    assert changed, "epoch 2 changed no weight"
 
 
 @pytest.mark.parametrize("fold", [-1, 3, 10])

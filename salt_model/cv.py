@@ -1,0 +1,107 @@
+"""Cross-validation of the ensemble variants: per-fold and overall OOF scores, and the honest choice.
+
+The best epoch of a fold is picked on that fold's held-out tiles, so its OOF score is optimistic
+(issue 13, defect 4). The last epoch, the cycle-end snapshot ensemble and SWA are fixed before the
+held-out labels are seen; the run uses whichever of these honest variants scores highest on OOF, and
+reports the best-epoch figure beside them. Each variant's thresholds are chosen on the OOF of that
+same member average, since averaging members moves probabilities (the empty head's most of all)
+towards 0.5, so thresholds tuned on one model do not fit an average (issue 13, defect 5): every
+multi-member variant also reports its score at the single model's thresholds, which measures it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from salt_model.ensemble import HONEST, Member, fold_variants, mean_probs
+from salt_model.metric import image_scores
+from salt_model.postprocess import Thresholds, binarize, choose_thresholds, default_thresholds
+
+
+@dataclass
+class VariantCV:
+    name: str
+    honest: bool
+    members_per_fold: list[int]
+    member_names: list[list[str]]  # per fold
+    fold_scores: list[float]  # each fold's OOF metric at the default thresholds
+    oof_score_default_thresholds: float  # all folds' tiles together, default thresholds
+    thresholds: Thresholds  # chosen on this variant's own OOF
+    oof_score: float  # at those thresholds
+    probs: np.ndarray = field(repr=False)  # (N, 101, 101) float32, in `index` order
+    empty: np.ndarray | None = field(repr=False)  # (N,)
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {
+            "honest": self.honest,
+            "members_per_fold": self.members_per_fold,
+            "members": self.member_names,
+            "fold_scores": self.fold_scores,
+            "mean_fold_score": float(np.mean(self.fold_scores)),
+            "oof_score_default_thresholds": self.oof_score_default_thresholds,
+            "oof_score": self.oof_score,
+            "thresholds": self.thresholds.to_dict(),
+            **self.extra,
+        }
+
+
+def cross_validate(folds: list[tuple[np.ndarray, dict[str, Member]]], masks: np.ndarray) -> dict:
+    """Scores every variant present in all `folds` ((val_index, members) each) against `masks`.
+
+    masks: (N_all, 101, 101) truth of the whole training split; the variants' stitched OOF arrays follow
+    the concatenated val_index order, returned as "index". Returns {"index", "variants", "chosen"}.
+    """
+    index = np.concatenate([val for val, _ in folds])
+    truth = masks[index].astype(bool)
+    per_fold = [fold_variants(members) for _, members in folds]
+    names = [n for n in ("best", *HONEST) if all(n in v for v in per_fold)]
+    if not names:
+        raise ValueError("cross_validate: the folds share no ensemble variant (no 'best' member?)")
+    variants = {}
+    offsets = np.cumsum([0] + [len(val) for val, _ in folds])
+    for name in names:
+        stacked = [mean_probs(v[name]) for v in per_fold]
+        probs = np.concatenate([p for p, _ in stacked])
+        has_empty = all(e is not None for _, e in stacked)
+        empty = np.concatenate([e for _, e in stacked]) if has_empty else None
+        default = default_thresholds(empty)
+        pred = binarize(probs, empty, default)
+        scores = image_scores(truth, pred)
+        thresholds, score = choose_thresholds(probs, empty, truth)
+        variants[name] = VariantCV(
+            name=name,
+            honest=name in HONEST,
+            members_per_fold=[len(v[name]) for v in per_fold],
+            member_names=[[m.name for m in v[name]] for v in per_fold],
+            fold_scores=[float(scores[a:b].mean()) for a, b in zip(offsets[:-1], offsets[1:], strict=True)],
+            oof_score_default_thresholds=float(scores.mean()),
+            thresholds=thresholds,
+            oof_score=score,
+            probs=probs,
+            empty=empty,
+        )
+    _single_model_thresholds_effect(variants, truth)
+    return {"index": index, "variants": variants, "chosen": choose_variant(variants)}
+
+
+def choose_variant(variants: dict[str, VariantCV]) -> str:
+    """The honest variant with the highest OOF score (ties: the one with fewer members, HONEST order)."""
+    honest = [variants[n] for n in HONEST if n in variants]
+    if not honest:
+        raise ValueError("no honest variant (last/snapshots/swa) to choose from")
+    return max(honest, key=lambda v: v.oof_score).name  # max keeps the first of equal scores
+
+
+def _single_model_thresholds_effect(variants: dict[str, VariantCV], truth: np.ndarray) -> None:
+    """Defect 5, measured: a multi-member variant scored with the single "last" model's thresholds."""
+    single = variants.get("last")
+    for v in variants.values():
+        spread = None if v.empty is None else float(np.abs(v.empty - 0.5).mean())
+        v.extra["empty_head_mean_distance_from_half"] = spread
+        if single is None or v is single or max(v.members_per_fold) < 2:
+            continue
+        pred = binarize(v.probs, v.empty, single.thresholds)
+        v.extra["oof_score_at_single_model_thresholds"] = float(image_scores(truth, pred).mean())
