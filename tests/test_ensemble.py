@@ -1,0 +1,219 @@
+"""Ensemble members (snapshots, SWA), the honest variant choice, and the two-file checkpoint layout."""
+
+import numpy as np
+import pytest
+import torch
+
+from salt_model import engine
+from salt_model.augment import pad_batch
+from salt_model.config import load_config
+from salt_model.cv import cross_validate
+from salt_model.data import load_split
+from salt_model.engine import fold_split, load_checkpoint, members_name, strip_resume_state, train_fold
+from salt_model.ensemble import Member, mean_probs
+from salt_model.postprocess import choose_thresholds
+
+CPU = torch.device("cpu")
+# cosine restarts every epoch: 3 epochs end 3 cycles (at 1, 2, 3); keep the last 2, SWA over epochs 2-3
+MEMBERS = [
+    "train.eval_tta=false",
+    "train.seed=0",
+    "train.epochs=3",
+    "schedule.name=cosine",
+    "schedule.cycle_epochs=1",
+    "train.snapshots=2",
+    "train.swa_epochs=2",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_data_root):
+    return load_split(tiny_data_root, "train")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_config, tiny_data, tmp_path_factory):
+    """Fold 0 trained 3 epochs with a checkpoint every epoch, and each evaluation's probabilities."""
+    config = tiny_config.with_overrides(MEMBERS)
+    root = tmp_path_factory.mktemp("members")
+    probs, saved = [], []
+    real_evaluate = engine.evaluate
+
+    def evaluate(model, data, epoch, config, device):
+        out = real_evaluate(model, data, epoch, config, device)
+        probs.append(out[1].copy())
+        return out
+
+    engine.evaluate = evaluate
+    try:
+        result = train_fold(
+            config,
+            tiny_data,
+            0,
+            report=lambda m, save: saved.append(save(root / f"e{m['epoch']}")),
+            device=CPU,
+        )
+    finally:
+        engine.evaluate = real_evaluate
+    return config, result, probs, saved
+
+
+def test_snapshots_are_taken_at_the_last_cycle_ends_with_their_oof(run):
+    config, result, probs, saved = run
+    m = result.members
+    assert set(m) == {"best", "snap2", "snap3", "last", "swa"}  # snap1 is not among the last 2
+    assert [m["snap2"].epoch, m["snap3"].epoch] == [2, 3]
+    # each snapshot is the model of its epoch (as checkpointed then) with that epoch's OOF
+    for epoch in (2, 3):
+        weights = load_checkpoint(saved[epoch - 1])["model"]
+        for name, tensor in m[f"snap{epoch}"].state.items():
+            torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0)
+        np.testing.assert_array_equal(m[f"snap{epoch}"].probs, probs[epoch - 1])
+    assert m["snap2"].probs.dtype == np.float32
+    assert not torch.equal(m["snap2"].state["head.2.weight"], m["snap3"].state["head.2.weight"])
+    assert m["last"].state is m["snap3"].state  # the last epoch is the last snapshot: one copy
+    assert m["best"].state is None
+    assert result.history[-1]["swa_val_map"] == m["swa"].score
+
+
+def test_swa_averages_the_window_and_recomputes_batchnorm(run, tiny_data):
+    config, result, probs, saved = run
+    swa = result.members["swa"].state
+    e2, e3 = (load_checkpoint(saved[i])["model"] for i in (1, 2))
+    for name, tensor in swa.items():
+        if "running_" in name or "num_batches" in name:
+            continue
+        torch.testing.assert_close(tensor, (e2[name] + e3[name]) / 2, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.allclose(swa["head.2.weight"], e3["head.2.weight"])  # differs from the last weights
+    # BatchNorm: the stem's running mean is the batch-averaged mean of conv1's output over the
+    # fold's training tiles (40 tiles, 5 batches of 8), not an average of the epochs' statistics
+    train_idx, _ = fold_split(tiny_data, 0, config)
+    from salt_model.model import build_model
+
+    model = build_model(config.model)
+    model.load_state_dict(swa)
+    x = torch.from_numpy(pad_batch(tiny_data.images[train_idx], config.data))[:, None].float() / 255
+    with torch.no_grad():
+        feats = model.encoder.conv1((x - model.mean) / model.std)  # (N, C, H, W)
+    batches = feats.split(config.train.batch_size)
+    expected = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    torch.testing.assert_close(swa["encoder.bn1.running_mean"], expected, rtol=1e-4, atol=1e-5)
+    averaged = (e2["encoder.bn1.running_mean"] + e3["encoder.bn1.running_mean"]) / 2
+    assert not torch.allclose(swa["encoder.bn1.running_mean"], averaged, atol=1e-4)
+
+
+def test_checkpoint_layout_keeps_members_apart_and_oof_once(run):
+    config, result, probs, saved = run
+    last = saved[-1]
+    resume = torch.load(last, weights_only=True)
+    members = torch.load(last.parent / members_name(0), weights_only=True)
+    assert {"model", "optimizer", "scaler", "swa", "step", "epoch"} <= set(resume)
+    assert not {"members", "best_state", "best_oof", "probs"} & set(resume)
+    assert "optimizer" not in members and "model" not in members
+    assert [m["name"] for m in members["members"]] == ["best", "snap2", "snap3", "last", "swa"]
+    # stored once: the last epoch's weights and OOF (snap3 = last, and best if it was epoch 3)
+    weights = sum(t.nbytes for t in result.members["last"].state.values())
+    oof = result.members["last"].probs.nbytes
+    distinct_probs = len({id(m.probs) for m in result.members.values()})
+    expected = 3 * weights + distinct_probs * oof  # snap2, snap3 = last, swa
+    size = (last.parent / members_name(0)).stat().st_size
+    assert expected < size < expected * 1.1 + 200_000, (size, expected)
+    loaded = {m["name"]: m for m in members["members"]}
+    snap3, final = loaded["snap3"]["state_dict"], loaded["last"]["state_dict"]
+    assert (
+        snap3["head.2.weight"].untyped_storage().data_ptr()
+        == final["head.2.weight"].untyped_storage().data_ptr()
+    )
+    assert loaded["last"]["probs"].dtype == torch.float32
+
+
+def test_resume_keeps_members_and_the_swa_average(run, tiny_data, tmp_path):
+    """Resumed after epoch 2 (SWA window and snap2 already under way): only epoch 3 is trained, and
+    the members equal those of the uninterrupted run."""
+    config, result, probs, saved = run
+    reported = []
+    resumed = train_fold(
+        config, tiny_data, 0, report=lambda m, s: reported.append(m["epoch"]), resume=saved[1], device=CPU
+    )
+    assert reported == [3]
+    assert resumed.members["snap2"].epoch == 2
+    np.testing.assert_array_equal(resumed.members["snap2"].probs, result.members["snap2"].probs)
+    for name in ("last", "swa"):
+        for key, tensor in result.members[name].state.items():
+            torch.testing.assert_close(resumed.members[name].state[key], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_stripped_checkpoints(run, tiny_data, tmp_path):
+    config, result, probs, saved = run
+    import shutil
+
+    for i in (1, 2):
+        shutil.copytree(saved[i].parent, tmp_path / f"e{i + 1}")
+    finished, stopped = tmp_path / "e3" / "fold_0.pt", tmp_path / "e2" / "fold_0.pt"
+    size = finished.stat().st_size
+    assert strip_resume_state(finished) > 0.5 * size
+    assert strip_resume_state(finished) == 0  # idempotent
+    slim = torch.load(finished, weights_only=True)
+    assert not {"optimizer", "scaler", "model", "swa"} & set(slim) and slim["resumable"] is False
+    # a finished run is still collected from it, without training
+    done = train_fold(
+        config, tiny_data, 0, report=lambda m, s: pytest.fail("trained"), resume=finished, device=CPU
+    )
+    assert set(done.members) == set(result.members)
+    strip_resume_state(stopped)
+    assert "model" in torch.load(stopped, weights_only=True)  # a stopped run keeps its last weights
+    with pytest.raises(ValueError, match="stripped of its optimizer state"):
+        train_fold(config, tiny_data, 0, resume=stopped, device=CPU)
+
+
+def test_config_refuses_snapshots_beyond_the_cycles():
+    with pytest.raises(ValueError, match=r"train.snapshots=3 .* ends 2 cycle\(s\) .* at most 2"):
+        load_config(
+            None, ["schedule.name=cosine", "schedule.cycle_epochs=2", "train.epochs=5", "train.snapshots=3"]
+        )
+    with pytest.raises(ValueError, match="has no cycles; snapshots need cosine or cyclic"):
+        load_config(None, ["schedule.name=onecycle", "train.snapshots=1"])
+    with pytest.raises(ValueError, match=r"train.swa_epochs=5 .* \[0, train.epochs=4\]"):
+        load_config(None, ["train.epochs=4", "train.swa_epochs=5"])
+    cfg = load_config(
+        None, ["schedule.name=cyclic", "schedule.cycle_epochs=2", "train.epochs=4", "train.snapshots=2"]
+    )
+    assert cfg.train.snapshots == 2
+
+
+def _member(name, epoch, probs, empty, score=0.0):
+    return Member(name, epoch, score, probs.astype(np.float32), empty.astype(np.float32), None)
+
+
+def test_cross_validate_scores_every_variant_and_chooses_an_honest_one():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((40, 101, 101), bool)
+    masks[::2, 20:80, 20:80] = True  # half the tiles salt, half empty
+    folds = []
+    for f in range(2):
+        val = np.arange(f, 40, 2)
+        truth = masks[val].astype(np.float32)
+
+        def noisy(scale, truth=truth):
+            return np.clip(truth + rng.normal(0, scale, truth.shape), 0, 1)
+
+        empty = 1.0 - truth.max(axis=(1, 2))
+        members = {
+            "best": _member("best", 1, noisy(0.3), empty),
+            "snap1": _member("snap1", 1, noisy(0.6), np.full(len(val), 0.5)),
+            "snap2": _member("snap2", 2, noisy(0.6), empty),
+        }
+        members["last"] = members["snap2"]
+        folds.append((val, members))
+    cv = cross_validate(folds, masks)
+    v = cv["variants"]
+    assert set(v) == {"best", "last", "snapshots"} and cv["chosen"] in ("last", "snapshots")
+    assert v["snapshots"].members_per_fold == [2, 2] and not v["best"].honest
+    assert cv["chosen"] == max(("last", "snapshots"), key=lambda n: v[n].oof_score)
+    # thresholds are chosen on the OOF of the same member average
+    probs, empty = mean_probs([folds[0][1]["snap1"], folds[0][1]["snap2"]])
+    np.testing.assert_array_equal(v["snapshots"].probs[:20], probs)
+    index = cv["index"]
+    expected, score = choose_thresholds(v["snapshots"].probs, v["snapshots"].empty, masks[index])
+    assert v["snapshots"].thresholds == expected and v["snapshots"].oof_score == score
+    assert "oof_score_at_single_model_thresholds" in v["snapshots"].extra
