@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from orchestrator.tensorboard import FoldCurves
 from salt_model.config import Config
 from salt_model.cv import cross_validate
 from salt_model.data import SaltData
-from salt_model.engine import checkpoint_name, load_checkpoint, train_fold
+from salt_model.engine import checkpoint_name, load_checkpoint, members_name, strip_resume_state, train_fold
 from salt_model.ensemble import member_from_payload
 from salt_model.io import atomic_savez, atomic_write_text
 from salt_model.predict import save_fold_model
@@ -241,6 +242,27 @@ def collect_folds(
         arrays["empty"] = oof_empty
     atomic_savez(out / "oof.npz", **arrays)
     return KFoldResult(scores, epochs, cv, oof_probs, oof_empty, histories, paths)
+
+
+def prune_run_checkpoints(run_dir: Path, k: int) -> tuple[Path | None, int]:
+    """A stopped or finished k-fold run keeps only its newest complete checkpoint, stripped of the
+    optimizer state (engine.strip_resume_state). Returns (the kept checkpoint, bytes freed)."""
+    checkpoints = sorted(p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir())  # timestamps
+    complete = [
+        c
+        for c in checkpoints
+        if all((c / checkpoint_name(r)).is_file() and (c / members_name(r)).is_file() for r in range(k))
+    ]
+    if not complete:
+        return None, 0
+    keep, freed = complete[-1], 0
+    for path in checkpoints:
+        if path != keep:
+            freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            shutil.rmtree(path)
+    for fold in range(k):
+        freed += strip_resume_state(keep / checkpoint_name(fold))
+    return keep, freed
 
 
 def run_name_for(out: Path) -> str:

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from salt_model.config import Config, SearchConfig
+from salt_model.schedules import cycle_end_epochs
 
 METRIC = "best_val_map"  # mean over folds of each fold's best held-out competition metric so far
 
@@ -67,7 +68,12 @@ def params_to_overrides(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def trial_config(base: Config, params: dict[str, Any]) -> Config:
-    return base.with_overrides(params_to_overrides(params))
+    """The base config with a trial's parameters; train.snapshots is capped at the cycle ends the
+    trial's schedule has (none for onecycle/step/constant), so such trials still run."""
+    overrides = params_to_overrides(params)
+    config = base.with_overrides({**overrides, "train.snapshots": 0})
+    ends = cycle_end_epochs(config.train.epochs, config.schedule)
+    return config.with_overrides({"train.snapshots": min(base.train.snapshots, len(ends))})
 
 
 class PruningOptunaSearch(OptunaSearch):

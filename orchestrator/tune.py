@@ -34,7 +34,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator import console
-from orchestrator.kfold import FailureNotice, collect_folds, make_trainer
+from orchestrator.kfold import FailureNotice, collect_folds, make_trainer, prune_run_checkpoints
 from orchestrator.runtime import FoldResources, fold_resources, init_ray
 from orchestrator.search import METRIC, PruningOptunaSearch, define_space, trial_config
 from orchestrator.tensorboard import FoldCurves
@@ -131,6 +131,25 @@ class ProgressTable(tune.Callback):
 
 def format_params(cfg: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(cfg.items()))
+
+
+class CheckpointPruner(tune.Callback):
+    """A stopped or finished trial keeps only its last k-fold checkpoint, without optimizer state:
+    all that its ensemble needs (train.keep_checkpoints=0 keeps everything). Errored trials are left
+    whole, since --resume retries them."""
+
+    def __init__(self, trials_root: Path, k: int):
+        self.root, self.k = trials_root, k
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_dir = self.root / f"trial-{trial.trial_id}"
+        try:
+            kept, freed = prune_run_checkpoints(run_dir, self.k)
+        except (OSError, ValueError) as err:  # e.g. a checkpoint still being written when ASHA stopped it
+            print(f"{trial.trial_id:<14}checkpoints left as they are ({err})", flush=True)
+            return
+        if kept is not None:
+            print(f"{trial.trial_id:<14}kept {kept.name} ({freed / 1e6:.0f} MB freed)", flush=True)
 
 
 def trials_per_wave(config: Config, args) -> int:
@@ -307,7 +326,12 @@ def main(argv: list[str] | None = None) -> int:
                 name="search",
                 storage_path=str((out / "tune").resolve()),
                 verbose=0,
-                callbacks=[ProgressTable(config.train.epochs, config.data.folds, out)],
+                callbacks=[ProgressTable(config.train.epochs, config.data.folds, out)]
+                + (
+                    [CheckpointPruner(out.resolve() / "trials", config.data.folds)]
+                    if config.train.keep_checkpoints
+                    else []
+                ),
             ),
         )
     results = tuner.fit()
@@ -316,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     finished = table.dropna(subset=[METRIC])
     if finished.empty:
         raise RuntimeError(f"no trial reported a result; see the trial logs under {out / 'tune'}")
-    best = finished.iloc[0]
+    complete = finished[finished["epochs_run"] >= config.train.epochs]  # a stopped trial lacks members
+    best = (complete if not complete.empty else finished).iloc[0]
     print("\n" + table.drop(columns=INTERNAL).to_string(index=False))
 
     best_params = best["params"]
