@@ -5,10 +5,15 @@
 
 Trains the chosen folds (default: all k) one after another with `salt_model.engine.train_fold`, pure
 PyTorch, so it runs the same on a laptop or a GPU box without Ray. Then it scores the held-out tiles of
-those folds together with the competition metric (salt_model.metric): at the default thresholds (pixel
-0.5, empty head 0.5, as `engine.evaluate` scores every epoch) and at thresholds chosen on these OOF
-predictions (`postprocess.choose_thresholds`, as the top TGS solutions did). Thresholds chosen on the
-same tiles they are scored on are optimistic by a little; the default figure is the unbiased one.
+those folds together with the competition metric (salt_model.metric), for every ensemble variant the
+folds have (salt_model.cv: best epoch, last epoch, cycle-end snapshots, SWA, snapshots+SWA), at the
+default thresholds (pixel 0.5, empty head 0.5, as `engine.evaluate` scores every epoch) and at
+thresholds chosen on that variant's OOF (`postprocess.choose_thresholds`, as the top TGS solutions
+did), and picks the honest variant an orchestrator run would submit. Thresholds chosen on the same
+tiles they are scored on are optimistic by a little; the default figure is the unbiased one.
+
+With --submission FILE it also predicts the test tiles with every member of the chosen variant of the
+folds run (the mean of their flip-TTA probabilities, float32) and writes id,rle_mask, timing img/s.
 
 The JSON (written atomically) holds the per-fold histories and best scores, both OOF figures, the
 empty-image accuracy, the all-empty baseline on the same tiles, wall times, the device, the torch
@@ -33,13 +38,16 @@ if __package__ in (None, ""):  # `python bench/quality.py`: make the repository 
 
 from bench.machine import cpu_model  # noqa: E402
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
-from salt_model.data import load_split, resolve_data
+from salt_model.cv import cross_validate
+from salt_model.data import has_test, load_split, resolve_data
 from salt_model.engine import train_fold
+from salt_model.ensemble import Member
 from salt_model.folds import make_folds
-from salt_model.io import atomic_write_text
+from salt_model.io import atomic_write, atomic_write_text
 from salt_model.metric import image_scores
 from salt_model.postprocess import Thresholds, binarize, choose_thresholds, default_thresholds
-from salt_model.predict import pick_device
+from salt_model.predict import model_from_payload, pick_device, predict_probs
+from salt_model.rle import rle_encode
 from salt_model.train import format_epoch
 
 
@@ -98,6 +106,32 @@ def oof_summary(probs: np.ndarray, empty: np.ndarray | None, truth: np.ndarray) 
     return out
 
 
+def write_submission(path: Path, members: list[Member], config, root: Path, th: Thresholds, device) -> dict:
+    """Mean flip-TTA probabilities of `members` on the test tiles -> id,rle_mask; returns timings."""
+    import pandas as pd
+
+    test = load_split(root, "test")
+    start = time.perf_counter()
+    probs_sum, empty_sum = np.zeros(test.images.shape, np.float32), None
+    for m in members:
+        model, cfg = model_from_payload({"config": config.to_dict(), "state_dict": m.state}, device)
+        probs, empty = predict_probs(model, test.images, cfg, device, tta=True)
+        probs_sum += probs
+        empty_sum = empty if empty_sum is None else (None if empty is None else empty_sum + empty)
+    seconds = time.perf_counter() - start
+    masks = binarize(probs_sum / len(members), None if empty_sum is None else empty_sum / len(members), th)
+    frame = pd.DataFrame({"id": test.ids, "rle_mask": [rle_encode(m) for m in masks]})
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    return {
+        "file": str(path),
+        "tiles": len(test),
+        "members": len(members),
+        "seconds": seconds,
+        "images_per_s": len(test) / seconds,
+        "empty_fraction": float((~masks.any(axis=(1, 2))).mean()),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser("python bench/quality.py", __doc__)
     add_config_args(parser)
@@ -109,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="bench/quality.json", help="JSON results file")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--submission", default=None, help="also predict the test tiles into this CSV")
     args = parser.parse_args(argv)
     config = config_from_args(args)
     run_folds = parse_folds(args.folds_to_run, config.data.folds)
@@ -142,11 +177,18 @@ def main(argv: list[str] | None = None) -> int:
         results.append((result, wall))
     total = time.perf_counter() - start
 
-    val_index = np.concatenate([r.val_index for r, _ in results])
-    probs = np.concatenate([r.oof_probs for r, _ in results])  # (N, 101, 101)
-    has_empty = all(r.oof_empty is not None for r, _ in results)
-    empty = np.concatenate([r.oof_empty for r, _ in results]) if has_empty else None
-    oof = oof_summary(probs, empty, data.masks[val_index].astype(bool))
+    cv = cross_validate([(r.val_index, r.members) for r, _ in results], data.masks)
+    truth = data.masks[cv["index"]].astype(bool)
+    chosen = cv["variants"][cv["chosen"]]
+    oof = oof_summary(chosen.probs, chosen.empty, truth)
+    best = cv["variants"]["best"]
+    submission = None
+    if args.submission and has_test(root):
+        names = chosen.member_names  # per fold
+        members = [
+            r.members[n] for (r, _), fold_names in zip(results, names, strict=True) for n in fold_names
+        ]
+        submission = write_submission(Path(args.submission), members, config, root, chosen.thresholds, device)
 
     summary = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -168,19 +210,34 @@ def main(argv: list[str] | None = None) -> int:
             }
             for r, wall in results
         ],
-        "oof": oof,
+        "submission_variant": chosen.name,
+        "variants": {name: v.summary() for name, v in cv["variants"].items()},
+        "oof": oof,  # of the submission variant
+        "oof_best_epoch": oof_summary(best.probs, best.empty, truth),  # optimistic
+        "submission": submission,
         "wall_s_total": total,
         "config": config.to_dict(),
     }
     out = Path(args.out)
     atomic_write_text(out, json.dumps(summary, indent=2) + "\n")
 
+    for name, v in cv["variants"].items():
+        print(
+            f"{'*' if name == chosen.name else ' '} {name:<14} members/fold {v.members_per_fold} | OOF "
+            f"{v.oof_score_default_thresholds:.4f} default, {v.oof_score:.4f} chosen thresholds"
+            + ("" if v.honest else " (optimistic: chosen on the held-out fold)")
+        )
     d, c = oof["default"], oof["chosen"]
     print(
-        f"OOF over {oof['tiles']} tiles of folds {run_folds}: metric {d['metric']:.4f} at default thresholds "
+        f"* {chosen.name}: OOF over {oof['tiles']} tiles of folds {run_folds}: metric {d['metric']:.4f} at default thresholds "
         f"(empty acc {d['empty_accuracy']:.3f}) | {c['metric']:.4f} at chosen {c['thresholds']} "
         f"(empty acc {c['empty_accuracy']:.3f}) | all-empty baseline {oof['all_empty_baseline']:.4f}"
     )
+    if submission:
+        print(
+            f"submission {submission['file']}: {submission['tiles']} test tiles, {submission['members']} "
+            f"members, {submission['images_per_s']:.1f} img/s, {submission['empty_fraction']:.0%} empty"
+        )
     print(
         f"wall {total:.0f}s total ({', '.join(f'fold {r.fold} {w:.0f}s' for r, w in results)}); "
         f"results in {out}"

@@ -217,3 +217,25 @@ def test_cross_validate_scores_every_variant_and_chooses_an_honest_one():
     expected, score = choose_thresholds(v["snapshots"].probs, v["snapshots"].empty, masks[index])
     assert v["snapshots"].thresholds == expected and v["snapshots"].oof_score == score
     assert "oof_score_at_single_model_thresholds" in v["snapshots"].extra
+
+
+def test_quality_bench_scores_the_members_and_predicts_with_them(tiny_data_root, tmp_path):
+    """bench/quality.py (no Ray): every variant in its JSON, and a submission from the chosen members."""
+    import json
+
+    import pandas as pd
+
+    from bench.quality import main
+    from tests.conftest import TINY
+
+    args = ["--data", str(tiny_data_root), "--folds-to-run", "0,1", "--out", str(tmp_path / "q.json")]
+    for item in [*TINY, *MEMBERS]:
+        args += ["--set", item]
+    assert main([*args, "--submission", str(tmp_path / "sub.csv")]) == 0
+    q = json.loads((tmp_path / "q.json").read_text())
+    assert set(q["variants"]) == {"best", "last", "snapshots", "swa", "snapshots+swa"}
+    chosen = q["variants"][q["submission_variant"]]
+    assert chosen["honest"] and q["oof"]["chosen"]["metric"] == pytest.approx(chosen["oof_score"])
+    assert q["submission"]["members"] == sum(chosen["members_per_fold"])
+    sub = pd.read_csv(tmp_path / "sub.csv", keep_default_na=False)
+    assert list(sub["id"]) == list(load_split(tiny_data_root, "test").ids)

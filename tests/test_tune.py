@@ -117,11 +117,57 @@ def test_a_tiny_search_ends_with_a_submission(ray_cluster, tiny_data_root, tmp_p
     from orchestrator.tune import main
 
     out = tmp_path / "search"
-    assert main(tiny_args(tiny_data_root, out, overrides=SEARCH)) == 0
+    overrides = [*SEARCH, "schedule.name=cosine", "schedule.cycle_epochs=1", "train.snapshots=2"]
+    assert main(tiny_args(tiny_data_root, out, overrides=overrides)) == 0
     check_search_outputs(out, tiny_data_root)
+    check_trials_keep_only_their_last_checkpoint(out, folds=2)
     # best_config.json reproduces the best trial with orchestrator.train
     config = load_config(out / "best_config.json")
     assert config.train.epochs == 3 and config.data.folds == 2
+
+
+def check_trials_keep_only_their_last_checkpoint(out, folds):
+    """Every stopped or finished trial: one checkpoint, members intact, no optimizer state."""
+    import torch
+
+    runs = sorted((out / "trials").glob("trial-*"))
+    assert len(runs) == 3
+    for run in runs:
+        checkpoints = sorted(run.glob("checkpoint_*"))
+        assert len(checkpoints) == 1, (run, checkpoints)
+        for fold in range(folds):
+            resume = torch.load(checkpoints[0] / f"fold_{fold}.pt", weights_only=True)
+            assert resume["resumable"] is False and "optimizer" not in resume and "scaler" not in resume
+            members = torch.load(checkpoints[0] / f"fold_{fold}_members.pt", weights_only=True)
+            assert "best" in {m["name"] for m in members["members"]}
+            if resume["epoch"] == 3:  # finished: its last weights are a member, so the model went too
+                assert "model" not in resume and "last" in {m["name"] for m in members["members"]}
+            else:  # stopped by ASHA: keeps its last weights
+                assert "model" in resume
+
+
+def test_snapshots_are_capped_at_the_cycle_ends_of_each_trial_schedule():
+    base = load_config(
+        None, ["schedule.name=cosine", "schedule.cycle_epochs=2", "train.epochs=8", "train.snapshots=3"]
+    )
+    params = {
+        "schedule": "onecycle",
+        "lr": 1e-3,
+        "loss_switch_epoch": 2,
+        "onecycle_min_lr_ratio": 10.0,
+        "onecycle_pct_start": 0.3,
+    }
+    assert trial_config(base, params).train.snapshots == 0
+    params = {
+        "schedule": "cosine",
+        "lr": 1e-3,
+        "loss_switch_epoch": 2,
+        "cosine_min_lr_ratio": 10.0,
+        "cosine_cycle_epochs": 4,
+    }
+    assert trial_config(base, params).train.snapshots == 2  # cycle ends 4 and 8
+    params["cosine_cycle_epochs"] = 2
+    assert trial_config(base, params).train.snapshots == 3
 
 
 def test_resume_without_a_search_is_a_clear_error(tmp_path, tiny_data_root):
