@@ -284,7 +284,8 @@ def _save(directory: Path, fold, model, optimizer, scaler, state, members: FoldM
         "config": config.to_dict(),
         "resumable": True,
         "members_file": members_name(fold),
-        "model": cpu_copy(model.state_dict()),
+        # after the last epoch the model is the "last" member: stored once, in the members file
+        "model": None if "last" in members.members else cpu_copy(model.state_dict()),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "swa": members.resume_state(),
@@ -310,7 +311,10 @@ def _restore(resume, model, optimizer, scaler, config: Config, fold: int, member
                 "use a new output folder or the same config"
             )
     if ckpt.get("resumable", True):
-        model.load_state_dict(ckpt["model"])
+        weights = ckpt["model"]
+        if weights is None:  # a finished run: the last epoch's weights are the "last" member's
+            weights = next(m["state_dict"] for m in ckpt["members"] if m["name"] == "last")
+        model.load_state_dict(weights)
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         members.restore(ckpt["members"], ckpt["swa"])

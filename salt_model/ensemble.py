@@ -103,8 +103,10 @@ class FoldMembers:
         return member
 
     def resume_state(self) -> dict:
-        """What a resume needs besides the members file: the SWA running average."""
-        return {"state": self.swa_state, "count": self.swa_count}
+        """What a resume needs besides the members file: the SWA running average, until the SWA
+        member exists (then the average is that member's, and stored there)."""
+        done = "swa" in self.members
+        return {"state": None if done else self.swa_state, "count": self.swa_count}
 
     def restore(self, members: list[dict], swa: dict) -> None:
         self.members = {m.name: m for m in (member_from_payload(p) for p in members)}

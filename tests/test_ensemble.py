@@ -58,6 +58,14 @@ def run(tiny_config, tiny_data, tmp_path_factory):
     return config, result, probs, saved
 
 
+def _weights(path):
+    """The model weights a checkpoint holds: its own, or after the last epoch the "last" member's."""
+    ckpt = load_checkpoint(path)
+    if ckpt["model"] is not None:
+        return ckpt["model"]
+    return next(m["state_dict"] for m in ckpt["members"] if m["name"] == "last")
+
+
 def test_snapshots_are_taken_at_the_last_cycle_ends_with_their_oof(run):
     config, result, probs, saved = run
     m = result.members
@@ -65,7 +73,7 @@ def test_snapshots_are_taken_at_the_last_cycle_ends_with_their_oof(run):
     assert [m["snap2"].epoch, m["snap3"].epoch] == [2, 3]
     # each snapshot is the model of its epoch (as checkpointed then) with that epoch's OOF
     for epoch in (2, 3):
-        weights = load_checkpoint(saved[epoch - 1])["model"]
+        weights = _weights(saved[epoch - 1])
         for name, tensor in m[f"snap{epoch}"].state.items():
             torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0)
         np.testing.assert_array_equal(m[f"snap{epoch}"].probs, probs[epoch - 1])
@@ -79,7 +87,7 @@ def test_snapshots_are_taken_at_the_last_cycle_ends_with_their_oof(run):
 def test_swa_averages_the_window_and_recomputes_batchnorm(run, tiny_data):
     config, result, probs, saved = run
     swa = result.members["swa"].state
-    e2, e3 = (load_checkpoint(saved[i])["model"] for i in (1, 2))
+    e2, e3 = (_weights(saved[i]) for i in (1, 2))
     for name, tensor in swa.items():
         if "running_" in name or "num_batches" in name:
             continue
@@ -108,6 +116,10 @@ def test_checkpoint_layout_keeps_members_apart_and_oof_once(run):
     resume = torch.load(last, weights_only=True)
     members = torch.load(last.parent / members_name(0), weights_only=True)
     assert {"model", "optimizer", "scaler", "swa", "step", "epoch"} <= set(resume)
+    # at the end the model is the "last" member and the SWA average the "swa" member: not stored twice
+    assert resume["model"] is None and resume["swa"]["state"] is None
+    mid = torch.load(saved[1], weights_only=True)  # after epoch 2: inside the SWA window
+    assert mid["model"] is not None and mid["swa"]["state"] is not None and mid["swa"]["count"] == 1
     assert not {"members", "best_state", "best_oof", "probs"} & set(resume)
     assert "optimizer" not in members and "model" not in members
     assert [m["name"] for m in members["members"]] == ["best", "snap2", "snap3", "last", "swa"]
@@ -118,6 +130,7 @@ def test_checkpoint_layout_keeps_members_apart_and_oof_once(run):
     expected = 3 * weights + distinct_probs * oof  # snap2, snap3 = last, swa
     size = (last.parent / members_name(0)).stat().st_size
     assert expected < size < expected * 1.1 + 200_000, (size, expected)
+    assert last.stat().st_size < 2 * weights * 1.1 + 200_000  # Adam's two moments and little else
     loaded = {m["name"]: m for m in members["members"]}
     snap3, final = loaded["snap3"]["state_dict"], loaded["last"]["state_dict"]
     assert (
