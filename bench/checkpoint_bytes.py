@@ -9,7 +9,7 @@ training loop does, and measures them on disk:
 - before: the single-file layout of commit 12af57a (engine._save then): model + best weights + Adam
   state + float32 best-epoch OOF, re-written whole at every checkpoint; Ray kept 2 checkpoints per
   trial and Tune never deleted them.
-- after: `engine._save` now: fold_{r}.pt (resume state: model, Adam, SWA running average) and
+- after: `checkpoint.save` now: fold_{r}.pt (resume state: model, Adam, SWA running average) and
   fold_{r}_members.pt (members' weights + float32 OOF, each array stored once), for several
   snapshot/SWA settings, at a mid-run checkpoint and at the end; and what a stopped or finished
   trial keeps after `kfold.prune_run_checkpoints` (its last checkpoint, `engine.strip_resume_state`).
@@ -32,14 +32,9 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from salt_model.checkpoint import checkpoint_name, members_name, save, strip_resume_state
 from salt_model.config import load_config  # noqa: E402
-from salt_model.engine import (
-    _save,
-    checkpoint_name,
-    make_optimizer_and_scaler,
-    members_name,
-    strip_resume_state,
-)
+from salt_model.engine import make_optimizer_and_scaler
 from salt_model.ensemble import FoldMembers, Member, cpu_copy
 from salt_model.io import atomic_write_text
 from salt_model.model import build_model
@@ -93,7 +88,7 @@ def before_bytes(directory: Path, config, model, optimizer, scaler, epoch: int) 
 
 
 def after_bytes(directory: Path, config, model, optimizer, scaler, epoch: int) -> dict:
-    """engine._save after `epoch` epochs (a rising score: the best epoch is the newest one)."""
+    """checkpoint.save after `epoch` epochs (a rising score: the best epoch is the newest one)."""
     members = FoldMembers(config)
     rng = np.random.default_rng(0)
     for e in range(1, epoch + 1):
@@ -107,7 +102,7 @@ def after_bytes(directory: Path, config, model, optimizer, scaler, epoch: int) -
     state = {"epoch": epoch, "step": epoch * 80, "history": history(epoch)}
     run = directory / f"after_{epoch}"
     run.mkdir()
-    _save(run, 0, model, optimizer, scaler, state, members, config)
+    save(run, 0, model, optimizer, scaler, state, members, config)
     resume, member_file = run / checkpoint_name(0), run / members_name(0)
     out = {
         "resume": resume.stat().st_size,

@@ -6,10 +6,7 @@ out-of-fold probabilities (salt_model.ensemble: cycle-end snapshots, SWA, the la
 epoch's OOF), and hands every epoch to one `report` hook: the CLI uses it to print and checkpoint, the
 Ray orchestrator to gather the folds' metrics and write the shared checkpoint.
 
-A checkpoint is two files per fold: `fold_{r}.pt`, the resume state (model, optimizer, scaler, step,
-epoch, history, SWA running average, config; the LR schedule is a pure function of the step, so the
-step is its state), and `fold_{r}_members.pt`, the members' weights and float32 OOF, serialized once per
-change. `strip_resume_state` drops a finished run's optimizer state and keeps what the ensemble needs.
+A checkpoint is two files per fold (salt_model.checkpoint): the resume state and the members.
 """
 
 from __future__ import annotations
@@ -24,11 +21,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from salt_model.augment import SaltDataset, train_transform
+from salt_model.checkpoint import (  # noqa: F401  (checkpoint_name & co. are part of this API)
+    checkpoint_name,
+    load_checkpoint,
+    members_name,
+    restore,
+    save,
+    strip_resume_state,
+)
 from salt_model.config import Config
 from salt_model.data import SaltData
-from salt_model.ensemble import FoldMembers, Member, cpu_copy
+from salt_model.ensemble import FoldMembers, Member
 from salt_model.folds import make_folds
-from salt_model.io import atomic_write
 from salt_model.losses import compute_loss, loss_name
 from salt_model.metric import image_scores, iou
 from salt_model.model import build_model
@@ -58,15 +62,6 @@ class FoldResult:
     @property
     def oof_empty(self) -> np.ndarray | None:
         return self.members["best"].empty
-
-
-def checkpoint_name(fold: int) -> str:
-    """Per-fold file names: Ray merges every worker's checkpoint files into one folder."""
-    return f"fold_{fold}.pt"
-
-
-def members_name(fold: int) -> str:
-    return f"fold_{fold}_members.pt"
 
 
 def fold_split(data: SaltData, fold: int, config: Config, folds: np.ndarray | None = None):
@@ -183,7 +178,7 @@ def train_fold(
     members = FoldMembers(config)
     state = {"epoch": 0, "step": 0, "history": []}
     if resume is not None:
-        state = _restore(resume, model, optimizer, scaler, config, fold, members)
+        state = restore(resume, model, optimizer, scaler, config, fold, members)
 
     for epoch in range(state["epoch"], config.train.epochs):
         start = time.perf_counter()
@@ -219,7 +214,7 @@ def train_fold(
         if report is not None:
             report(
                 dict(metrics),
-                lambda directory: _save(directory, fold, model, optimizer, scaler, state, members, config),
+                lambda directory: save(directory, fold, model, optimizer, scaler, state, members, config),
             )
 
     return FoldResult(
@@ -230,102 +225,6 @@ def train_fold(
         val_index=val_idx,
         members=dict(members.members),
     )
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A fold's resume state with its members file (beside it) under "members"."""
-    path = Path(path)
-    ckpt = _load(path)
-    if "best_state" in ckpt or "members_file" not in ckpt:
-        raise ValueError(
-            f"checkpoint {path}: an older single-file fold checkpoint (best_state inside); "
-            "this version keeps members apart: retrain, or use the version that wrote it"
-        )
-    members_path = path.parent / ckpt["members_file"]
-    if not members_path.is_file():
-        raise ValueError(f"checkpoint {path}: its members file {members_path.name} is missing")
-    ckpt["members"] = _load(members_path)["members"]
-    return ckpt
-
-
-def strip_resume_state(path: str | Path) -> int:
-    """Rewrites a stopped or finished fold checkpoint without optimizer, scaler and SWA state (and
-    without the model when the members file holds the last epoch's weights). Returns bytes saved."""
-    path = Path(path)
-    ckpt = _load(path)
-    if not ckpt.get("resumable", False):
-        return 0
-    finished = ckpt["epoch"] >= Config.from_dict(ckpt["config"], source=f"checkpoint {path}").train.epochs
-    drop = ("optimizer", "scaler", "swa", *(("model",) if finished else ()))
-    before = path.stat().st_size
-    slim = {k: v for k, v in ckpt.items() if k not in drop}
-    slim["resumable"] = False
-    atomic_write(path, lambda tmp: torch.save(slim, tmp))
-    return before - path.stat().st_size
-
-
-def _load(path: Path) -> dict:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"checkpoint {path}: not a readable fold checkpoint ({err})") from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"checkpoint {path}: expected a dict, got {type(payload).__name__}")
-    return payload
-
-
-def _save(directory: Path, fold, model, optimizer, scaler, state, members: FoldMembers, config) -> Path:
-    directory = Path(directory)
-    atomic_write(
-        directory / members_name(fold), lambda tmp: tmp.write_bytes(members.serialized(fold, config))
-    )
-    payload = {
-        "fold": fold,
-        "config": config.to_dict(),
-        "resumable": True,
-        "members_file": members_name(fold),
-        # after the last epoch the model is the "last" member: stored once, in the members file
-        "model": None if "last" in members.members else cpu_copy(model.state_dict()),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "swa": members.resume_state(),
-        **{k: state[k] for k in ("epoch", "step", "history")},
-        "best_score": members.best.score,
-        "best_epoch": members.best.epoch,
-    }
-    path = directory / checkpoint_name(fold)
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    return path
-
-
-def _restore(resume, model, optimizer, scaler, config: Config, fold: int, members: FoldMembers) -> dict:
-    ckpt = resume if isinstance(resume, dict) else load_checkpoint(resume)
-    if ckpt.get("fold") != fold:
-        raise ValueError(f"checkpoint is for fold {ckpt.get('fold')}, not fold {fold}")
-    saved = Config.from_dict(ckpt["config"], source="checkpoint config")
-    for section in ("model", "data"):
-        if getattr(saved, section) != getattr(config, section):
-            raise ValueError(
-                f"checkpoint was trained with a different '{section}' config: "
-                f"{getattr(saved, section)} vs now {getattr(config, section)}; "
-                "use a new output folder or the same config"
-            )
-    if ckpt.get("resumable", True):
-        weights = ckpt["model"]
-        if weights is None:  # a finished run: the last epoch's weights are the "last" member's
-            weights = next(m["state_dict"] for m in ckpt["members"] if m["name"] == "last")
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        members.restore(ckpt["members"], ckpt["swa"])
-    elif ckpt["epoch"] < config.train.epochs:
-        raise ValueError(
-            f"checkpoint of fold {fold} after epoch {ckpt['epoch']} was stripped of its optimizer state "
-            "when its run stopped (train.keep_checkpoints); it cannot train on, only be collected"
-        )
-    else:
-        members.restore(ckpt["members"], {"state": None, "count": 0})
-    return {k: ckpt[k] for k in ("epoch", "step", "history")}
 
 
 def _val_loss(probs, empty, masks, epoch, config) -> float:
