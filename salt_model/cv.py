@@ -101,6 +101,9 @@ def _single_model_thresholds_effect(variants: dict[str, VariantCV], truth: np.nd
     for v in variants.values():
         spread = None if v.empty is None else float(np.abs(v.empty - 0.5).mean())
         v.extra["empty_head_mean_distance_from_half"] = spread
+        # compare with the submission's share of empty masks: the k-fold average may shift it
+        predicted = binarize(v.probs, v.empty, v.thresholds)
+        v.extra["predicted_empty_fraction"] = float((~predicted.any(axis=(1, 2))).mean())
         if single is None or v is single or max(v.members_per_fold) < 2:
             continue
         pred = binarize(v.probs, v.empty, single.thresholds)
