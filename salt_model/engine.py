@@ -193,14 +193,9 @@ def train_fold(
         metrics, probs, empty = evaluate(model, val_set, epoch, config, device)
         state["epoch"] = epoch + 1
         members.after_epoch(epoch + 1, model, metrics["val_map"], probs, empty)  # float32 OOF
-        if epoch + 1 == config.train.epochs and members.swa_state is not None:
-
-            def evaluate_swa(swa_model, epoch=epoch):
-                swa_metrics, swa_probs, swa_empty = evaluate(swa_model, val_set, epoch, config, device)
-                return swa_metrics["val_map"], swa_probs, swa_empty
-
-            swa = members.finish_swa(model, train_set.images, evaluate_swa, config, device)
-            metrics["swa_val_map"] = swa.score
+        if epoch + 1 == config.train.epochs and members.swa_state is not None:  # the SWA member
+            evaluate_swa = lambda m, epoch=epoch: evaluate(m, val_set, epoch, config, device)  # noqa: E731
+            metrics["swa_val_map"] = members.finish_swa(model, train_set.images, evaluate_swa, config, device)
         metrics.update(
             fold=fold,
             epoch=epoch + 1,

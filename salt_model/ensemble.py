@@ -87,20 +87,21 @@ class FoldMembers:
         self,
         model: torch.nn.Module,
         train_images: np.ndarray,
-        evaluate: Callable[[torch.nn.Module], tuple[float, np.ndarray, np.ndarray | None]],
+        evaluate: Callable[[torch.nn.Module], tuple[dict, np.ndarray, np.ndarray | None]],
         config: Config,
         device: torch.device,
-    ) -> Member:
-        """The SWA member: averaged weights, BatchNorm re-estimated on `train_images`, then evaluated."""
+    ) -> float:
+        """Makes the SWA member: averaged weights, BatchNorm re-estimated on `train_images`, then
+        evaluated on the held-out tiles with `evaluate` (engine.evaluate). Returns its val_map."""
         if self.swa_state is None:
             raise RuntimeError("finish_swa: no epoch of the SWA window was averaged")
         swa_model = copy.deepcopy(model)
         swa_model.load_state_dict(self.swa_state)
         recompute_bn(swa_model, train_images, config, device)
-        score, probs, empty = evaluate(swa_model)
-        member = Member("swa", self.epochs, score, probs, empty, cpu_copy(swa_model.state_dict()))
-        self._put(member)
-        return member
+        metrics, probs, empty = evaluate(swa_model)
+        score = metrics["val_map"]
+        self._put(Member("swa", self.epochs, score, probs, empty, cpu_copy(swa_model.state_dict())))
+        return score
 
     def resume_state(self) -> dict:
         """What a resume needs besides the members file: the SWA running average, until the SWA
