@@ -252,3 +252,30 @@ def test_quality_bench_scores_the_members_and_predicts_with_them(tiny_data_root,
     assert q["submission"]["members"] == sum(chosen["members_per_fold"])
     sub = pd.read_csv(tmp_path / "sub.csv", keep_default_na=False)
     assert list(sub["id"]) == list(load_split(tiny_data_root, "test").ids)
+
+
+def test_aggregation_loads_every_member_and_refuses_a_partial_models_folder(tiny_config, tmp_path):
+    import json
+
+    from orchestrator.predict import ensemble_probs, load_models
+    from salt_model.model import build_model
+    from salt_model.predict import model_from_payload, save_fold_model
+
+    state = build_model(tiny_config.model).state_dict()
+    for fold in range(2):
+        for member in ("snap1", "snap2"):
+            save_fold_model(
+                tmp_path / "models" / f"fold_{fold}_{member}.pt", state, tiny_config, fold, 0.5, 1, member
+            )
+    (tmp_path / "cv.json").write_text(json.dumps({"submission_members": 4}))
+    payloads = load_models(tmp_path)
+    assert sorted((p["fold"], p["member"]) for p in payloads) == [
+        (f, m) for f in (0, 1) for m in ("snap1", "snap2")
+    ]
+    models = [model_from_payload(p, CPU) for p in payloads]
+    images = np.random.default_rng(0).integers(0, 255, (3, 101, 101), dtype=np.uint8)
+    probs, empty = ensemble_probs(models, images, CPU)
+    assert probs.shape == (3, 101, 101) and probs.dtype == np.float32 and empty.shape == (3,)
+    (tmp_path / "models" / "fold_1_snap2.pt").unlink()
+    with pytest.raises(ValueError, match="3 member files .* submission uses 4"):
+        load_models(tmp_path)
