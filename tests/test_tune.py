@@ -133,7 +133,7 @@ def check_trials_keep_only_their_last_checkpoint(out, folds):
     runs = sorted((out / "trials").glob("trial-*"))
     assert len(runs) == 3
     for run in runs:
-        checkpoints = sorted(run.glob("checkpoint_*"))
+        checkpoints = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())  # not Ray's .json
         assert len(checkpoints) == 1, (run, checkpoints)
         for fold in range(folds):
             resume = torch.load(checkpoints[0] / f"fold_{fold}.pt", weights_only=True)
