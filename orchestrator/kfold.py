@@ -220,7 +220,7 @@ def collect_folds(
             epochs.append(int(ckpt["best_epoch"]))
             histories.append(ckpt["history"])
             paths.append(path)
-    arrays = {"ids": data.ids, "fold": folds, "probs": oof_probs.astype(np.float16)}
+    arrays = {"ids": data.ids, "fold": folds, "probs": oof_probs}  # float32: thresholds are chosen from it
     if oof_empty is not None:
         arrays["empty"] = oof_empty
     atomic_savez(out / "oof.npz", **arrays)

@@ -39,7 +39,7 @@ def save_fold_outputs(out: Path, result: FoldResult, config, ids: np.ndarray) ->
         result.best_score,
         result.best_epoch,
     )
-    arrays = {"ids": ids[result.val_index], "probs": result.oof_probs.astype(np.float16)}
+    arrays = {"ids": ids[result.val_index], "probs": result.oof_probs.astype(np.float32)}
     if result.oof_empty is not None:
         arrays["empty"] = result.oof_empty
     atomic_savez(out / f"oof_fold_{result.fold}.npz", **arrays)

@@ -64,6 +64,7 @@ def test_train_writes_every_output(trained, tiny_data_root):
     assert len(folds_csv) == n_tiles + 1  # a header, then one row per tile
     with np.load(out / "oof_fold_0.npz") as oof:
         assert oof["probs"].shape == (len(oof["ids"]), 101, 101)
+        assert oof["probs"].dtype == np.float32  # float16 flips pixels that sit at a threshold
         assert 0 < len(oof["ids"]) < n_tiles
     model = torch.load(out / "model_fold_0.pt", map_location="cpu", weights_only=True)
     assert model["fold"] == 0 and model["state_dict"]
