@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from salt_model.augment import SaltDataset, train_transform
+from salt_model.augment import SaltDataset, loader_worker_init, train_transform
 from salt_model.config import Config
 from salt_model.data import SaltData
 from salt_model.folds import make_folds
@@ -32,6 +33,17 @@ from salt_model.model import build_model
 from salt_model.postprocess import binarize, default_thresholds
 from salt_model.predict import autocast, autocast_dtype, pick_device, predict_probs
 from salt_model.schedules import lr_at, make_optimizer, set_lr
+
+# train keys that change how a run executes, not what it trains: a resume may change them freely
+RUNTIME_KEYS = frozenset(
+    {
+        "train.loader_workers",
+        "train.threads",
+        "train.checkpoint_every",
+        "train.eval_tta",
+        "train.channels_last",
+    }
+)
 
 # report(metrics, save): `metrics` is this epoch's dict; `save(directory)` writes this fold's
 # checkpoint file into `directory` and returns its path (call it only on epochs you checkpoint).
@@ -133,16 +145,22 @@ def train_fold(
     folds: np.ndarray | None = None,
     resume: str | Path | dict | None = None,
     device: str | torch.device | None = None,
+    threads: int | None = None,
+    allow_changed: tuple[str, ...] = (),
 ) -> FoldResult:
     """Trains `fold` of the k-fold split to config.train.epochs and returns its result.
 
     `resume` is a checkpoint (path or loaded dict) written by this function's `save`; training goes
     on from the epoch after it. `report(metrics, save)` is called once per trained epoch, and never
-    when a resumed run has no epoch left.
+    when a resumed run has no epoch left. A resume refuses a config that differs from the checkpoint's
+    in anything that shapes the training (model, data, schedule, train keys other than RUNTIME_KEYS),
+    unless the dotted key is listed in `allow_changed` (schedule and train keys only; e.g.
+    ("train.epochs",) to extend a run, knowing the LR curve then bends). `threads` sizes torch's and OpenCV's CPU thread pools; an
+    orchestrator passes its worker's CPU share here, which wins over config.train.threads (None: use
+    config.train.threads, where 0 leaves the libraries' defaults).
     """
     device = pick_device(device)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    set_cpu_threads(config.train.threads if threads is None else threads)
     train_idx, val_idx = fold_split(data, fold, config, folds)
     train_set, val_set = data.subset(train_idx), data.subset(val_idx)
     if len(train_idx) < config.train.batch_size:
@@ -163,6 +181,7 @@ def train_fold(
         drop_last=True,  # BatchNorm cannot train on a batch of one
         num_workers=config.train.loader_workers,
         persistent_workers=config.train.loader_workers > 0,
+        worker_init_fn=loader_worker_init,
         pin_memory=device.type == "cuda",
     )
 
@@ -177,15 +196,15 @@ def train_fold(
         "best_empty": None,
     }
     if resume is not None:
-        state = _restore(resume, model, optimizer, scaler, config, fold)
+        state = _restore(resume, model, optimizer, scaler, config, fold, allow_changed)
 
     for epoch in range(state["epoch"], config.train.epochs):
         start = time.perf_counter()
-        # The same epoch after a resume: torch's shuffling and albumentations' own generator (exact
-        # with loader_workers=0; worker processes keep their own augmentation streams).
+        # The same epoch after a resume: torch's shuffling and every tile's augmentation (seeded from
+        # the epoch seed and the tile index, in whichever worker process draws it).
         epoch_seed = config.train.seed * 1000 + fold * 100 + epoch
         torch.manual_seed(epoch_seed)
-        loader.dataset.transform.set_random_seed(epoch_seed)
+        loader.dataset.set_epoch(epoch_seed)
         train_loss, state["step"] = train_one_epoch(
             model, loader, optimizer, scaler, epoch, state["step"], config, device
         )
@@ -202,6 +221,7 @@ def train_fold(
         metrics.update(
             fold=fold,
             epoch=epoch + 1,
+            threads=torch.get_num_threads(),
             train_loss=train_loss,
             loss=loss_name(epoch, config.train),
             lr=optimizer.param_groups[0]["lr"],
@@ -225,6 +245,19 @@ def train_fold(
         oof_empty=state["best_empty"],
         best_state=state["best_state"],
     )
+
+
+def set_cpu_threads(threads: int) -> None:
+    """Sizes torch's intra-op pool and OpenCV's pool to `threads` (0 leaves both as they are).
+
+    A process that shares its cores (a Ray fold worker with a fraction of a node) must not run more
+    busy threads than its share: 5 fold workers of 3 threads each on 2 cores thrash.
+    """
+    if threads < 0:
+        raise ValueError(f"threads={threads}: expected >= 0 (0 leaves the defaults)")
+    if threads:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -251,18 +284,33 @@ def _save(directory: Path, fold, model, optimizer, scaler, state, config) -> Pat
     return path
 
 
-def _restore(resume, model, optimizer, scaler, config: Config, fold: int) -> dict:
+def config_changes(saved: Config, config: Config) -> list[str]:
+    """'section.key old -> new' for every key that differs and shapes training (not RUNTIME_KEYS)."""
+    changes = []
+    old, new = saved.to_dict(), config.to_dict()
+    for section in ("model", "data", "schedule", "train"):
+        for key, value in new[section].items():
+            name = f"{section}.{key}"
+            if name not in RUNTIME_KEYS and old[section].get(key) != value:
+                changes.append(f"{name} {old[section].get(key)!r} -> {value!r}")
+    return changes
+
+
+def _restore(resume, model, optimizer, scaler, config: Config, fold: int, allow_changed=()) -> dict:
     ckpt = resume if isinstance(resume, dict) else load_checkpoint(resume)
     if ckpt.get("fold") != fold:
         raise ValueError(f"checkpoint is for fold {ckpt.get('fold')}, not fold {fold}")
     saved = Config.from_dict(ckpt["config"], source="checkpoint config")
-    for section in ("model", "data"):
-        if getattr(saved, section) != getattr(config, section):
-            raise ValueError(
-                f"checkpoint was trained with a different '{section}' config: "
-                f"{getattr(saved, section)} vs now {getattr(config, section)}; "
-                "use a new output folder or the same config"
-            )
+    changes = config_changes(saved, config)
+    allowed = {k for k in allow_changed if k.split(".")[0] in ("schedule", "train")}
+    refused = [c for c in changes if c.split(" ")[0] not in allowed]
+    if refused:
+        raise ValueError(
+            f"checkpoint of fold {fold} was trained with a different config: {'; '.join(refused)}. "
+            "Resuming would silently change the model, the data or the LR curve; use a new output "
+            "folder or the checkpoint's config (schedule/train keys can be allowed explicitly, "
+            "e.g. allow_changed=('train.epochs',) / --allow-change train.epochs)"
+        )
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
