@@ -38,9 +38,10 @@ from orchestrator.runtime import FoldResources
 from orchestrator.tensorboard import FoldCurves
 from salt_model.config import Config
 from salt_model.data import SaltData
-from salt_model.engine import checkpoint_name, load_checkpoint, set_cpu_threads, train_fold
+from salt_model.engine import checkpoint_name, load_checkpoint, train_fold
 from salt_model.io import atomic_savez, atomic_write_text
 from salt_model.predict import save_fold_model
+from salt_model.threads import set_cpu_threads
 
 FOLD_KEYS = ("val_map", "val_iou", "val_loss", "train_loss", "best_val_map")
 

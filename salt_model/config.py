@@ -250,6 +250,30 @@ class Config:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+# train keys that change how a run executes, not what it trains: a resume may change them freely
+RUNTIME_KEYS = frozenset(
+    {
+        "train.loader_workers",
+        "train.threads",
+        "train.checkpoint_every",
+        "train.eval_tta",
+        "train.channels_last",
+    }
+)
+
+
+def config_changes(saved: Config, config: Config) -> list[str]:
+    """'section.key old -> new' for every key that differs and shapes training (not RUNTIME_KEYS)."""
+    changes = []
+    old, new = saved.to_dict(), config.to_dict()
+    for section in ("model", "data", "schedule", "train"):
+        for key, value in new[section].items():
+            name = f"{section}.{key}"
+            if name not in RUNTIME_KEYS and old[section].get(key) != value:
+                changes.append(f"{name} {old[section].get(key)!r} -> {value!r}")
+    return changes
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "schedule": ScheduleConfig,

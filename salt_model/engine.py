@@ -17,13 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from salt_model.augment import SaltDataset, loader_worker_init, train_transform
-from salt_model.config import Config
+from salt_model.config import Config, config_changes
 from salt_model.data import SaltData
 from salt_model.folds import make_folds
 from salt_model.io import atomic_write
@@ -33,17 +32,7 @@ from salt_model.model import build_model
 from salt_model.postprocess import binarize, default_thresholds
 from salt_model.predict import autocast, autocast_dtype, pick_device, predict_probs
 from salt_model.schedules import lr_at, make_optimizer, set_lr
-
-# train keys that change how a run executes, not what it trains: a resume may change them freely
-RUNTIME_KEYS = frozenset(
-    {
-        "train.loader_workers",
-        "train.threads",
-        "train.checkpoint_every",
-        "train.eval_tta",
-        "train.channels_last",
-    }
-)
+from salt_model.threads import set_cpu_threads
 
 # report(metrics, save): `metrics` is this epoch's dict; `save(directory)` writes this fold's
 # checkpoint file into `directory` and returns its path (call it only on epochs you checkpoint).
@@ -153,7 +142,7 @@ def train_fold(
     `resume` is a checkpoint (path or loaded dict) written by this function's `save`; training goes
     on from the epoch after it. `report(metrics, save)` is called once per trained epoch, and never
     when a resumed run has no epoch left. A resume refuses a config that differs from the checkpoint's
-    in anything that shapes the training (model, data, schedule, train keys other than RUNTIME_KEYS),
+    in anything that shapes the training (model, data, schedule, train keys other than config.RUNTIME_KEYS),
     unless the dotted key is listed in `allow_changed` (schedule and train keys only; e.g.
     ("train.epochs",) to extend a run, knowing the LR curve then bends). `threads` sizes torch's and OpenCV's CPU thread pools; an
     orchestrator passes its worker's CPU share here, which wins over config.train.threads (None: use
@@ -247,19 +236,6 @@ def train_fold(
     )
 
 
-def set_cpu_threads(threads: int) -> None:
-    """Sizes torch's intra-op pool and OpenCV's pool to `threads` (0 leaves both as they are).
-
-    A process that shares its cores (a Ray fold worker with a fraction of a node) must not run more
-    busy threads than its share: 5 fold workers of 3 threads each on 2 cores thrash.
-    """
-    if threads < 0:
-        raise ValueError(f"threads={threads}: expected >= 0 (0 leaves the defaults)")
-    if threads:
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
-
-
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     try:
@@ -282,18 +258,6 @@ def _save(directory: Path, fold, model, optimizer, scaler, state, config) -> Pat
     path = Path(directory) / checkpoint_name(fold)
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
-
-
-def config_changes(saved: Config, config: Config) -> list[str]:
-    """'section.key old -> new' for every key that differs and shapes training (not RUNTIME_KEYS)."""
-    changes = []
-    old, new = saved.to_dict(), config.to_dict()
-    for section in ("model", "data", "schedule", "train"):
-        for key, value in new[section].items():
-            name = f"{section}.{key}"
-            if name not in RUNTIME_KEYS and old[section].get(key) != value:
-                changes.append(f"{name} {old[section].get(key)!r} -> {value!r}")
-    return changes
 
 
 def _restore(resume, model, optimizer, scaler, config: Config, fold: int, allow_changed=()) -> dict:
