@@ -1,9 +1,14 @@
 """Training, augmentation and inference throughput of one fold's model, in images per second.
 
 `python -m bench.throughput [--data synthetic|DIR] [--config F] [--set KEY=VALUE ...] [--device auto]
-[--batch-size 16] [--steps N] [--warmup N] [--precision P] [--compile] [--out bench/throughput.json]`
+[--batch-size 16] [--min-steps N] [--min-seconds S] [--warmup N] [--precision P] [--compile]
+[--out bench/throughput.json]`
 
-Four figures, each timed after `--warmup` untimed steps/batches:
+Four figures, each timed after `--warmup` untimed steps/batches, then step by step until at least
+`--min-steps` steps AND `--min-seconds` of wall time (a few steps after one warm-up understated the
+CPU speed about 3x: the first steps pay for allocator growth and thread-pool start-up). Each figure
+reports img/s at the median step time with its spread (img/s at the slowest and fastest 10% of steps)
+and the mean over the whole timed window:
 - model step: `engine.train_one_epoch` over pre-made batches already on the device (forward, loss,
   backward, optimiser step; no data loading) -- the ceiling the data pipeline has to feed;
 - pipeline: `engine.train_one_epoch` over the training DataLoader (SaltDataset + train_transform,
@@ -19,6 +24,7 @@ Other processes on a shared machine depress the wall-clock figures: check `load_
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -31,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from bench.machine import cpu_model
-from salt_model.augment import SaltDataset, pad_batch, train_transform
+from salt_model.augment import SaltDataset, loader_worker_init, pad_batch, train_transform
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import PRECISIONS, Config
 from salt_model.data import load_split, resolve_data
@@ -43,8 +49,8 @@ from salt_model.predict import autocast_dtype, pick_device, predict_probs
 
 # Defaults per device type: a full ResNet34 step takes seconds on a laptop CPU, milliseconds on a GPU.
 DEFAULTS = {
-    "cpu": {"steps": 3, "warmup": 1, "infer_tiles": 32, "aug_tiles": 1000},
-    "cuda": {"steps": 50, "warmup": 10, "infer_tiles": 2048, "aug_tiles": 2000},
+    "cpu": {"steps": 10, "seconds": 30.0, "warmup": 3, "aug_tiles": 1000},
+    "cuda": {"steps": 50, "seconds": 10.0, "warmup": 10, "aug_tiles": 2000},
 }
 
 
@@ -56,13 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-size", type=int, default=None, help="training batch (default: train.batch_size)"
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="timed training steps (default: 3 CPU, 50 CUDA)"
+        "--min-steps", type=int, default=None, help="timed steps at least (default: 10 CPU, 50 CUDA)"
     )
     parser.add_argument(
-        "--warmup", type=int, default=None, help="untimed steps first (default: 1 CPU, 10 CUDA)"
+        "--min-seconds",
+        type=float,
+        default=None,
+        help="timed wall seconds at least, per figure (default: 30 CPU, 10 CUDA)",
     )
     parser.add_argument(
-        "--infer-tiles", type=int, default=None, help="tiles predicted (default: 32 CPU, 2048 CUDA)"
+        "--warmup", type=int, default=None, help="untimed steps first (default: 3 CPU, 10 CUDA)"
     )
     parser.add_argument("--infer-batch-size", type=int, default=64, help="predict_probs batch size")
     parser.add_argument("--aug-tiles", type=int, default=None, help="tiles augmented (default: 1000 CPU)")
@@ -85,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     device = pick_device(None if args.device == "auto" else args.device)
     defaults = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
-    steps = _positive("--steps", args.steps, defaults["steps"])
+    steps = _positive("--min-steps", args.min_steps, defaults["steps"])
+    seconds = defaults["seconds"] if args.min_seconds is None else args.min_seconds
+    if seconds < 0:
+        raise ValueError(f"--min-seconds={seconds}: expected >= 0")
     warmup = _positive("--warmup", args.warmup, defaults["warmup"], allow_zero=True)
-    infer_tiles = _positive("--infer-tiles", args.infer_tiles, defaults["infer_tiles"])
     aug_tiles = _positive("--aug-tiles", args.aug_tiles, defaults["aug_tiles"])
     _positive("--infer-batch-size", args.infer_batch_size, 1)
     if args.compile and warmup == 0:
@@ -107,11 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     model, compiled = _model(config, device, args.compile)
-    step_fig, model, compiled = _train_model_step(model, compiled, data, config, device, epoch, steps, warmup)
+    timing = {"warmup": warmup, "min_steps": steps, "min_seconds": seconds, "device": device}
+    step_fig, model, compiled = _train_model_step(model, compiled, data, config, epoch, timing)
     figures = {"model_step": step_fig}
-    figures["pipeline"] = _train_pipeline(model, data, config, device, epoch, steps, warmup)
+    figures["pipeline"] = _train_pipeline(model, data, config, epoch, timing)
     figures["augment_per_core"] = _augment(data, config, aug_tiles)
-    figures["inference_tta"] = _inference(model, data, config, device, infer_tiles, args.infer_batch_size)
+    figures["inference_tta"] = _inference(model, data, config, args.infer_batch_size, timing)
     load_after = os.getloadavg()
 
     _print_table(figures)
@@ -150,66 +162,86 @@ def _model(config: Config, device: torch.device, use_compile: bool):
     return model, info
 
 
-def _train_model_step(model, compiled, data, config, device, epoch, steps, warmup):
-    """train_one_epoch over pre-made device batches: the model's own training speed."""
-    batch = config.train.batch_size
-    rng = np.random.default_rng(0)
-    index = rng.integers(0, len(data), size=(warmup + steps) * batch)
+def _train_model_step(model, compiled, data, config, epoch, timing):
+    """train_one_epoch over pre-made device batches (8, cycled): the model's own training speed."""
+    device, batch = timing["device"], config.train.batch_size
+    index = np.random.default_rng(0).integers(0, len(data), size=8 * batch)
     images = torch.from_numpy(pad_batch(data.images[index], config.data))[:, None].to(device)  # (N, 1, P, P)
     masks = torch.from_numpy(pad_batch(data.masks[index], config.data))[:, None].to(device)
     batches = list(zip(images.split(batch), masks.split(batch), strict=True))
     optimizer, scaler = make_optimizer_and_scaler(model, config, device)
 
-    if warmup:
+    def step(b):
+        _run_epoch(model, [b], optimizer, scaler, epoch, config, device)
+
+    if timing["warmup"] and compiled["requested"]:
         start = time.perf_counter()
         try:
-            _run_epoch(model, batches[:warmup], optimizer, scaler, epoch, config, device)
+            step(batches[0])
         except Exception as err:
-            if not compiled["requested"] or compiled["ok"] is False:
+            if compiled["ok"] is False:
                 raise
             compiled.update(ok=False, error=_error_text(err))
             print(f"torch.compile failed, measuring the eager model: {compiled['error']}", flush=True)
             model = model._orig_mod
             optimizer, scaler = make_optimizer_and_scaler(model, config, device)
-            _run_epoch(model, batches[:warmup], optimizer, scaler, epoch, config, device)
-        if compiled["requested"] and compiled["ok"] is None:
+        if compiled["ok"] is None:
             compiled.update(ok=True, warmup_s=time.perf_counter() - start)
-    wall, cpu = _timed(
-        lambda: _run_epoch(model, batches[warmup:], optimizer, scaler, epoch, config, device), device
-    )
-    return _figure(steps * batch, wall, cpu, batch=batch, steps=steps), model, compiled
+    figure = _time_steps(step, itertools.cycle(batches), batch, timing)
+    return figure, model, compiled
 
 
-def _train_pipeline(model, data, config, device, epoch, steps, warmup):
+def _train_pipeline(model, data, config, epoch, timing):
     """train_one_epoch over the real DataLoader, built as engine.train_fold builds it."""
-    batch = config.train.batch_size
+    device, batch = timing["device"], config.train.batch_size
     optimizer, scaler = make_optimizer_and_scaler(model, config, device)
-
-    def loader(n_batches: int, seed: int) -> DataLoader:
-        dataset = SaltDataset(data.images, data.masks, train_transform(config.data, seed=seed))
-        sampler = RandomSampler(
-            dataset,
-            replacement=True,
-            num_samples=n_batches * batch,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        workers = config.train.loader_workers
-        return DataLoader(
-            dataset,
-            batch_size=batch,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=workers,
-            pin_memory=device.type == "cuda",
-        )
-
-    if warmup:
-        _run_epoch(model, loader(warmup, 1), optimizer, scaler, epoch, config, device)
-    wall, cpu = _timed(
-        lambda: _run_epoch(model, loader(steps, 2), optimizer, scaler, epoch, config, device), device
+    dataset = SaltDataset(data.images, data.masks, train_transform(config.data), seed=1)
+    sampler = RandomSampler(
+        dataset, replacement=True, num_samples=10**6 * batch, generator=torch.Generator().manual_seed(1)
     )
+    workers = config.train.loader_workers
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        worker_init_fn=loader_worker_init,
+        pin_memory=device.type == "cuda",
+    )
+
+    def step(b):
+        _run_epoch(model, [b], optimizer, scaler, epoch, config, device)
+
+    # the batch is fetched inside the timed step: loading and augmentation count
+    return _time_steps(step, iter(loader), batch, timing, loader_workers=workers)
+
+
+def _time_steps(step, batches, batch_images: int, timing: dict, **extra) -> dict:
+    """Warm-up steps, then one step at a time until min_steps and min_seconds are both reached.
+
+    Each step's wall time includes fetching its batch from `batches` (an iterator).
+    """
+    device = timing["device"]
+    for _ in range(timing["warmup"]):
+        step(next(batches))
+    _sync(device)
+    times = []
+    start = last = time.perf_counter()
+    cpu = time.process_time()
+    while len(times) < timing["min_steps"] or last - start < timing["min_seconds"]:
+        step(next(batches))
+        _sync(device)
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
     return _figure(
-        steps * batch, wall, cpu, batch=batch, steps=steps, loader_workers=config.train.loader_workers
+        len(times) * batch_images,
+        last - start,
+        time.process_time() - cpu,
+        step_s=times,
+        batch=batch_images,
+        **extra,
     )
 
 
@@ -230,11 +262,16 @@ def _augment(data, config, n_tiles):
     return _figure(n_tiles, wall, cpu)
 
 
-def _inference(model, data, config, device, n_tiles, batch_size):
-    images = data.images[np.arange(n_tiles) % len(data)]
-    predict_probs(model, images[: min(batch_size, n_tiles)], config, device, batch_size, tta=True)  # warm-up
-    wall, cpu = _timed(lambda: predict_probs(model, images, config, device, batch_size, tta=True), device)
-    return _figure(n_tiles, wall, cpu, batch=batch_size, tta=True)
+def _inference(model, data, config, batch_size, timing):
+    """predict_probs with flip TTA, one batch of tiles per timed step."""
+    device = timing["device"]
+    order = np.random.default_rng(0).integers(0, len(data), size=8 * batch_size)
+    tiles = [data.images[order[i : i + batch_size]] for i in range(0, len(order), batch_size)]
+
+    def step(images):
+        predict_probs(model, images, config, device, batch_size, tta=True)
+
+    return _time_steps(step, itertools.cycle(tiles), batch_size, timing, tta=True)
 
 
 def _run_epoch(model, batches, optimizer, scaler, epoch, config, device):
@@ -256,22 +293,41 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _figure(images: int, wall: float, cpu: float, **extra) -> dict:
-    return {
+def _figure(images: int, wall: float, cpu: float, step_s: list[float] | None = None, **extra) -> dict:
+    figure = {
         "images": images,
         "wall_s": wall,
         "cpu_s": cpu,
+        "images_per_s_mean": images / wall,
         "images_per_s": images / wall,
         "images_per_cpu_s": images / cpu if cpu > 0 else None,
         **extra,
     }
+    if step_s:
+        per_step = images / len(step_s)
+        p10, p50, p90 = np.percentile(step_s, [10, 50, 90])
+        figure.update(
+            steps=len(step_s),
+            images_per_s=per_step / p50,  # at the median step time
+            images_per_s_p10=per_step / p90,  # the slowest 10% of steps
+            images_per_s_p90=per_step / p10,  # the fastest 10%
+            step_s=[round(t, 5) for t in step_s],
+        )
+    return figure
 
 
 def _print_table(figures: dict) -> None:
-    print(f"{'figure':<18} {'images':>7} {'wall s':>8} {'img/s':>9} {'img/cpu-s':>10}")
+    print(
+        f"{'figure':<18} {'steps':>6} {'images':>7} {'wall s':>8} {'img/s median':>13} "
+        f"{'(p10-p90)':>15} {'img/s mean':>11} {'img/cpu-s':>10}"
+    )
     for name, f in figures.items():
         per_cpu = f"{f['images_per_cpu_s']:.1f}" if f["images_per_cpu_s"] else "-"
-        print(f"{name:<18} {f['images']:>7} {f['wall_s']:>8.2f} {f['images_per_s']:>9.1f} {per_cpu:>10}")
+        spread = f"{f['images_per_s_p10']:.1f}-{f['images_per_s_p90']:.1f}" if "steps" in f else "-"
+        print(
+            f"{name:<18} {f.get('steps', '-'):>6} {f['images']:>7} {f['wall_s']:>8.2f} "
+            f"{f['images_per_s']:>13.1f} {spread:>15} {f['images_per_s_mean']:>11.1f} {per_cpu:>10}"
+        )
 
 
 def _precision(config: Config, device: torch.device) -> str:

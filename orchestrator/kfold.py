@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import ray
 import ray.train
-import torch
 import torch.distributed as dist
 from ray.train import (
     Checkpoint,
@@ -45,6 +44,7 @@ from salt_model.engine import checkpoint_name, load_checkpoint, members_name, st
 from salt_model.ensemble import member_from_payload
 from salt_model.io import atomic_savez, atomic_write_text
 from salt_model.predict import save_fold_model
+from salt_model.threads import set_cpu_threads
 
 FOLD_KEYS = ("val_map", "val_iou", "val_loss", "train_loss", "best_val_map")
 
@@ -70,7 +70,7 @@ def fold_worker(loop_config: dict) -> None:
     context = ray.train.get_context()
     fold, k = context.get_world_rank(), context.get_world_size()
     config = Config.from_dict(loop_config["config"], source="train_loop_config")
-    torch.set_num_threads(loop_config["threads"])
+    set_cpu_threads(loop_config["threads"])  # torch and OpenCV, sized to this worker's Ray CPU share
     data: SaltData = ray.get(loop_config["data_ref"])  # one copy per node, from the object store
     folds = np.asarray(loop_config["folds"])
     failure = loop_config.get("inject_failure")
@@ -117,7 +117,14 @@ def fold_worker(loop_config: dict) -> None:
             ray.train.report(merged)
 
     result = train_fold(
-        config, data, fold, report=report, folds=folds, resume=resume, device=ray.train.torch.get_device()
+        config,
+        data,
+        fold,
+        report=report,
+        folds=folds,
+        resume=resume,
+        device=ray.train.torch.get_device(),
+        threads=loop_config["threads"],  # the worker's Ray share wins over config.train.threads
     )
     if reports == 0:
         # The run was already complete in the checkpoint it resumed from (the driver died after the

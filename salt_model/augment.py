@@ -75,23 +75,47 @@ def unpad(array, size: int = SIZE):
 
 
 class SaltDataset(torch.utils.data.Dataset):
-    """(image, mask) pairs as uint8 tensors (1, P, P); the training loop makes them float on the device."""
+    """(image, mask) pairs as uint8 tensors (1, P, P); the training loop makes them float on the device.
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, transform: A.Compose) -> None:
+    Augmentation randomness is a pure function of (epoch seed, tile index): before each tile the
+    transform's own generator (albumentations keeps one, which torch does not reseed in DataLoader
+    workers) is seeded from both. So every worker draws different augmentations, a resumed epoch
+    repeats its augmentation exactly, and the tiles are the same with or without worker processes.
+    The epoch seed lives in shared memory, so `set_epoch` reaches persistent workers too.
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, transform: A.Compose, seed: int = 0) -> None:
         if images.ndim != 3 or images.shape != masks.shape:
             raise ValueError(
                 f"SaltDataset: images {images.shape} and masks {masks.shape} must both be (N, H, W)"
             )
         self.images, self.masks, self.transform = images, masks, transform
+        self._epoch_seed = torch.tensor([seed], dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, seed: int) -> None:
+        """The seed of the coming epoch's augmentations; call it before iterating the DataLoader."""
+        self._epoch_seed[0] = seed
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(sample_seed(int(self._epoch_seed[0]), i))
         out = self.transform(image=self.images[i], mask=self.masks[i])
         image = torch.from_numpy(np.ascontiguousarray(out["image"]).reshape(1, *out["image"].shape[:2]))
         mask = torch.from_numpy(np.ascontiguousarray(out["mask"]).reshape(1, *out["mask"].shape[:2]))
         return image, mask
+
+
+def sample_seed(epoch_seed: int, index: int) -> int:
+    """A 32-bit seed for one tile of one epoch; distinct (epoch, index) pairs give unrelated streams."""
+    return int(np.random.SeedSequence([epoch_seed & 0xFFFFFFFF, int(index)]).generate_state(1)[0])
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader worker_init_fn: one OpenCV thread per worker (torch already runs one there)."""
+    cv2.setNumThreads(1)
 
 
 def _pad(cfg: DataConfig) -> A.PadIfNeeded:

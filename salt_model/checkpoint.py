@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from salt_model.config import Config
+from salt_model.config import Config, config_changes
 from salt_model.ensemble import FoldMembers, cpu_copy
 from salt_model.io import atomic_write
 
@@ -98,18 +98,23 @@ def save(directory: Path, fold, model, optimizer, scaler, state, members: FoldMe
     return path
 
 
-def restore(resume, model, optimizer, scaler, config: Config, fold: int, members: FoldMembers) -> dict:
+def restore(
+    resume, model, optimizer, scaler, config: Config, fold: int, members: FoldMembers, allow_changed=()
+) -> dict:
     ckpt = resume if isinstance(resume, dict) else load_checkpoint(resume)
     if ckpt.get("fold") != fold:
         raise ValueError(f"checkpoint is for fold {ckpt.get('fold')}, not fold {fold}")
     saved = Config.from_dict(ckpt["config"], source="checkpoint config")
-    for section in ("model", "data"):
-        if getattr(saved, section) != getattr(config, section):
-            raise ValueError(
-                f"checkpoint was trained with a different '{section}' config: "
-                f"{getattr(saved, section)} vs now {getattr(config, section)}; "
-                "use a new output folder or the same config"
-            )
+    changes = config_changes(saved, config)
+    allowed = {k for k in allow_changed if k.split(".")[0] in ("schedule", "train")}
+    refused = [c for c in changes if c.split(" ")[0] not in allowed]
+    if refused:
+        raise ValueError(
+            f"checkpoint of fold {fold} was trained with a different config: {'; '.join(refused)}. "
+            "Resuming would silently change the model, the data or the LR curve; use a new output "
+            "folder or the checkpoint's config (schedule/train keys can be allowed explicitly, "
+            "e.g. allow_changed=('train.epochs',) / --allow-change train.epochs)"
+        )
     if ckpt.get("resumable", True):
         weights = ckpt["model"]
         if weights is None:  # a finished run: the last epoch's weights are the "last" member's

@@ -27,12 +27,14 @@ SCHEDULES = ("constant", "step", "cosine", "cyclic", "onecycle")
 OPTIMIZERS = ("adam", "sgd")
 PAD_MODES = ("reflect", "replicate")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+STEMS = ("imagenet", "full")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     encoder: str = "resnet34"  # resnet18 | resnet34, torchvision parameter names
     width: float = 0.125  # channel multiplier: 1.0 = the real ResNet widths (configs/tgs.yaml)
+    stem: str = "imagenet"  # imagenet: 7x7 stride-2 conv1 (layer1 at H/2) | full: 3x3 stride-1 (layer1 at H)
     scse: bool = True  # concurrent spatial and channel squeeze & excitation in the decoder
     hypercolumn: bool = True  # concatenate every upsampled decoder output before the final conv
     empty_head: bool = True  # image-level "mask is empty" classifier on the deepest features
@@ -42,6 +44,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _choice("model.encoder", self.encoder, ENCODERS)
+        _choice("model.stem", self.stem, STEMS)
         _check("model.width", self.width, 0 < self.width <= 4, "a multiplier in (0, 4]")
         _check("model.dropout", self.dropout, 0 <= self.dropout < 1, "a probability in [0, 1)")
         if self.encoder_weights is not None and not Path(self.encoder_weights).is_file():
@@ -282,6 +285,31 @@ class Config:
         from salt_model.io import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# train keys that change how a run executes, not what it trains: a resume may change them freely
+RUNTIME_KEYS = frozenset(
+    {
+        "train.loader_workers",
+        "train.threads",
+        "train.checkpoint_every",
+        "train.eval_tta",
+        "train.channels_last",
+        "train.keep_checkpoints",
+    }
+)
+
+
+def config_changes(saved: Config, config: Config) -> list[str]:
+    """'section.key old -> new' for every key that differs and shapes training (not RUNTIME_KEYS)."""
+    changes = []
+    old, new = saved.to_dict(), config.to_dict()
+    for section in ("model", "data", "schedule", "train"):
+        for key, value in new[section].items():
+            name = f"{section}.{key}"
+            if name not in RUNTIME_KEYS and old[section].get(key) != value:
+                changes.append(f"{name} {old[section].get(key)!r} -> {value!r}")
+    return changes
 
 
 SECTIONS: dict[str, type] = {

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from salt_model.augment import SaltDataset, train_transform
+from salt_model.augment import SaltDataset, loader_worker_init, train_transform
 from salt_model.checkpoint import (  # noqa: F401  (checkpoint_name & co. are part of this API)
     checkpoint_name,
     load_checkpoint,
@@ -39,6 +39,7 @@ from salt_model.model import build_model
 from salt_model.postprocess import binarize, default_thresholds
 from salt_model.predict import autocast, autocast_dtype, pick_device, predict_probs
 from salt_model.schedules import lr_at, make_optimizer, set_lr
+from salt_model.threads import set_cpu_threads
 
 # report(metrics, save): `metrics` is this epoch's dict; `save(directory)` writes this fold's
 # checkpoint file into `directory` and returns its path (call it only on epochs you checkpoint).
@@ -142,16 +143,22 @@ def train_fold(
     folds: np.ndarray | None = None,
     resume: str | Path | dict | None = None,
     device: str | torch.device | None = None,
+    threads: int | None = None,
+    allow_changed: tuple[str, ...] = (),
 ) -> FoldResult:
     """Trains `fold` of the k-fold split to config.train.epochs and returns its result.
 
     `resume` is a checkpoint (path or loaded dict) written by this function's `save`; training goes
     on from the epoch after it. `report(metrics, save)` is called once per trained epoch, and never
-    when a resumed run has no epoch left.
+    when a resumed run has no epoch left. A resume refuses a config that differs from the checkpoint's
+    in anything that shapes the training (model, data, schedule, train keys other than config.RUNTIME_KEYS),
+    unless the dotted key is listed in `allow_changed` (schedule and train keys only; e.g.
+    ("train.epochs",) to extend a run, knowing the LR curve then bends). `threads` sizes torch's and OpenCV's CPU thread pools; an
+    orchestrator passes its worker's CPU share here, which wins over config.train.threads (None: use
+    config.train.threads, where 0 leaves the libraries' defaults).
     """
     device = pick_device(device)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    set_cpu_threads(config.train.threads if threads is None else threads)
     train_idx, val_idx = fold_split(data, fold, config, folds)
     train_set, val_set = data.subset(train_idx), data.subset(val_idx)
     if len(train_idx) < config.train.batch_size:
@@ -172,21 +179,22 @@ def train_fold(
         drop_last=True,  # BatchNorm cannot train on a batch of one
         num_workers=config.train.loader_workers,
         persistent_workers=config.train.loader_workers > 0,
+        worker_init_fn=loader_worker_init,
         pin_memory=device.type == "cuda",
     )
 
     members = FoldMembers(config)
     state = {"epoch": 0, "step": 0, "history": []}
     if resume is not None:
-        state = restore(resume, model, optimizer, scaler, config, fold, members)
+        state = restore(resume, model, optimizer, scaler, config, fold, members, allow_changed)
 
     for epoch in range(state["epoch"], config.train.epochs):
         start = time.perf_counter()
-        # The same epoch after a resume: torch's shuffling and albumentations' own generator (exact
-        # with loader_workers=0; worker processes keep their own augmentation streams).
+        # The same epoch after a resume: torch's shuffling and every tile's augmentation (seeded from
+        # the epoch seed and the tile index, in whichever worker process draws it).
         epoch_seed = config.train.seed * 1000 + fold * 100 + epoch
         torch.manual_seed(epoch_seed)
-        loader.dataset.transform.set_random_seed(epoch_seed)
+        loader.dataset.set_epoch(epoch_seed)
         train_loss, state["step"] = train_one_epoch(
             model, loader, optimizer, scaler, epoch, state["step"], config, device
         )
@@ -199,6 +207,7 @@ def train_fold(
         metrics.update(
             fold=fold,
             epoch=epoch + 1,
+            threads=torch.get_num_threads(),
             train_loss=train_loss,
             loss=loss_name(epoch, config.train),
             lr=optimizer.param_groups[0]["lr"],

@@ -65,6 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    parser.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="resume although this schedule/train key differs from the checkpoint's (e.g. train.epochs "
+        "to extend a run; the LR curve then bends); repeatable",
+    )
     args = parser.parse_args(argv)
     config = config_from_args(args)
     out = Path(args.out)
@@ -89,7 +97,14 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     result = train_fold(
-        config, data, args.fold, report=report, folds=folds, resume=resume, device=args.device
+        config,
+        data,
+        args.fold,
+        report=report,
+        folds=folds,
+        resume=resume,
+        device=args.device,
+        allow_changed=tuple(args.allow_change),
     )
     save_fold_outputs(out, result, config, data.ids)
     print(

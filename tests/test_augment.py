@@ -94,3 +94,36 @@ def test_dataset_returns_uint8_tensors():
     assert xb.shape == (2, 1, 128, 128)
     with pytest.raises(ValueError, match="must both be"):
         SaltDataset(np.stack([image]), mask, eval_transform(DataConfig()))
+
+
+def _worker_batches(ds, epochs, workers=2):
+    """The batches of each epoch through persistent workers, shuffle off: batch b comes from worker b % 2."""
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, num_workers=workers, persistent_workers=workers > 0
+    )
+    out = []
+    for seed in epochs:
+        if seed is not None:
+            ds.set_epoch(seed)
+        out.append([x.clone() for x, _ in loader])
+    return out
+
+
+def test_loader_workers_draw_different_augmentations_reproducibly():
+    """Every tile is the same image: only the augmentation makes two batches differ."""
+    image, mask = _marker()
+    n = 16
+    cfg = DataConfig(crop_prob=1.0, intensity_prob=1.0)
+    ds = SaltDataset(np.stack([image] * n), np.stack([mask] * n), train_transform(cfg))
+    (first,) = _worker_batches(ds, [None])
+    assert not torch.equal(first[0], first[1]), "worker 0's first batch equals worker 1's"
+
+    ds = SaltDataset(np.stack([image] * n), np.stack([mask] * n), train_transform(cfg))
+    epoch7, epoch8, epoch7_again = _worker_batches(ds, [7, 8, 7])
+    assert not torch.equal(epoch7[0], epoch7[1])
+    assert not any(torch.equal(a, b) for a, b in zip(epoch7, epoch8, strict=True)), "epochs repeat"
+    for a, b in zip(epoch7, epoch7_again, strict=True):  # a resumed epoch repeats its augmentation
+        assert torch.equal(a, b)
+    # the same epoch seed gives the same tiles with or without worker processes
+    (in_process,) = _worker_batches(ds, [7], workers=0)
+    assert all(torch.equal(a, b) for a, b in zip(epoch7, in_process, strict=True))

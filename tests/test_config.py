@@ -176,3 +176,14 @@ def test_config_is_frozen():
     config = Config()
     with pytest.raises(AttributeError):
         config.train.epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["cpu.yaml", "tgs.yaml"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    from salt_model.config import STEMS
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert config.model.stem in STEMS
+    assert config.train.loss_switch_epoch < config.train.epochs

@@ -102,7 +102,15 @@ def test_checkpoint_resume_continues_the_run(tiny_config, tiny_data, tmp_path):
         epochs_reported.append(metrics["epoch"])
         saved.append(save(tmp_path / f"epoch{metrics['epoch']}"))
 
-    resumed = train_fold(longer, tiny_data, 0, report=report2, resume=saved[0], device=CPU)
+    resumed = train_fold(
+        longer,
+        tiny_data,
+        0,
+        report=report2,
+        resume=saved[0],
+        device=CPU,
+        allow_changed=("train.epochs",),
+    )
     assert epochs_reported == [2]  # only the epoch left is trained and reported
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     assert resumed.history[0] == first.history[0]  # epoch 1 comes from the checkpoint
@@ -114,12 +122,12 @@ def test_checkpoint_resume_continues_the_run(tiny_config, tiny_data, tmp_path):
     # nothing left to train: no report, the checkpoint's history comes back
     done = train_fold(
         longer, tiny_data, 0, report=lambda m, s: pytest.fail("reported"), resume=saved[-1], device=CPU
-    )
+    )  # the checkpoint of epoch 2 holds the longer config: nothing to allow
     assert [h["epoch"] for h in done.history] == [1, 2]
 
-    with pytest.raises(ValueError, match="different 'model' config"):
+    with pytest.raises(ValueError, match="different config: model.scse"):
         train_fold(longer.with_overrides(["model.scse=false"]), tiny_data, 0, resume=saved[0], device=CPU)
-    with pytest.raises(ValueError, match="different 'data' config"):
+    with pytest.raises(ValueError, match="different config: data.crop_prob"):
         train_fold(longer.with_overrides(["data.crop_prob=0"]), tiny_data, 0, resume=saved[0], device=CPU)
     with pytest.raises(ValueError, match="fold 0, not fold 1"):
         train_fold(longer, tiny_data, 1, resume=saved[0], device=CPU)
@@ -238,3 +246,54 @@ def test_tta_is_flip_equivariant(tiny_config, tiny_data):
     assert np.abs(plain_flipped - plain[..., ::-1]).max() > 1e-3
     # TTA is the mean of the two views
     np.testing.assert_allclose(probs, (plain + plain_flipped[..., ::-1]) / 2, atol=1e-5)
+
+
+def test_resume_refuses_a_changed_schedule_or_budget(tiny_config, tiny_data, tmp_path):
+    """A changed epoch budget or schedule would silently bend the LR curve: refused, naming the keys."""
+    config = _tiny(tiny_config, "train.epochs=1", "schedule.name=onecycle")
+    saved = []
+    train_fold(config, tiny_data, 0, report=lambda m, save: saved.append(save(tmp_path)), device=CPU)
+    ckpt = load_checkpoint(saved[0])
+
+    for overrides, named in [
+        (["train.epochs=2"], ["train.epochs", "1 -> 2"]),
+        (["schedule.lr=0.01", "schedule.pct_start=0.5"], ["schedule.lr", "schedule.pct_start"]),
+        (["train.loss_switch_epoch=0"], ["train.loss_switch_epoch"]),
+        (["train.batch_size=4"], ["train.batch_size"]),
+        (["model.scse=false"], ["model.scse"]),
+        (["data.crop_prob=0"], ["data.crop_prob"]),
+    ]:
+        with pytest.raises(ValueError, match="different config") as err:
+            train_fold(config.with_overrides(overrides), tiny_data, 0, resume=ckpt, device=CPU)
+        for piece in named:
+            assert piece in str(err.value)
+
+    # keys that do not change what is trained may differ
+    runtime = config.with_overrides(["train.checkpoint_every=3", "train.threads=1", "train.eval_tta=true"])
+    done = train_fold(
+        runtime, tiny_data, 0, report=lambda m, s: pytest.fail("reported"), resume=ckpt, device=CPU
+    )
+    assert [h["epoch"] for h in done.history] == [1]
+
+    # an explicit allowance extends the run; model and data changes can never be allowed
+    longer = config.with_overrides(["train.epochs=2"])
+    epochs = []
+    train_fold(
+        longer,
+        tiny_data,
+        0,
+        report=lambda m, s: epochs.append(m["epoch"]),
+        resume=ckpt,
+        device=CPU,
+        allow_changed=("train.epochs",),
+    )
+    assert epochs == [2]
+    with pytest.raises(ValueError, match="model.scse"):
+        train_fold(
+            longer.with_overrides(["model.scse=false"]),
+            tiny_data,
+            0,
+            resume=ckpt,
+            device=CPU,
+            allow_changed=("model.scse",),
+        )

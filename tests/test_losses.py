@@ -142,3 +142,39 @@ def test_bad_outputs_raise():
         compute_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), 0, CFG)
     with pytest.raises(ValueError, match="vs masks"):
         compute_loss((torch.zeros(1, 1, 4, 4), None), torch.zeros(1, 1, 5, 5), 0, CFG)
+
+
+@pytest.mark.parametrize("epoch", [0, 5])
+def test_loss_ignores_the_padded_border(epoch):
+    """Tiles are 101x101 reflect-padded to 128 (13 px before, 14 after): only the centre is scored."""
+    import numpy as np
+
+    from salt_model.augment import pad_amounts
+
+    gen = torch.Generator().manual_seed(0)
+    centre = (torch.rand(3, 1, 101, 101, generator=gen) > 0.6).float()
+    centre[1] = 0.0  # one empty tile
+    masks = torch.from_numpy(np.pad(centre.numpy(), [(0, 0), (0, 0), (13, 14), (13, 14)], mode="reflect"))
+    logits = torch.randn(3, 1, 128, 128, generator=gen, requires_grad=True)
+    empty_logits = torch.randn(3, generator=gen)
+    aux = [torch.randn(3, 1, 128, 128, generator=gen)]
+    top, bottom, left, right = pad_amounts(101, 128)
+    assert (top, bottom, left, right) == (13, 14, 13, 14)
+    inside = torch.zeros(128, 128, dtype=torch.bool)
+    inside[top : 128 - bottom, left : 128 - right] = True
+
+    total, parts = compute_loss((logits, empty_logits, aux), masks, epoch, CFG)
+    border = logits.detach().clone()
+    border[..., ~inside] = torch.randn(int((~inside).sum()), generator=gen) * 10
+    aux_border = aux[0].clone()
+    aux_border[..., ~inside] = 50.0
+    total2, parts2 = compute_loss((border, empty_logits, [aux_border]), masks, epoch, CFG)
+    assert total2.item() == pytest.approx(total.item(), rel=1e-6)
+    assert parts2 == pytest.approx(parts, rel=1e-6)
+
+    # the same figure as the loss of the unpadded tiles
+    crop = (slice(None), slice(None), slice(top, 128 - bottom), slice(left, 128 - right))
+    ref, _ = compute_loss((logits[crop], empty_logits, [aux[0][crop]]), centre, epoch, CFG)
+    assert total.item() == pytest.approx(ref.item(), rel=1e-6)
+    total.backward()
+    assert logits.grad[..., ~inside].abs().sum() == 0 and logits.grad[..., inside].abs().sum() > 0

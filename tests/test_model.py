@@ -225,3 +225,37 @@ def test_overfits_single_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10, losses
+
+
+def test_full_resolution_stem():
+    """model.stem=full: 3x3 stride-1 conv1, no pooling, so layer1 sees the whole 128x128 tile."""
+    feats = ResNetEncoder("resnet34", 0.25, stem="full")(torch.rand(1, 1, 128, 128))
+    assert [f.shape[-1] for f in feats] == [128, 64, 32, 16]
+    model = SaltUNet(tiny(stem="full", deep_supervision=True)).eval()
+    assert model.encoder.conv1.weight.shape[-2:] == (3, 3) and model.encoder.conv1.stride == (1, 1)
+    for size in (128, 101):
+        with torch.no_grad():
+            mask, empty = model(torch.rand(2, 1, size, size))
+        assert mask.shape == (2, 1, size, size) and empty.shape == (2,)
+    # layer names are torchvision's, so only the stem differs from the 7x7 model's state_dict
+    full = SaltUNet(tiny(stem="full")).encoder.state_dict()
+    default = SaltUNet(tiny()).encoder.state_dict()
+    assert set(full) == set(default)
+    assert [k for k in full if full[k].shape != default[k].shape] == ["conv1.weight"]
+    with pytest.raises(ValueError, match=r"model.stem='tiny'.*\['imagenet', 'full'\]"):
+        ModelConfig(stem="tiny").validate()
+
+
+def test_full_stem_loads_imagenet_layers_but_not_conv1(tmp_path):
+    state, path = _fake_torchvision("resnet34", tmp_path)
+    with pytest.warns(UserWarning, match="conv1.*bn1.*full"):
+        model = build_model(
+            ModelConfig(encoder="resnet34", width=1.0, stem="full", encoder_weights=str(path))
+        )
+    loaded = model.encoder.state_dict()
+    assert loaded["conv1.weight"].shape == (64, 1, 3, 3)
+    for k, v in loaded.items():
+        if k.startswith(("conv1.", "bn1.")):
+            assert not torch.equal(v, state[k].sum(dim=1, keepdim=True) if k == "conv1.weight" else state[k])
+        else:
+            assert torch.equal(v, state[k]), k

@@ -5,10 +5,16 @@ names match torchvision's ``resnet18``/``resnet34`` exactly (``conv1.weight``, `
 ``layer1.0.conv1.weight``, ``layer2.0.downsample.0.weight``, ...; there is no ``fc``), so ImageNet
 weights load by name with ``load_torchvision_weights``.
 
-Stride choice: the initial 3x3 max-pool is dropped, as in the ResNet34 U-Net of the 4th-place TGS
-solution (SeuTao; it follows Heng CherKeng's public ResNet34 U-Net baseline): conv1 (stride 2) feeds
-layer1 directly, so a 128x128 tile gives features at strides 2, 4, 8, 16, i.e. 64, 32, 16 and 8 pixels
-and the deepest map is 8x8 rather than 4x4. The max-pool has no parameters, so the names are unchanged.
+Stems (``stem``):
+
+- ``imagenet``: torchvision's 7x7 stride-2 conv1, with the initial 3x3 max-pool dropped, as in the
+  ResNet34 U-Net of the 4th-place TGS solution (SeuTao; it follows Heng CherKeng's public ResNet34
+  U-Net baseline): a 128x128 tile gives features at strides 2, 4, 8, 16 (64, 32, 16 and 8 pixels).
+  The max-pool has no parameters, so every name and shape is torchvision's.
+- ``full``: a 3x3 stride-1 conv1 and no pooling, so layer1 works at the full 128x128 resolution and the
+  features come at strides 1, 2, 4, 8 (the full-resolution encoders several top TGS solutions used at
+  this small input size). Names are unchanged; only ``conv1.weight`` has another shape, so ImageNet
+  weights load for layer1..layer4 while conv1 and bn1 keep their fresh initialisation.
 
 ``width`` scales every channel count (64 * width, rounded to a multiple of 8, at least 8) for
 CPU-sized runs; only width 1.0 can load ImageNet weights.
@@ -16,12 +22,14 @@ CPU-sized runs; only width 1.0 can load ImageNet weights.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+STEMS = ("imagenet", "full")
 
 
 def scaled(channels: int, width: float) -> int:
@@ -56,24 +64,32 @@ class ResNetEncoder(nn.Module):
     """ResNet18/34 trunk without max-pool and fc; returns layer1..layer4 features.
 
     forward: (B, 1, H, W) -> [(B, c1, H/2, W/2), (B, c2, H/4, W/4), (B, c3, H/8, W/8), (B, c4, H/16, W/16)]
-    (sizes round up for odd inputs: 101 -> 51, 26, 13, 7).
+    with the imagenet stem (sizes round up for odd inputs: 101 -> 51, 26, 13, 7), or strides 1, 2, 4, 8
+    with the full stem; ``strides`` says which.
     """
 
-    strides = (2, 4, 8, 16)
-
-    def __init__(self, name: str = "resnet34", width: float = 1.0, in_channels: int = 1):
+    def __init__(
+        self, name: str = "resnet34", width: float = 1.0, in_channels: int = 1, stem: str = "imagenet"
+    ):
         super().__init__()
         if name not in LAYERS:
             raise ValueError(f"encoder {name!r} is not supported; choose one of {list(LAYERS)}")
+        if stem not in STEMS:
+            raise ValueError(f"encoder stem {stem!r} is not supported; choose one of {list(STEMS)}")
         if not 0 < width <= 4:
             raise ValueError(f"encoder width={width!r} is out of range; expected a multiplier in (0, 4]")
-        self.name, self.width = name, width
-        stem = scaled(64, width)
-        self.conv1 = nn.Conv2d(in_channels, stem, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem)
+        self.name, self.width, self.stem = name, width, stem
+        stem_ch = scaled(64, width)
+        if stem == "full":
+            self.conv1 = nn.Conv2d(in_channels, stem_ch, 3, stride=1, padding=1, bias=False)
+            self.strides = (1, 2, 4, 8)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, stem_ch, 7, stride=2, padding=3, bias=False)
+            self.strides = (2, 4, 8, 16)
+        self.bn1 = nn.BatchNorm2d(stem_ch)
         self.relu = nn.ReLU(inplace=True)
         channels = [scaled(c, width) for c in (64, 128, 256, 512)]
-        in_ch = stem
+        in_ch = stem_ch
         for i, (blocks, out_ch) in enumerate(zip(LAYERS[name], channels, strict=True)):
             stride = 1 if i == 0 else 2
             layer = [BasicBlock(in_ch, out_ch, stride)] + [
@@ -90,7 +106,7 @@ class ResNetEncoder(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.relu(self.bn1(self.conv1(x)))  # (B, c0, H/2, W/2), no max-pool
+        x = self.relu(self.bn1(self.conv1(x)))  # (B, c0, H/s, W/s), s = strides[0]; no max-pool
         features = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)
@@ -103,7 +119,9 @@ def load_torchvision_weights(encoder: ResNetEncoder, path: str | Path) -> ResNet
 
     ``fc.*`` is dropped and conv1's RGB filters are folded into one grayscale channel by summing over the
     input-channel axis (a gray image replicated to RGB gives the same response). Old torchvision files
-    lack ``num_batches_tracked``; those counters are set to 0.
+    lack ``num_batches_tracked``; those counters are set to 0. A ``full`` stem's 3x3 stride-1 conv1 has
+    no ImageNet counterpart: conv1 and bn1 are skipped (they keep their initialisation, with a warning)
+    and layer1..layer4 load.
     """
     path = Path(path)
     if encoder.width != 1.0:
@@ -125,6 +143,15 @@ def load_torchvision_weights(encoder: ResNetEncoder, path: str | Path) -> ResNet
             dim=1, keepdim=True
         )  # (64, 3, 7, 7) -> (64, 1, 7, 7)
     expected = encoder.state_dict()
+    if encoder.stem == "full":
+        skipped = sorted(k for k in state if k.startswith(("conv1.", "bn1.")))
+        state = {k: v for k, v in state.items() if k not in skipped}
+        state.update({k: v for k, v in expected.items() if k.startswith(("conv1.", "bn1."))})
+        warnings.warn(
+            f"encoder weights {path}: conv1 and bn1 ({len(skipped)} tensors) not loaded: the full "
+            "stem's 3x3 stride-1 conv1 has no ImageNet counterpart; layer1..layer4 are loaded",
+            stacklevel=2,
+        )
     for key in expected:
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros_like(expected[key])

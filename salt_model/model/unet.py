@@ -39,18 +39,17 @@ class SaltUNet(nn.Module):
         self.cfg = cfg
         self.register_buffer("mean", torch.tensor(PIXEL_MEAN).view(1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(PIXEL_STD).view(1, 1, 1, 1), persistent=False)
-        self.encoder = ResNetEncoder(cfg.encoder, cfg.width, in_channels=1)
+        self.encoder = ResNetEncoder(cfg.encoder, cfg.width, in_channels=1, stem=cfg.stem)
         c1, c2, c3, c4 = self.encoder.out_channels
         d = scaled(64, cfg.width)  # every decoder stage has d channels (64 at width 1, as in Heng's U-Net)
-        # Skips, deepest first: layer3 (H/8), layer2 (H/4), layer1 (H/2), the normalised input (H).
-        self.decoder = nn.ModuleList(
-            [
-                DecoderBlock(c4, c3, d, cfg.scse),
-                DecoderBlock(d, c2, d, cfg.scse),
-                DecoderBlock(d, c1, d, cfg.scse),
-                DecoderBlock(d, 1, d, cfg.scse),
-            ]
-        )
+        # Skips, deepest first: layer3, layer2, layer1 (H/8, H/4, H/2 with the imagenet stem; H/4, H/2, H
+        # with the full stem), then the normalised input (H) when layer1 is below full resolution.
+        self.input_skip = self.encoder.strides[0] > 1
+        blocks = [DecoderBlock(c4, c3, d, cfg.scse), DecoderBlock(d, c2, d, cfg.scse)]
+        blocks.append(DecoderBlock(d, c1, d, cfg.scse))
+        if self.input_skip:
+            blocks.append(DecoderBlock(d, 1, d, cfg.scse))
+        self.decoder = nn.ModuleList(blocks)
         head_in = d * len(self.decoder) if cfg.hypercolumn else d
         self.dropout = nn.Dropout(cfg.dropout)
         self.head = nn.Sequential(
@@ -73,13 +72,14 @@ class SaltUNet(nn.Module):
             )
         size = x.shape[-2:]
         x = (x - self.mean) / self.std  # (B, 1, H, W)
-        f1, f2, f3, f4 = self.encoder(x)  # (B, c1, H/2, W/2) ... (B, c4, H/16, W/16)
+        f1, f2, f3, f4 = self.encoder(x)  # (B, c1, H/2, W/2) ... (B, c4, H/16, W/16); full stem: H ... H/8
+        skips = (f3, f2, f1, x) if self.input_skip else (f3, f2, f1)
         stages, y = [], f4
-        for block, skip in zip(self.decoder, (f3, f2, f1, x), strict=True):
-            y = block(y, skip)  # (B, d, H/8, W/8), (B, d, H/4, W/4), (B, d, H/2, W/2), (B, d, H, W)
+        for block, skip in zip(self.decoder, skips, strict=True):
+            y = block(y, skip)  # (B, d, *skip's H, W): the size follows the skip, never a fixed factor
             stages.append(y)
         if self.cfg.hypercolumn:
-            y = torch.cat([_resize(s, size) for s in stages], dim=1)  # (B, 4d, H, W)
+            y = torch.cat([_resize(s, size) for s in stages], dim=1)  # (B, len(stages) * d, H, W)
         mask_logits = self.head(self.dropout(y))  # (B, 1, H, W)
         empty_logits = None if self.empty_head is None else self.empty_head(f4).squeeze(1)  # (B,)
         if self.aux_heads is not None and self.training:
