@@ -120,7 +120,7 @@ def test_train_keeps_its_run_in_the_bucket_and_resumes_from_it_after_a_kill(s3, 
 
     second = run_cli("orchestrator.train", args, env)
     logs = "".join(f.read_text(errors="replace") for f in out.rglob("*.log"))  # worker lines go to OUT/logs
-    resumed = re.search(r"fold 0: resuming after epoch (\d+)", second.stdout + second.stderr + logs)
+    resumed = re.search(r"fold 0: [^\n]*resuming after epoch (\d+)", second.stdout + second.stderr + logs)
     assert resumed, second.stdout[-2000:]
     after = int(resumed[1])  # the newest checkpoint in the bucket (>= the last progress line seen)
     assert after >= done
