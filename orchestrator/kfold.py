@@ -35,7 +35,8 @@ from ray.train import (
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator import console
-from orchestrator.runtime import FoldResources
+from orchestrator.runtime import FoldResources, worker_device
+from orchestrator.storage import ray_storage
 from orchestrator.tensorboard import FoldCurves
 from salt_model.config import Config
 from salt_model.cv import cross_validate
@@ -62,6 +63,7 @@ def merge_fold_metrics(per_fold: list[dict]) -> dict:
             values = [m[key] for m in per_fold]
             merged[key] = float(np.mean(values))
             merged.update({f"{key}_fold{m['fold']}": m[key] for m in per_fold})
+    merged.update({f"node_fold{m['fold']}": m["node"] for m in per_fold if "node" in m})  # placement
     return merged
 
 
@@ -85,9 +87,15 @@ def fold_worker(loop_config: dict) -> None:
     if resume is not None:
         console.worker_say(f"fold {fold}: worker restarted, resuming after epoch {resume['epoch']}")
 
-    gauge = ray.util.metrics.Gauge(
-        "fold_val_map", "held-out competition metric of a fold", tag_keys=("run", "fold")
+    gauge = ray.util.metrics.Gauge(  # on this node's Prometheus endpoint as ray_fold_val_map
+        "fold_val_map", "held-out competition metric of a fold", tag_keys=("run", "trial", "fold")
     )
+    tags = {
+        "run": loop_config["run_name"],
+        "trial": loop_config.get("trial") or loop_config["run_name"],
+        "fold": str(fold),
+    }
+    node = ray.get_runtime_context().get_node_id()
 
     reports = 0
 
@@ -105,9 +113,9 @@ def fold_worker(loop_config: dict) -> None:
             if failure.get("kill"):
                 os._exit(1)
             raise RuntimeError(f"injected failure in fold {fold} at epoch {epoch}")
-        gauge.set(metrics["val_map"], tags={"run": loop_config["run_name"], "fold": str(fold)})
+        gauge.set(metrics["val_map"], tags=tags)
         gathered: list[dict] = [None] * k  # type: ignore[list-item]
-        dist.all_gather_object(gathered, metrics)
+        dist.all_gather_object(gathered, {**metrics, "node": node})
         merged = merge_fold_metrics(gathered)
         if save is not None and (epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs):
             with tempfile.TemporaryDirectory() as directory:
@@ -123,7 +131,7 @@ def fold_worker(loop_config: dict) -> None:
         report=report,
         folds=folds,
         resume=resume,
-        device=ray.train.torch.get_device(),
+        device=worker_device(),
         threads=loop_config["threads"],  # the worker's Ray share wins over config.train.threads
     )
     if reports == 0:
@@ -183,6 +191,7 @@ def make_trainer(
     max_failures: int,
     callbacks: list | None = None,
     inject_failure: dict | None = None,
+    trial: str | None = None,
 ) -> TorchTrainer:
     """One TorchTrainer whose k workers are the k folds."""
     k = config.data.folds
@@ -192,6 +201,7 @@ def make_trainer(
         "folds": folds.tolist(),
         "threads": resources.threads,
         "run_name": run_name,
+        "trial": trial,
         "inject_failure": inject_failure,
     }
     return TorchTrainer(
@@ -203,7 +213,7 @@ def make_trainer(
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(storage),
+            **ray_storage(str(storage)),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints or None),
             callbacks=callbacks or [],

@@ -22,6 +22,7 @@ import pandas as pd
 import ray
 
 from orchestrator import console
+from orchestrator.capacity import Capacity, cluster_capacity
 from orchestrator.runtime import init_ray
 from salt_model.cli import make_parser, run_cli
 from salt_model.config import Config
@@ -103,6 +104,25 @@ def load_models(run: Path) -> list[dict]:
     return [read_fold_model(p) for p in paths]
 
 
+def actor_resources(concurrency: int | None, capacity: Capacity | None = None) -> tuple[float, float, int]:
+    """(GPUs, CPUs, count) of the ensemble actors. On a cluster that can have GPU nodes (even with none
+    up now: the autoscaler adds one) each actor takes a GPU, one per GPU up now (at least one);
+    else the CPUs are shared among actors. A request no node can hold is an error here."""
+    capacity = capacity or cluster_capacity()
+    up = ray.cluster_resources()
+    if capacity.node_type_with("GPU") is not None and capacity.max_per_node("GPU") >= 1:
+        count = concurrency or max(1, int(up.get("GPU", 0)))
+        return 1.0, 1.0, count
+    cpus = max(capacity.max_per_node("CPU"), 1.0)
+    count = concurrency or max(1, int(up.get("CPU", cpus)) // 2)
+    per_actor = max(1.0, float(int(up.get("CPU", cpus)) // count))
+    if per_actor > capacity.max_per_node("CPU"):
+        raise ValueError(
+            f"prediction actors need {per_actor:g} CPUs each but no node has that many: {capacity.describe()}"
+        )
+    return 0.0, per_actor, count
+
+
 def predict_submission(
     run: Path,
     test: SaltData,
@@ -113,18 +133,14 @@ def predict_submission(
 ) -> pd.DataFrame:
     """Runs the ensemble over the test tiles on Ray and writes `out` (id,rle_mask) atomically."""
     payloads = load_models(run)
-    resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0)
-    if concurrency is None:
-        concurrency = max(1, int(gpus)) if gpus else max(1, int(resources.get("CPU", 1)) // 2)
-    cpus_per_actor = 1 if gpus else max(1, int(resources.get("CPU", 1)) // concurrency)
+    gpus, cpus_per_actor, concurrency = actor_resources(concurrency)
     items = [{"id": i, "image": img} for i, img in zip(test.ids.tolist(), test.images, strict=True)]
     ds = ray.data.from_items(items).map_batches(
         EnsemblePredictor,
         fn_constructor_args=([ray.put(payloads)], thresholds, batch_size),
         batch_size=max(batch_size, 256),
         compute=ray.data.ActorPoolStrategy(size=concurrency),
-        num_gpus=1 if gpus else 0,
+        num_gpus=gpus,
         num_cpus=cpus_per_actor,
     )
     rows = pd.DataFrame(ds.take_all())

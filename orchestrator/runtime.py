@@ -1,8 +1,15 @@
-"""Connecting to Ray and sizing fold workers to the cluster it finds.
+"""Connecting to Ray and sizing fold workers to what the cluster can hold.
 
 The measured Ray 2.60 facts behind these choices are in the project notes: keep the dashboard on
 (a trial stopped early leaked its placement group without it), use the gloo backend (folds share
 no gradients, and NCCL fails on fake GPUs), and take each worker's device from Ray, never `.cuda()`.
+
+Attaching: on a node where `ray start` runs, with `--address auto|HOST:PORT` or `RAY_ADDRESS`, Ray
+refuses `num_cpus`/`resources` ("When connecting to an existing cluster, resources must not be
+provided"), so those are only passed when a new local Ray starts. Ray turns token auth on by itself
+only for an address it finds (none or "auto"), and then even for a cluster without auth; here the
+driver asks the cluster (one unauthenticated GCS call) and turns it on only when the cluster refuses
+callers without a token, using `~/.ray/auth_token`, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.
 """
 
 from __future__ import annotations
@@ -10,29 +17,114 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 from dataclasses import dataclass
 
 import ray
+import torch
 
 from orchestrator import console
+from orchestrator.capacity import Capacity, cluster_capacity
 
 log = logging.getLogger(__name__)
 
+# Read by the process that calls fit(): the driver for orchestrator.train, the trial actor for
+# orchestrator.tune, which inherits the job's runtime env and not the driver's shell.
+JOB_ENV = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, resources: dict | None = None) -> None:
-    """Connects to `address` (or RAY_ADDRESS) if given, else starts a local Ray with the dashboard."""
-    if ray.is_initialized():
+
+def existing_cluster(address: str | None) -> str | None:
+    """HOST:PORT of the cluster to attach to: `address`, RAY_ADDRESS, or the one `ray start` left in
+    RAY_TMPDIR (/tmp/ray)/ray_current_cluster; None to start a local Ray ("local" forces that)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    explicit = address or os.environ.get("RAY_ADDRESS") or None
+    if explicit == "local":
+        return None
+    try:
+        found = canonicalize_bootstrap_address(explicit)
+    except ConnectionError as error:  # "auto" and no cluster on this machine
+        raise ValueError(f"--address {explicit}: {error}") from error
+    if found and not explicit and not _reachable(found):
+        # `ray start` was killed without `ray stop`: ray.init would retry the dead GCS for minutes.
+        console.say(f"note: no Ray at {found} (left in ray_current_cluster); starting a local Ray")
+        return None
+    return found
+
+
+def _reachable(address: str, timeout: float = 2.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cluster_wants_token(address: str) -> bool:
+    """Whether the cluster's GCS refuses a caller without a token (one unauthenticated request)."""
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        GcsClient(address=address).internal_kv_get(b"salt-orchestrator-auth-probe", None, timeout=10)
+    except AuthenticationError:
+        return True
+    except Exception:  # unreachable or slow: ray.init reports that itself
+        return False
+    return False
+
+
+def use_token_auth_for(address: str) -> None:
+    """RAY_AUTH_MODE=token for this process and its children when the cluster needs it and no mode is
+    set. Not when it does not: a driver in token mode refuses the cluster's unauthenticated calls."""
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    if "RAY_AUTH_MODE" in os.environ or not cluster_wants_token(address):
         return
-    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # Train run state in the dashboard API
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        context = ray.init(address=address, log_to_driver=True)
+    if not maybe_enable_token_auth_if_token_available(warn_if_disabled=False):
+        raise ValueError(
+            f"the Ray cluster at {address} uses token authentication and this machine has no token: "
+            "copy the cluster's ~/.ray/auth_token here (or set RAY_AUTH_TOKEN)"
+        )
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, resources: dict | None = None) -> bool:
+    """Attaches to an existing cluster (see `existing_cluster`) or starts a local Ray with the dashboard
+    and `num_cpus`/`resources`. Returns True when attached to an existing cluster."""
+    if ray.is_initialized():
+        return False
+    os.environ.update(JOB_ENV)  # the driver: orchestrator.train calls fit() here
+    target = existing_cluster(address)
+    runtime_env = {"env_vars": dict(JOB_ENV)}
+    if target:
+        use_token_auth_for(target)
+        context = ray.init(address=target, runtime_env=runtime_env, log_to_driver=True)
+        console.say(f"attached to the Ray cluster at {target}")
     else:
-        context = ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=True, log_to_driver=True)
+        context = ray.init(
+            num_cpus=num_cpus,
+            resources=resources,
+            include_dashboard=True,
+            runtime_env=runtime_env,
+            log_to_driver=True,
+        )
     console.capture_ray_logs()  # worker lines -> the run folder's logs, our own -> the console
     url = getattr(context, "dashboard_url", None)
     if url:
         console.say(f"Ray dashboard: http://{url}")
+    return bool(target)
+
+
+def worker_device() -> torch.device:
+    """This Ray Train worker's device: Ray's choice, or the CPU when Ray assigned a GPU that CUDA
+    cannot see (fake GPU resources in tests, a driverless image)."""
+    device = ray.train.torch.get_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    return device
 
 
 @dataclass(frozen=True)
@@ -45,37 +137,81 @@ class FoldResources:
         return {"CPU": self.cpus, "GPU": self.gpus} if self.gpus else {"CPU": self.cpus}
 
 
-def fold_resources(
-    k: int, cpus_per_fold: float | None, gpus_per_fold: float | None, concurrent_runs: int = 1
-) -> FoldResources:
-    """Resources of one fold worker so that `concurrent_runs` k-fold runs fit the cluster.
+def requested(args, cluster) -> tuple[float | None, float | None]:
+    """(GPUs, CPUs) per fold: --gpus-per-fold/--cpus-per-fold, else the config's `cluster:` section,
+    else None (sized from the cluster by fold_resources)."""
+    gpus = args.gpus_per_fold
+    if gpus is None and cluster.gpus_per_fold >= 0:
+        gpus = cluster.gpus_per_fold
+    cpus = args.cpus_per_fold if args.cpus_per_fold is not None else (cluster.cpus_per_fold or None)
+    return gpus, cpus
 
-    GPUs: one per fold when the cluster has GPUs, unless --gpus-per-fold says otherwise (0.25 packs
-    four folds on a GPU). CPUs: what the user asked, else the cluster's CPUs shared out among all
-    fold workers (at most 4 each, at least a tenth of one, so k folds still run at once on a laptop).
-    """
-    total = ray.cluster_resources()
-    total_cpus, total_gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    workers = k * concurrent_runs
-    if gpus_per_fold is None:
-        gpus_per_fold = 1.0 if total_gpus >= 1 else 0.0
+
+def check_gpus_per_fold(gpus_per_fold: float) -> None:
     if gpus_per_fold < 0 or (gpus_per_fold > 1 and not float(gpus_per_fold).is_integer()):
         raise ValueError(
             f"--gpus-per-fold={gpus_per_fold}: expected 0, a fraction in (0, 1] or a whole number"
         )
-    if gpus_per_fold > 0 and total_gpus == 0:
-        raise ValueError(f"--gpus-per-fold={gpus_per_fold} but the Ray cluster has no GPUs; use 0")
+
+
+def fold_resources(
+    k: int,
+    cpus_per_fold: float | None,
+    gpus_per_fold: float | None,
+    concurrent_runs: int = 1,
+    capacity: Capacity | None = None,
+    reserved_cpus: float = 0.0,
+) -> FoldResources:
+    """Resources of one fold worker so that `concurrent_runs` k-fold runs fit the cluster's capacity
+    (its possible node types, so an autoscaling cluster is asked for GPU nodes it does not have yet).
+
+    GPUs: one per fold when the cluster can have GPUs, unless --gpus-per-fold says otherwise (0.25
+    packs four folds on a GPU). CPUs: what the user asked; on GPUs the GPU node's CPUs shared among
+    its folds (at most 4); on CPUs the cluster's CPUs less `reserved_cpus` (trial drivers) shared
+    among all fold workers (at most 4, at least a tenth, so k folds still run at once on a laptop).
+    A request the cluster can never hold is an error here, before anything starts (Ray would retry
+    the placement group forever).
+    """
+    capacity = capacity or cluster_capacity()
+    workers = k * concurrent_runs
+    gpu_type = capacity.node_type_with("GPU")
+    if gpus_per_fold is None:
+        gpus_per_fold = 1.0 if gpu_type is not None and gpu_type.resources["GPU"] >= 1 else 0.0
+    check_gpus_per_fold(gpus_per_fold)
+    where = capacity.describe()
+    if gpus_per_fold > 0:
+        if gpu_type is None:
+            raise ValueError(f"--gpus-per-fold={gpus_per_fold} but the Ray cluster can have no GPUs: {where}")
+        if gpus_per_fold > capacity.max_per_node("GPU"):
+            raise ValueError(
+                f"--gpus-per-fold={gpus_per_fold}: no node has that many GPUs (at most "
+                f"{capacity.max_per_node('GPU'):g} per node): {where}"
+            )
+        if k * gpus_per_fold > capacity.max_total("GPU") + 1e-9:
+            raise ValueError(
+                f"{k} folds x {gpus_per_fold:g} GPUs need {k * gpus_per_fold:g} GPUs at once but the "
+                f"largest possible cluster has {capacity.max_total('GPU'):g}: {where}; use fewer folds, "
+                "a fraction such as --gpus-per-fold 0.5, or more GPU workers in cluster.yaml"
+            )
     if cpus_per_fold is None:
-        cpus_per_fold = max(0.1, min(4.0, math.floor(10 * total_cpus / workers) / 10))
+        if gpus_per_fold > 0:
+            node = gpu_type.resources  # type: ignore[union-attr]
+            folds_per_node = max(1, math.floor(node["GPU"] / gpus_per_fold))
+            cpus_per_fold = float(max(1, min(4, math.floor(node.get("CPU", 1) / folds_per_node))))
+        else:
+            total = capacity.max_total("CPU") - reserved_cpus
+            cpus_per_fold = max(0.1, min(4.0, math.floor(10 * total / workers) / 10))
     if cpus_per_fold <= 0:
         raise ValueError(f"--cpus-per-fold={cpus_per_fold}: expected a positive number")
-    needed = workers * cpus_per_fold
-    if needed > total_cpus + 1e-9:
-        log.warning(
-            "%d fold workers x %.2f CPUs exceed the cluster's %.0f CPUs: Ray Train starts a run "
-            "only when all k of its workers fit (an autoscaling cluster adds nodes)",
-            workers,
-            cpus_per_fold,
-            total_cpus,
+    if cpus_per_fold > capacity.max_per_node("CPU") + 1e-9:
+        raise ValueError(
+            f"--cpus-per-fold={cpus_per_fold}: no node has that many CPUs (at most "
+            f"{capacity.max_per_node('CPU'):g} per node): {where}"
+        )
+    if k * cpus_per_fold > capacity.max_total("CPU") - reserved_cpus + 1e-9:
+        raise ValueError(
+            f"{k} folds x {cpus_per_fold:g} CPUs need {k * cpus_per_fold:g} CPUs at once but the largest "
+            f"possible cluster has {capacity.max_total('CPU') - reserved_cpus:g} for fold workers: {where}; "
+            "use a smaller --cpus-per-fold or fewer folds"
         )
     return FoldResources(cpus=cpus_per_fold, gpus=gpus_per_fold, threads=max(1, int(cpus_per_fold)))

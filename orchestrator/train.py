@@ -4,7 +4,8 @@
 
 All k folds train at once, one Ray Train worker each (a GPU each when the cluster has GPUs, or a
 fraction with --gpus-per-fold). Outputs in --out: config.json, folds.csv, progress.jsonl (one line per
-epoch while it runs), ray/ (Ray's run state and checkpoints), models/fold_{r}_{member}.pt (the
+epoch while it runs), ray/ (Ray's run state and checkpoints,
+unless --storage puts them elsewhere), models/fold_{r}_{member}.pt (the
 chosen ensemble variant's members), oof.npz, cv.json (per-fold and overall OOF of every variant: best
 epoch, last epoch, snapshots, SWA; the one the submission uses and its OOF-chosen thresholds; config)
 and, when the data has test images, submission.csv. Running the same command again resumes an interrupted run from its last checkpoint.
@@ -20,11 +21,13 @@ import numpy as np
 import ray
 
 from orchestrator import console
+from orchestrator.capacity import cluster_capacity
 from orchestrator.kfold import KFoldResult, run_kfold, write_cv
 from orchestrator.predict import predict_submission
 from orchestrator.report import build as build_report
 from orchestrator.report import save_oof_truth
-from orchestrator.runtime import fold_resources, init_ray
+from orchestrator.runtime import fold_resources, init_ray, requested
+from orchestrator.storage import check_writable, storage_root
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data import SaltData, has_test, load_split, resolve_data
@@ -53,8 +56,14 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
         default=None,
-        help="where Ray keeps checkpoints (default OUT/ray); on a multi-node cluster a path every "
-        "node reaches, e.g. s3://bucket/runs or a shared mount",
+        help="where Ray keeps its run state and checkpoints (default OUT/ray, OUT/tune and OUT/trials); "
+        "on a multi-node cluster a place every node reaches: s3://bucket/runs, gs://... or a shared mount",
+    )
+    parser.add_argument(
+        "--cluster-config",
+        default=None,
+        help="the cluster launcher YAML whose node types size the fold workers (default: the autoscaler's "
+        "config, ~/ray_bootstrap_config.yaml on a `ray up` head, else the nodes up now)",
     )
 
 
@@ -143,15 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     data, folds = prepare_run(config, root, out)
     print(f"data {root}: {len(data)} tiles, {config.data.folds} folds, {config.train.epochs} epochs")
     console.setup(out, args.verbose, config.train.epochs, config.data.folds)
-    init_ray(args.address)
-    resources = fold_resources(config.data.folds, args.cpus_per_fold, args.gpus_per_fold)
+    attached = init_ray(args.address)
+    capacity = cluster_capacity(args.cluster_config, attached)
+    gpus, cpus = requested(args, config.cluster)
+    resources = fold_resources(config.data.folds, cpus, gpus, capacity=capacity)
+    storage = storage_root(args.storage, out / "ray")
+    check_writable(storage)
     print(
-        f"{config.data.folds} fold workers x {resources.as_dict()} on a cluster with {ray.cluster_resources()}"
+        f"{config.data.folds} fold workers x {resources.as_dict()} on a cluster with {ray.cluster_resources()} "
+        f"(can grow to: {capacity.describe()}); run state in {storage}"
     )
     console.view().start("run")  # elapsed counts from here
-    result = run_kfold(
-        config, data, folds, out, resources, max_failures=args.max_failures, storage=args.storage
-    )
+    result = run_kfold(config, data, folds, out, resources, max_failures=args.max_failures, storage=storage)
     console.end_live_view(final_epoch=config.train.epochs)
     finalize(result, out, config, data, root)
     print(f"done in {time.perf_counter() - start:.0f}s; outputs in {out}")

@@ -12,7 +12,8 @@ fold models go straight to the aggregation step and submission.csv.
 Outputs in --out: config.json (the base config), optuna.db (the study: `optuna-dashboard
 sqlite:///OUT/optuna.db` or optuna.load_study), tune/ (Ray Tune's experiment state, for --resume),
 trials/ (each trial's k-fold checkpoints), trials.csv, best_config.json, and for the best trial
-models/, oof.npz, cv.json and submission.csv.
+models/, oof.npz, cv.json and submission.csv. With --storage (s3://, gs://, a shared mount) Ray's
+state goes there instead (STORAGE/search and STORAGE/trials) and is read back from there.
 """
 
 from __future__ import annotations
@@ -34,9 +35,20 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator import console
+from orchestrator.capacity import Capacity, cluster_capacity
 from orchestrator.kfold import FailureNotice, collect_folds, make_trainer, prune_run_checkpoints
-from orchestrator.runtime import FoldResources, fold_resources, init_ray
+from orchestrator.runtime import FoldResources, fold_resources, init_ray, requested
 from orchestrator.search import METRIC, PruningOptunaSearch, define_space, trial_config
+from orchestrator.storage import (
+    check_writable,
+    checkpoint_at,
+    is_uri,
+    join,
+    latest_checkpoint,
+    ray_storage,
+    storage_root,
+)
+from orchestrator.storage import exists as storage_exists
 from orchestrator.tensorboard import FoldCurves
 from orchestrator.train import add_cluster_args, finalize, prepare_run
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
@@ -64,6 +76,7 @@ def kfold_trial(
         run_name=f"trial-{trial_id}",
         max_failures=max_failures,
         callbacks=[TuneReportCallback(), FailureNotice()],
+        trial=trial_id,
     )
     result = trainer.fit()
     if result.error is not None:
@@ -152,21 +165,22 @@ class CheckpointPruner(tune.Callback):
             print(f"{trial.trial_id:<14}kept {kept.name} ({freed / 1e6:.0f} MB freed)", flush=True)
 
 
-def trials_per_wave(config: Config, args) -> int:
-    """As many trials at once as the cluster has room for k fold workers."""
+def trials_per_wave(config: Config, one_run: FoldResources, capacity: Capacity) -> int:
+    """As many trials at once as the largest possible cluster has room for k fold workers."""
     if config.search.max_concurrent:
         return config.search.max_concurrent
-    total = ray.cluster_resources()
     k = config.data.folds
-    if total.get("GPU", 0) >= 1:
-        per_trial = k * (args.gpus_per_fold if args.gpus_per_fold is not None else 1.0)
-        return max(1, int(total["GPU"] // per_trial))
-    per_fold = args.cpus_per_fold if args.cpus_per_fold is not None else 1.0
-    return max(1, int(total.get("CPU", 1) // (k * per_fold)))
+    if one_run.gpus > 0:
+        room = capacity.max_total("GPU") / (k * one_run.gpus)
+    else:
+        room = capacity.max_total("CPU") / (k * one_run.cpus)
+    return max(1, min(config.search.trials, int(room) if math.isfinite(room) else config.search.trials))
 
 
-def trial_resources() -> dict:
-    if ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1:
+def trial_resources(capacity: Capacity) -> dict:
+    """A trial driver holds one `tune_driver` (cluster.yaml's head type has them) and no CPU; without
+    that resource it takes 0.01 CPU, which fold_resources leaves aside so folds are not starved."""
+    if capacity.max_total(DRIVER_RESOURCE) >= 1:
         return {DRIVER_RESOURCE: 1}
     print(
         f"note: the cluster has no '{DRIVER_RESOURCE}' resource (cluster.yaml gives the head one); "
@@ -248,12 +262,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--resume needs --out: the folder of the search to continue")
         args.out = time.strftime("runs/tune-%Y%m%d-%H%M%S")
     out = Path(args.out)
-    experiment = out / "tune" / "search"
+    storage = storage_root(args.storage, out / "tune")
+    experiment = join(storage, "search")  # Ray Tune's experiment state
+    trials_storage = join(storage, "trials") if args.storage else str((out / "trials").resolve())
     start = time.perf_counter()
 
     if args.resume:
-        if not tune.Tuner.can_restore(str(experiment.resolve())):
-            raise ValueError(f"--resume: no interrupted search in {out} (no {experiment})")
+        if not tune.Tuner.can_restore(**restore_args(experiment)):
+            raise ValueError(
+                f"--resume: no interrupted search in {out} (no {experiment}; pass the --storage it ran with)"
+            )
         config = load_config(out / "config.json")  # the search goes on with the config it started with
         ignored = [
             flag
@@ -269,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         if ignored:
             print(f"note: --resume continues with {out / 'config.json'}; ignoring {', '.join(ignored)}")
     else:
-        if experiment.exists():
+        if storage_exists(experiment):
             raise ValueError(
                 f"{out} already holds a search; pass --resume to continue it or choose a new --out"
             )
@@ -285,11 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     root = resolve_data(args.data, config.data)
     data, folds = prepare_run(config, root, out)
     console.setup(out, args.verbose, config.train.epochs, config.data.folds)
-    init_ray(args.address, resources=None if args.address else {DRIVER_RESOURCE: 64})
-    waves = trials_per_wave(config, args)
-    resources = fold_resources(
-        config.data.folds, args.cpus_per_fold, args.gpus_per_fold, concurrent_runs=waves
-    )
+    attached = init_ray(args.address, resources={DRIVER_RESOURCE: 64})  # resources only for a new local Ray
+    capacity = cluster_capacity(args.cluster_config, attached)
+    driver = trial_resources(capacity)
+    k = config.data.folds
+    gpus, cpus = requested(args, config.cluster)
+    one_run = fold_resources(k, cpus, gpus, capacity=capacity)
+    waves = trials_per_wave(config, one_run, capacity)
+    reserved = driver.get("CPU", 0.0) * waves
+    resources = fold_resources(k, cpus, one_run.gpus, waves, capacity=capacity, reserved_cpus=reserved)
+    check_writable(storage)
     print(
         f"data {root}: {len(data)} tiles | {config.search.trials} trials x {config.data.folds} folds x "
         f"{config.train.epochs} epochs | {waves} trial(s) at once, fold workers {resources.as_dict()}"
@@ -302,14 +325,14 @@ def main(argv: list[str] | None = None) -> int:
             data_refs=[ray.put(data)],
             folds=folds.tolist(),
             resources=resources.__dict__,
-            storage=str((out / "trials").resolve()),
+            storage=trials_storage,
             max_failures=args.max_failures,
         ),
-        trial_resources(),
+        driver,
     )
     if args.resume:
         tuner = tune.Tuner.restore(
-            str(experiment.resolve()), trainable=trainable, resume_unfinished=True, resume_errored=True
+            **restore_args(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
         tuner = tune.Tuner(
@@ -324,12 +347,12 @@ def main(argv: list[str] | None = None) -> int:
             ),
             run_config=tune.RunConfig(
                 name="search",
-                storage_path=str((out / "tune").resolve()),
+                **ray_storage(storage),
                 verbose=0,
                 callbacks=[ProgressTable(config.train.epochs, config.data.folds, out)]
                 + (
-                    [CheckpointPruner(out.resolve() / "trials", config.data.folds)]
-                    if config.train.keep_checkpoints
+                    [CheckpointPruner(Path(trials_storage), config.data.folds)]
+                    if config.train.keep_checkpoints and not is_uri(trials_storage)  # local or mounted
                     else []
                 ),
             ),
@@ -351,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nbest trial {best['trial_id']} ({best['state']}): fold-mean {METRIC} {best[METRIC]:.4f}; "
         f"config in {out / 'best_config.json'}"
     )
-    checkpoint = Checkpoint(best_checkpoint_path(best, out))
+    checkpoint = best_checkpoint(best, trials_storage)
     result = collect_folds(checkpoint, out, data, folds, config.data.folds)
     finalize(
         result,
@@ -365,16 +388,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def best_checkpoint_path(best: pd.Series, out: Path) -> str:
-    """The best trial's latest k-fold checkpoint (its last report's, else the newest on disk)."""
+def restore_args(experiment: str) -> dict:
+    """Tuner.restore/can_restore arguments for the experiment folder (a URI or a local path)."""
+    args = ray_storage(experiment)
+    return {"path": args["storage_path"], "storage_filesystem": args.get("storage_filesystem")}
+
+
+def best_checkpoint(best: pd.Series, trials_storage: str) -> Checkpoint:
+    """The best trial's latest k-fold checkpoint, read from the storage the trial wrote to: the one its
+    last report named, else the newest in its run folder."""
     path = best.get("checkpoint_path")
-    if isinstance(path, str) and Path(path).exists():
-        return path
-    run = out / "trials" / f"trial-{best['trial_id']}"
-    candidates = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())  # names are timestamps
-    if not candidates:
-        raise RuntimeError(f"best trial {best['trial_id']} has no checkpoint under {out / 'trials'}")
-    return str(candidates[-1])
+    checkpoint = checkpoint_at(trials_storage, path) if isinstance(path, str) else None
+    if checkpoint is None:
+        checkpoint = latest_checkpoint(join(trials_storage, f"trial-{best['trial_id']}"))
+    if checkpoint is None:
+        raise RuntimeError(f"best trial {best['trial_id']} has no checkpoint under {trials_storage}")
+    return checkpoint
 
 
 if __name__ == "__main__":

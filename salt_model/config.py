@@ -216,12 +216,31 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Resources of each fold worker on Ray (orchestrator.train/tune); --gpus-per-fold/--cpus-per-fold win."""
+
+    gpus_per_fold: float = -1.0  # -1 = 1 when the cluster can have GPU nodes, else 0; 0.25 packs 4 folds/GPU
+    cpus_per_fold: float = 0.0  # 0 = the GPU node's CPUs shared among its folds (CPU runs: the cluster's)
+
+    def validate(self) -> None:
+        g = self.gpus_per_fold
+        _check(
+            "cluster.gpus_per_fold",
+            g,
+            g == -1 or 0 <= g <= 1 or (g > 1 and float(g).is_integer()),
+            "-1 (auto), 0, a fraction in (0, 1] or a whole number",
+        )
+        _check("cluster.cpus_per_fold", self.cpus_per_fold, self.cpus_per_fold >= 0, ">= 0 (0 = auto)")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         for section in SECTIONS:
@@ -318,6 +337,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "data": DataConfig,
     "search": SearchConfig,
+    "cluster": ClusterConfig,
 }
 
 

@@ -1,0 +1,98 @@
+"""One storage for Ray's run state: a local path, a shared mount, or an s3:// / gs:// URI.
+
+Ray Train/Tune write their run state and the fold checkpoints there (`RunConfig(storage_path=...)`);
+this module reads them back through the same pyarrow filesystem Ray uses, never by globbing a node's
+local disk (on a cluster the checkpoints were written by workers on other nodes). pyarrow's S3
+filesystem honours AWS_ENDPOINT_URL (an S3-compatible server such as MinIO or moto). Outputs meant
+for the user (cv.json, submission.csv, trials.csv) stay in --out on the driver's machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.fs as pafs
+from ray.train import Checkpoint
+
+
+def is_uri(storage: str) -> bool:
+    return "://" in storage
+
+
+def storage_root(storage: str | None, default: Path) -> str:
+    """`storage` as Ray wants it (a URI, or an absolute local path), else `default` made absolute."""
+    if not storage:
+        return str(default.resolve())
+    return storage.rstrip("/") if is_uri(storage) else str(Path(storage).expanduser().resolve())
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of `root` and the path inside it, as Ray's storage gets them.
+
+    For s3:// the filesystem is opened with allow_delayed_open: a file smaller than one part (every
+    fold checkpoint of a small model, Tune's state files) is one PutObject instead of a multipart
+    upload. (moto 5.2.1's CompleteMultipartUpload reply makes pyarrow 26 retry for ~25 s per file.)
+    """
+    try:
+        fs, inner = pafs.FileSystem.from_uri(root if is_uri(root) else str(Path(root).resolve()))
+        if isinstance(fs, pafs.S3FileSystem) and "?" not in root:  # region as found for the bucket
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            extra = {"endpoint_override": endpoint} if endpoint else {}
+            fs = pafs.S3FileSystem(region=fs.region, allow_delayed_open=True, **extra)
+    except Exception as error:  # pyarrow raises ArrowInvalid/OSError for an unknown scheme or bucket
+        raise ValueError(f"--storage {root}: cannot open it ({error})") from error
+    return fs, inner
+
+
+def ray_storage(root: str) -> dict:
+    """RunConfig's storage arguments for `root` (a URI or an absolute local path)."""
+    if not is_uri(root):
+        return {"storage_path": root}
+    fs, inner = filesystem(root)
+    return {"storage_path": inner, "storage_filesystem": fs}
+
+
+def exists(path: str) -> bool:
+    fs, inner = filesystem(path)
+    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+
+
+def check_writable(root: str) -> None:
+    """Fails fast (before any training) when the storage cannot be written, naming it."""
+    fs, inner = filesystem(root)
+    probe = f"{inner.rstrip('/')}/.salt-orchestrator-write-check"
+    try:
+        fs.create_dir(inner, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok\n")
+        fs.delete_file(probe)
+    except Exception as error:
+        raise ValueError(f"--storage {root}: cannot write there ({error})") from error
+
+
+def latest_checkpoint(run_dir: str) -> Checkpoint | None:
+    """The newest `checkpoint_*` folder of a Ray Train run folder (names are timestamps)."""
+    fs, inner = filesystem(run_dir)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    except OSError:
+        return None
+    names = sorted(
+        i.base_name
+        for i in infos
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+    )
+    return Checkpoint(f"{inner.rstrip('/')}/{names[-1]}", filesystem=fs) if names else None
+
+
+def checkpoint_at(root: str, path: str) -> Checkpoint | None:
+    """A checkpoint Ray reported by its path inside `root`'s filesystem, if it is still there."""
+    fs, _ = filesystem(root)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return None
+    return Checkpoint(path, filesystem=fs)

@@ -1,0 +1,139 @@
+"""cluster.yaml against Ray's own launcher schema and the invariants the cluster path needs; the
+fold-resource sizing against the node types it declares (no Ray started)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from orchestrator.capacity import Capacity, NodeType, types_from_launcher_config
+from orchestrator.runtime import fold_resources
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster.yaml"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict:
+    return yaml.safe_load(CLUSTER.read_text())
+
+
+def test_ray_accepts_the_cluster_config(cluster):
+    validate_config(prepare_config(copy.deepcopy(cluster)))
+
+
+def test_gpu_workers_spot_with_on_demand_fallback_and_profiles(cluster):
+    types = cluster["available_node_types"]
+    gpu = {n: t for n, t in types.items() if t.get("resources", {}).get("GPU", 0) >= 1}
+    spot = [
+        n
+        for n, t in gpu.items()
+        if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+    ]
+    on_demand = [n for n, t in gpu.items() if "InstanceMarketOptions" not in t["node_config"]]
+    assert spot and on_demand, "a spot GPU type and an on-demand GPU type of the same shape"
+    assert {str(types[n]["resources"]) for n in gpu} == {str(types[spot[0]]["resources"])}
+    for name, t in gpu.items():
+        assert t["min_workers"] == 0 and "IamInstanceProfile" in t["node_config"], name
+    assert cluster["idle_timeout_minutes"] > 0
+
+
+def test_head_offers_no_cpus_for_folds_and_holds_the_trial_drivers(cluster):
+    head = cluster["available_node_types"][cluster["head_node_type"]]
+    assert head["resources"]["CPU"] == 0 and head["resources"]["tune_driver"] >= 1
+    assert "GPU" not in head["resources"]
+
+
+def test_token_auth_everywhere_and_ssh_only_ingress(cluster):
+    starts = cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]
+    for cmd in (c for c in starts if "ray start" in c):
+        assert "RAY_AUTH_MODE=token" in cmd
+    assert "--dashboard-host=0.0.0.0" not in " ".join(starts)
+    assert "~/.ray/auth_token" in cluster["file_mounts"]
+    rules = cluster["provider"]["security_group"]["IpPermissions"]
+    assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]
+    text = CLUSTER.read_text()
+    assert "ray get-auth-token --generate" in text and "ray dashboard cluster.yaml" in text
+    assert "--start --" not in text  # not valid `ray submit` usage
+
+
+def test_image_python_and_pins_agree(cluster):
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pins = dict(
+        line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line
+    )
+    image = cluster["docker"]["image"]
+    match = re.fullmatch(r"rayproject/ray:(?P<ray>[\d.]+)-py(?P<py>\d)(?P<minor>\d+)-gpu", image)
+    assert match, image
+    assert match["ray"] == pins["ray"]
+    assert project["project"]["requires-python"] == ">=3.11"
+    assert (int(match["py"]), int(match["minor"])) >= (3, 11)
+    assert project["tool"]["ruff"]["target-version"] == "py311"
+
+
+def test_setup_installs_with_the_readmes_command(cluster):
+    readme = (REPO / "README.md").read_text()
+    install = "python3 -m pip install -c constraints.txt -e ."
+    assert install in readme
+    assert cluster["setup_commands"] == [f"cd ~/salt-orchestrator && {install}"]
+    assert "--storage s3://" in readme and "ray down" in readme
+
+
+def test_fold_resources_come_from_the_possible_gpu_nodes(cluster):
+    capacity = Capacity(tuple(types_from_launcher_config(CLUSTER)), "cluster.yaml")
+    assert capacity.max_total("GPU") == 20 and capacity.max_per_node("CPU") == 4
+    r = fold_resources(5, None, None, capacity=capacity)  # no GPU node is up, and folds still ask for GPUs
+    assert (r.gpus, r.cpus) == (1.0, 4.0)
+    half = fold_resources(5, None, 0.5, capacity=capacity)
+    assert (half.gpus, half.cpus) == (0.5, 2.0)
+
+
+def test_impossible_requests_fail_before_anything_starts():
+    gpus = Capacity(
+        (NodeType("head", {"CPU": 0.0, "tune_driver": 8.0}, 1), NodeType("gpu", {"CPU": 4.0, "GPU": 1.0}, 2)),
+        "test",
+    )
+    with pytest.raises(ValueError, match="5 folds x 1 GPUs need 5 GPUs .* largest possible cluster has 2"):
+        fold_resources(5, None, 1, capacity=gpus)
+    with pytest.raises(ValueError, match="no node has that many GPUs"):
+        fold_resources(1, None, 2, capacity=gpus)
+    with pytest.raises(ValueError, match="no node has that many CPUs"):
+        fold_resources(2, 8, 1, capacity=gpus)
+    cpus = Capacity((NodeType("laptop", {"CPU": 2.0}, 1),), "test")
+    with pytest.raises(ValueError, match="can have no GPUs"):
+        fold_resources(2, None, 1, capacity=cpus)
+    with pytest.raises(ValueError, match="3 folds x 1 CPUs need 3 CPUs"):
+        fold_resources(3, 1, 0, capacity=cpus)
+    assert fold_resources(3, None, None, capacity=cpus).cpus == pytest.approx(0.6)
+
+
+def test_grafana_dashboard_plots_the_fold_gauge_by_trial_and_fold():
+    dashboard = json.loads((REPO / "dashboards" / "salt_folds.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert all("ray_fold_val_map" in e for e in exprs)
+    assert "{{trial}} fold {{fold}}" in [t["legendFormat"] for p in dashboard["panels"] for t in p["targets"]]
+    assert "dashboards/salt_folds.json" in (REPO / "README.md").read_text()
+
+
+def test_fold_resources_from_flags_else_the_config_cluster_section():
+    from argparse import Namespace
+
+    from orchestrator.runtime import requested
+    from salt_model.config import load_config
+
+    config = load_config(None, ["cluster.gpus_per_fold=0.5", "cluster.cpus_per_fold=2"])
+    assert requested(Namespace(gpus_per_fold=None, cpus_per_fold=None), config.cluster) == (0.5, 2.0)
+    assert requested(Namespace(gpus_per_fold=1.0, cpus_per_fold=None), config.cluster) == (1.0, 2.0)
+    assert requested(Namespace(gpus_per_fold=None, cpus_per_fold=None), load_config(None).cluster) == (
+        None,
+        None,
+    )
+    with pytest.raises(ValueError, match=r"cluster.gpus_per_fold=1.5 is out of range"):
+        load_config(None, ["cluster.gpus_per_fold=1.5"])
