@@ -28,7 +28,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, resources:
     if address:
         context = ray.init(address=address, log_to_driver=True)
     else:
-        context = ray.init(num_cpus=num_cpus, resources=resources, include_dashboard=True, log_to_driver=True)
+        context = ray.init(
+            num_cpus=num_cpus,
+            resources=resources,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",  # a local Ray's dashboard is not reachable from the network
+            log_to_driver=True,
+        )
     console.capture_ray_logs()  # worker lines -> the run folder's logs, our own -> the console
     url = getattr(context, "dashboard_url", None)
     if url:

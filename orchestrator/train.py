@@ -12,6 +12,7 @@ submission.csv. Running the same command again resumes an interrupted run from i
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import ray
 
 from orchestrator import console
+from orchestrator.faults import check_cluster_holds
 from orchestrator.kfold import KFoldResult, run_kfold, write_cv
 from orchestrator.predict import choose_oof_thresholds, predict_submission
 from orchestrator.report import build as build_report
@@ -27,7 +29,9 @@ from orchestrator.runtime import fold_resources, init_ray
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data import SaltData, has_test, load_split, resolve_data
-from salt_model.folds import load_folds, make_folds, save_folds
+from salt_model.data_checks import check_data_folder
+from salt_model.folds import check_folds_trainable, load_folds, make_folds, save_folds
+from salt_model.io import check_writable
 from salt_model.postprocess import Thresholds, binarize
 from salt_model.visualize import oof_gallery
 
@@ -57,10 +61,15 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def fixed_size(args) -> bool:
+    """A local Ray started by this command cannot grow; a cluster we attach to may autoscale."""
+    return not (args.address or os.environ.get("RAY_ADDRESS"))
+
+
 def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.ndarray]:
     """Loads the train split, writes config.json and folds.csv (or checks the ones already there)."""
     data = load_split(root, "train")
-    out.mkdir(parents=True, exist_ok=True)
+    check_data_folder(root, data)  # bad input is refused before anything is written
     folds_path = out / "folds.csv"
     if folds_path.exists():  # a resumed run keeps its split
         folds = load_folds(folds_path, data.ids)
@@ -71,6 +80,9 @@ def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.nda
             )
     else:
         folds = make_folds(data.masks, config.data.folds, config.data.fold_seed)
+    check_folds_trainable(folds, config.data.folds, config.train.batch_size)
+    check_writable(out)
+    if not folds_path.exists():
         save_folds(folds_path, data.ids, folds)
     config.save(out / "config.json")
     return data, folds
@@ -135,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     console.setup(out, args.verbose, config.train.epochs, config.data.folds)
     init_ray(args.address)
     resources = fold_resources(config.data.folds, args.cpus_per_fold, args.gpus_per_fold)
+    check_cluster_holds(config.data.folds, resources.as_dict(), ray.cluster_resources(), fixed_size(args))
     print(
         f"{config.data.folds} fold workers x {resources.as_dict()} on a cluster with {ray.cluster_resources()}"
     )

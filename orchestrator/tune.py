@@ -27,18 +27,26 @@ import numpy as np
 import optuna
 import pandas as pd
 import ray
-from optuna.storages import RDBStorage
 from ray import tune
 from ray.train import Checkpoint
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator import console
-from orchestrator.kfold import FailureNotice, collect_folds, make_trainer
+from orchestrator.faults import RunFailed, check_cluster_holds
+from orchestrator.kfold import FailureNotice, FatalReason, collect_folds, fatal_reason, make_trainer
 from orchestrator.runtime import FoldResources, fold_resources, init_ray
-from orchestrator.search import METRIC, PruningOptunaSearch, define_space, trial_config
+from orchestrator.search import (
+    METRIC,
+    PruningOptunaSearch,
+    StudyStopper,
+    close_stale,
+    define_space,
+    trial_config,
+    trial_run_name,
+)
 from orchestrator.tensorboard import FoldCurves
-from orchestrator.train import add_cluster_args, finalize, prepare_run
+from orchestrator.train import add_cluster_args, finalize, fixed_size, prepare_run
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config, load_config
 from salt_model.data import resolve_data
@@ -49,23 +57,58 @@ STUDY_NAME = "salt-orchestrator"
 INTERNAL = ["params", "checkpoint_path"]  # trial-table columns kept out of trials.csv
 
 
+class TrialReport(TuneReportCallback):
+    """Forwards rank 0's epoch reports to Tune, except a deterministic failure's (FatalReason keeps it)."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if "fatal_error" not in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def failure_file(out: Path, number: int) -> Path:
+    """Where the k-fold run of Optuna trial `number` records a deterministic failure."""
+    return out / "failures" / f"{trial_run_name(number)}.json"
+
+
+def trial_failure_reason(out: Path, number: int) -> str | None:
+    return fatal_reason(failure_file(out, number))
+
+
 def kfold_trial(
-    params: dict, base: dict, data_refs: list, folds: list, resources: dict, storage: str, max_failures: int
+    params: dict,
+    base: dict,
+    data_refs: list,
+    folds: list,
+    resources: dict,
+    storage: str,
+    max_failures: int,
+    out: str,
 ) -> None:
-    """One Tune trial: a k-fold Ray Train run whose rank-0 reports (fold means) go to Tune."""
+    """One Tune trial: a k-fold Ray Train run whose rank-0 reports (fold means) go to Tune.
+
+    The run is named after the Optuna trial number, so a trial resumed or adopted after a driver kill
+    continues the same k-fold checkpoints. A deterministic failure (faults.RunFailed) is raised at
+    once, and again at once if --resume restarts the trial: it is never retrained.
+    """
+    number = params["study_trial"]
+    failed = failure_file(Path(out), number)
+    if fatal_reason(failed) is not None:
+        raise RunFailed(f"trial {number} failed before: {fatal_reason(failed)}")
     config = trial_config(Config.from_dict(base, source="base config"), params)
-    trial_id = tune.get_context().get_trial_id()
+    run_name = trial_run_name(number)
     trainer = make_trainer(
         config,
         data_refs[0],
         np.asarray(folds),
         FoldResources(**resources),
         storage,
-        run_name=f"trial-{trial_id}",
+        run_name=run_name,
         max_failures=max_failures,
-        callbacks=[TuneReportCallback(), FailureNotice()],
+        callbacks=[TrialReport(), FailureNotice(), FatalReason(str(failed))],
     )
     result = trainer.fit()
+    if fatal_reason(failed) is not None:
+        raise RunFailed(f"trial {number} stopped without retrying: {fatal_reason(failed)}")
     if result.error is not None:
         raise result.error
 
@@ -162,15 +205,15 @@ def study_url(out: Path) -> str:
 
 
 def make_searcher(config: Config, out: Path) -> PruningOptunaSearch:
-    storage = RDBStorage(study_url(out))
     return PruningOptunaSearch(
         functools.partial(define_space, search=config.search, epochs=config.train.epochs),
         metric=METRIC,
         mode="max",
-        storage=storage,
+        storage=study_url(out),
         study_name=STUDY_NAME,
         seed=config.search.seed,
         epochs=config.train.epochs,
+        failure_reason=functools.partial(trial_failure_reason, out.resolve()),
     )
 
 
@@ -190,19 +233,22 @@ def make_scheduler(config: Config) -> ASHAScheduler | None:
 def trial_table(results: tune.ResultGrid, out: Path) -> pd.DataFrame:
     """trials.csv: one row per trial with its params, Optuna state, best fold-mean metric and epochs."""
     study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
-    states = {t.user_attrs.get("tune_trial_id"): t.state.name for t in study.trials}
+    by_number = {t.number: t for t in study.trials}
     rows = []
     for result in results:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
         history = result.metrics_dataframe
         best = float(history[METRIC].max()) if history is not None and METRIC in history else float("nan")
+        study_trial = by_number.get(result.config.get("study_trial"))
+        error = str(result.error).strip().splitlines()[-1] if result.error else ""
         rows.append(
             {
                 "trial_id": trial_id,
-                "state": states.get(trial_id, "FAIL" if result.error else "RUNNING"),
+                "state": study_trial.state.name if study_trial else ("FAIL" if result.error else "RUNNING"),
                 METRIC: best,
                 "epochs_run": int(metrics.get("epoch", 0)),
+                "fail_reason": (study_trial.user_attrs.get("fail_reason") if study_trial else None) or error,
                 **{f"param_{k}": v for k, v in sorted(result.config.items())},
                 "params": dict(result.config),
                 "checkpoint_path": metrics.get("checkpoint_path"),
@@ -271,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     resources = fold_resources(
         config.data.folds, args.cpus_per_fold, args.gpus_per_fold, concurrent_runs=waves
     )
+    check_cluster_holds(config.data.folds, resources.as_dict(), ray.cluster_resources(), fixed_size(args))
     print(
         f"data {root}: {len(data)} tiles | {config.search.trials} trials x {config.data.folds} folds x "
         f"{config.train.epochs} epochs | {waves} trial(s) at once, fold workers {resources.as_dict()}"
@@ -285,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             resources=resources.__dict__,
             storage=str((out / "trials").resolve()),
             max_failures=args.max_failures,
+            out=str(out.resolve()),
         ),
         trial_resources(),
     )
@@ -307,11 +355,16 @@ def main(argv: list[str] | None = None) -> int:
                 name="search",
                 storage_path=str((out / "tune").resolve()),
                 verbose=0,
+                stop=StudyStopper(study_url(out), STUDY_NAME),
                 callbacks=[ProgressTable(config.train.epochs, config.data.folds, out)],
             ),
         )
     results = tuner.fit()
     console.end_live_view()  # every trial's result came through ProgressTable
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
+    stale = close_stale(study, {r.config.get("study_trial") for r in results})
+    if stale:
+        print(f"note: study trial(s) {stale} were left RUNNING by an interrupted search; recorded as FAIL")
     table = trial_table(results, out)
     finished = table.dropna(subset=[METRIC])
     if finished.empty:
@@ -345,7 +398,7 @@ def best_checkpoint_path(best: pd.Series, out: Path) -> str:
     path = best.get("checkpoint_path")
     if isinstance(path, str) and Path(path).exists():
         return path
-    run = out / "trials" / f"trial-{best['trial_id']}"
+    run = out / "trials" / trial_run_name(best["params"]["study_trial"])
     candidates = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())  # names are timestamps
     if not candidates:
         raise RuntimeError(f"best trial {best['trial_id']} has no checkpoint under {out / 'trials'}")

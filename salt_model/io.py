@@ -1,8 +1,9 @@
-"""Atomic file writes: a failed run never leaves a half-written output behind."""
+"""Atomic file writes: a failed run never leaves a half-written output behind, and says which file."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -10,15 +11,44 @@ from pathlib import Path
 import numpy as np
 
 
+class OutputError(OSError):
+    """An output could not be written (folder not writable, disk full); the message names the file."""
+
+
+def check_writable(folder: Path) -> None:
+    """Creates `folder` if needed and proves a file can be written there, before any long work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputError(f"output folder {folder}: not writable ({err.strerror or err})") from None
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Calls write(tmp) on a temporary file beside `path`, then renames it over `path`."""
+    """Calls write(tmp) on a temporary file beside `path`, then renames it over `path`.
+
+    Any OSError (disk full, not writable) becomes an OutputError naming `path`; the temporary file
+    is removed, so `path` is either its old complete content or the new complete content.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OutputError(f"could not write {path}: {err.strerror or err}") from None
     os.close(fd)
     try:
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as err:  # disk full, quota, I/O error: say which file, leave nothing behind
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(
+            f"could not write {path}: {err.strerror or err}; nothing was written "
+            f"(free space on that disk: {_free(path.parent)})"
+        ) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -36,3 +66,10 @@ def atomic_savez(path: Path, **arrays) -> None:
             np.savez(f, **arrays)
 
     atomic_write(path, write)
+
+
+def _free(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB"
+    except OSError:
+        return "unknown"
