@@ -25,7 +25,7 @@ from salt_model.augment import SaltDataset, train_transform
 from salt_model.config import Config
 from salt_model.data import SaltData
 from salt_model.folds import make_folds
-from salt_model.io import atomic_write
+from salt_model.io import atomic_torch_save
 from salt_model.losses import compute_loss, loss_name
 from salt_model.metric import image_scores, iou
 from salt_model.model import build_model
@@ -247,7 +247,7 @@ def _save(directory: Path, fold, model, optimizer, scaler, state, config) -> Pat
         "best_empty": None if state["best_empty"] is None else torch.from_numpy(state["best_empty"]),
     }
     path = Path(directory) / checkpoint_name(fold)
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_torch_save(path, payload)
     return path
 
 

@@ -43,15 +43,28 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(Path(tmp))
         os.replace(tmp, path)
-    except OSError as err:  # disk full, quota, I/O error: say which file, leave nothing behind
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        os_error = _os_error(err)
+        if os_error is None:
+            raise
+        # disk full, quota, I/O error: say which file; nothing half-written is left behind
         raise OutputError(
-            f"could not write {path}: {err.strerror or err}; nothing was written "
-            f"(free space on that disk: {_free(path.parent)})"
+            f"could not write {path}: {os_error.strerror or os_error}; nothing was written "
+            f"(free space there: {_free(path.parent)})"
         ) from err
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def atomic_torch_save(path: Path, payload) -> None:
+    """torch.save through a file object, so a full disk surfaces as an OSError (torch's own file
+    writer reports it as a bare RuntimeError), hence as an OutputError naming `path`."""
+    import torch
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+
+    atomic_write(path, write)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -66,6 +79,16 @@ def atomic_savez(path: Path, **arrays) -> None:
             np.savez(f, **arrays)
 
     atomic_write(path, write)
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind `err` (itself, or what it was raised from or during), if any."""
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, OSError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
 
 def _free(folder: Path) -> str:
