@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -94,8 +95,15 @@ def kfold_trial(
     failed = failure_file(Path(out), number)
     if fatal_reason(failed) is not None:
         raise RunFailed(f"trial {number} failed before: {fatal_reason(failed)}")
-    config = trial_config(Config.from_dict(base, source="base config"), params)
+    try:
+        config = trial_config(Config.from_dict(base, source="base config"), params)
+    except ValueError as err:  # a sampled value the config refuses: deterministic, recorded
+        atomic_write_text(failed, json.dumps({"fatal_error": f"config: {err}"}) + "\n")
+        raise RunFailed(f"trial {number}: config: {err}") from None
     run_name = trial_run_name(number)
+    # test hook (tests/test_faults_driver.py): a real fault inside one trial's fold worker
+    fault = json.loads(os.environ.get("SALT_INJECT_FAULT", "null"))
+    fault = fault if fault and fault.get("study_trial") == number else None
     trainer = make_trainer(
         config,
         data_refs[0],
@@ -105,6 +113,7 @@ def kfold_trial(
         run_name=run_name,
         max_failures=max_failures,
         callbacks=[TrialReport(), FailureNotice(), FatalReason(str(failed))],
+        inject_failure=fault,
     )
     result = trainer.fit()
     if fatal_reason(failed) is not None:
@@ -366,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print(f"note: study trial(s) {stale} were left RUNNING by an interrupted search; recorded as FAIL")
     table = trial_table(results, out)
-    finished = table.dropna(subset=[METRIC])
+    finished = table[table["state"] != "FAIL"].dropna(subset=[METRIC])  # a failed trial is no ensemble
     if finished.empty:
         raise RuntimeError(f"no trial reported a result; see the trial logs under {out / 'tune'}")
     best = finished.iloc[0]

@@ -195,3 +195,17 @@ def test_config_checks_switch_epoch_against_the_budget():
         ValueError, match=r"train.loss_switch_epoch=4 is out of range; expected in \[0, train.epochs=3\]"
     ):
         load_config(None, ["train.epochs=3", "train.loss_switch_epoch=4"])
+
+
+def test_more_folds_than_a_fixed_cluster_holds_is_an_error_naming_the_numbers():
+    from orchestrator.faults import check_cluster_holds
+
+    total = {"CPU": 4.0, "GPU": 2.0}
+    check_cluster_holds(4, {"CPU": 1.0}, total, fixed=True)
+    with pytest.raises(ValueError, match=r"5 folds x 1 GPU per fold = 5 GPU, but the cluster has 2"):
+        check_cluster_holds(5, {"CPU": 0.5, "GPU": 1.0}, total, fixed=True)
+    with pytest.raises(ValueError, match=r"3 folds x 2 CPU per fold = 6 CPU, but the cluster has 4"):
+        check_cluster_holds(3, {"CPU": 2.0}, total, fixed=True)
+    check_cluster_holds(
+        5, {"GPU": 1.0}, total, fixed=False
+    )  # an autoscaler may add nodes: a warning elsewhere

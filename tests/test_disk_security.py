@@ -46,8 +46,11 @@ def test_a_full_disk_leaves_the_old_file_whole_and_no_temporary_file(tmp_path):
 
 
 def test_an_output_folder_that_is_not_writable_is_refused_up_front(tmp_path):
-    with tmpfs(tmp_path / "ro", readonly=True) as disk, pytest.raises(
-        OutputError, match=rf"output folder {disk / 'run'}: not writable \(Read-only file system\)"
+    with (
+        tmpfs(tmp_path / "ro", readonly=True) as disk,
+        pytest.raises(
+            OutputError, match=rf"output folder {disk / 'run'}: not writable \(Read-only file system\)"
+        ),
     ):
         check_writable(disk / "run")
     (tmp_path / "file").write_text("")

@@ -75,3 +75,26 @@ def test_a_transient_error_is_retried_from_the_checkpoint(ray_cluster, tiny_conf
     lines = progress(out)
     assert [p["epoch"] for p in lines] == [1, 2] and [p["resumed_after"] for p in lines] == [0, 1]
     assert len(result.model_paths) == 3
+
+
+def test_the_local_dashboard_listens_on_localhost_only(ray_cluster):
+    from ray._private.worker import global_worker
+
+    url = global_worker.node.address_info["webui_url"]
+    assert url.startswith("127.0.0.1:"), url
+
+
+def test_a_corrupted_checkpoint_on_resume_stops_the_run_naming_the_file(
+    ray_cluster, tiny_config, tiny_data_root, tmp_path
+):
+    from orchestrator.faults import RunFailed
+
+    out = tmp_path / "run"
+    run(tiny_config.with_overrides({"train.epochs": 1}), tiny_data_root, out, {"fold": -1, "epoch": 0})
+    latest = sorted((out / "ray").glob("*/checkpoint_*"))[-1]
+    (latest / "fold_1.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(
+        RunFailed, match=r"fold 1: ValueError: checkpoint .*fold_1.pt: not a readable fold checkpoint"
+    ):
+        run(tiny_config.with_overrides({"train.epochs": 2}), tiny_data_root, out, {"fold": -1, "epoch": 0}, 3)
+    assert [p["epoch"] for p in progress(out)] == [1]  # nothing trained on a corrupted state
