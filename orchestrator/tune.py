@@ -75,6 +75,19 @@ def trial_failure_reason(out: Path, number: int) -> str | None:
     return fatal_reason(failure_file(out, number))
 
 
+def pruned_epoch(out: Path, number: int) -> int | None:
+    """The epoch at which the study already recorded trial `number` PRUNED, if it did.
+
+    The study lives in OUT/optuna.db beside the trial drivers (they run on the head node)."""
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
+    if number >= len(study.trials):
+        return None
+    frozen = study.trials[number]
+    if frozen.state != optuna.trial.TrialState.PRUNED or not frozen.intermediate_values:
+        return None
+    return max(frozen.intermediate_values)
+
+
 def kfold_trial(
     params: dict,
     base: dict,
@@ -100,6 +113,9 @@ def kfold_trial(
     except ValueError as err:  # a sampled value the config refuses: deterministic, recorded
         atomic_write_text(failed, json.dumps({"fatal_error": f"config: {err}"}) + "\n")
         raise RunFailed(f"trial {number}: config: {err}") from None
+    pruned_at = pruned_epoch(Path(out), number)
+    if pruned_at is not None:  # resumed after a kill, but ASHA had already stopped it: train no further
+        config = config.with_overrides({"train.epochs": pruned_at})
     run_name = trial_run_name(number)
     # test hook (tests/test_faults_driver.py): a real fault inside one trial's fold worker
     fault = json.loads(os.environ.get("SALT_INJECT_FAULT", "null"))
