@@ -115,7 +115,8 @@ def kfold_trial(
         raise RunFailed(f"trial {number}: config: {err}") from None
     pruned_at = pruned_epoch(Path(out), number)
     if pruned_at is not None:  # resumed after a kill, but ASHA had already stopped it: train no further
-        config = config.with_overrides({"train.epochs": pruned_at})
+        switch = min(config.train.loss_switch_epoch, pruned_at)  # only the epochs are cut
+        config = config.with_overrides({"train.epochs": pruned_at, "train.loss_switch_epoch": switch})
     run_name = trial_run_name(number)
     # test hook (tests/test_faults_driver.py): a real fault inside one trial's fold worker
     fault = json.loads(os.environ.get("SALT_INJECT_FAULT", "null"))
