@@ -10,7 +10,8 @@ forever at the barrier.
 
 `inject` is the test hook behind tests/test_faults*.py: it makes a real fault happen inside a fold
 worker (SIGKILL of the worker process in the middle of an epoch's batches, a NaN in the weights, an
-exception at an epoch's end), once, guarded by a marker file.
+exception at an epoch's end), once, guarded by a marker file. run_kfold takes it as `inject_failure`;
+a search's trial takes it from the environment variable SALT_INJECT_FAULT (JSON, with "study_trial").
 """
 
 from __future__ import annotations
