@@ -91,7 +91,7 @@ def test_a_corrupted_checkpoint_on_resume_stops_the_run_naming_the_file(
 
     out = tmp_path / "run"
     run(tiny_config.with_overrides({"train.epochs": 1}), tiny_data_root, out, {"fold": -1, "epoch": 0})
-    latest = sorted((out / "ray").glob("*/checkpoint_*"))[-1]
+    latest = sorted(p for p in (out / "ray").glob("*/checkpoint_*") if p.is_dir())[-1]
     (latest / "fold_1.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(
         RunFailed, match=r"fold 1: ValueError: checkpoint .*fold_1.pt: not a readable fold checkpoint"
