@@ -127,10 +127,14 @@ def test_the_tune_driver_killed_while_trials_run_resumes_every_trial_once(tiny_d
     assert not [t.number for t in study.trials if t.state.name in ("RUNNING", "FAIL")]
 
     redone = {}
+    tune_ids = {
+        t.number: t.user_attrs["tune_trial_id"] for t in study.trials
+    }  # the Tune trial that ran it last
+    lines = records(out / "progress.jsonl")  # the search's live view: one line per trial epoch
     for number, state in before.items():
-        lines = records(out / "progress" / f"trial-{number}.jsonl")
-        old = [p for p in lines if p["time"] < killed_at]
-        new = [p for p in lines if p["time"] >= killed_at and not p.get("rereport")]
+        mine = [p for p in lines if p.get("trial_id") == tune_ids[number]]
+        old = [p for p in mine if p["time"] < killed_at]
+        new = [p for p in mine if p["time"] >= killed_at and not p.get("rereport")]
         trained = [p["epoch"] for p in old + new if not p.get("rereport")]
         assert len(trained) == len(set(trained)), f"trial {number} trained an epoch twice: {trained}"
         if state != "RUNNING":  # finished before the kill: not rerun
@@ -184,7 +188,8 @@ def test_a_trial_with_a_nan_loss_fails_at_once_with_its_reason_and_the_search_go
         1: pytest.approx(failed.intermediate_values[1])
     }  # epoch 2 never reported
     # not retried: a retry would find the fault spent (marker) and finish the trial's 3 epochs
-    assert [p["epoch"] for p in records(out / "progress" / "trial-0.jsonl")] == [1]
+    tune_id = failed.user_attrs["tune_trial_id"]
+    assert [p["epoch"] for p in records(out / "progress.jsonl") if p.get("trial_id") == tune_id] == [1]
     assert [t.state.name for t in study.trials[1:]] != [] and all(
         t.state.name in ("COMPLETE", "PRUNED") for t in study.trials[1:]
     )
