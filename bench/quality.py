@@ -27,7 +27,7 @@ import os
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         submission = write_submission(Path(args.submission), members, config, root, chosen.thresholds, device)
 
     summary = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command,
         "data": str(root),
         "device": device_name(device),

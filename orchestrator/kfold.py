@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -35,6 +34,7 @@ from ray.train import (
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator import console
+from orchestrator.faults import DETERMINISTIC, RunFailed, inject
 from orchestrator.runtime import FoldResources, worker_device
 from orchestrator.storage import ray_storage
 from orchestrator.tensorboard import FoldCurves
@@ -43,6 +43,7 @@ from salt_model.cv import cross_validate
 from salt_model.data import SaltData
 from salt_model.engine import checkpoint_name, load_checkpoint, members_name, strip_resume_state, train_fold
 from salt_model.ensemble import member_from_payload
+from salt_model.folds import check_folds_trainable
 from salt_model.io import atomic_savez, atomic_write_text
 from salt_model.predict import save_fold_model
 from salt_model.threads import set_cpu_threads
@@ -58,6 +59,11 @@ def merge_fold_metrics(per_fold: list[dict]) -> dict:
         "loss": per_fold[0]["loss"],
         "epoch_s": max(m["epoch_s"] for m in per_fold),
     }
+    if "resumed_after" in per_fold[0]:  # the epoch each fold's current attempt started after
+        merged["resumed_after"] = min(m["resumed_after"] for m in per_fold)
+        merged.update({f"resumed_after_fold{m['fold']}": m["resumed_after"] for m in per_fold})
+    if any(m.get("rereport") for m in per_fold):
+        merged["rereport"] = True  # a finished run's last epoch reported again, not trained again
     for key in FOLD_KEYS + ("val_empty_acc",):
         if key in per_fold[0]:
             values = [m[key] for m in per_fold]
@@ -68,24 +74,31 @@ def merge_fold_metrics(per_fold: list[dict]) -> dict:
 
 
 def fold_worker(loop_config: dict) -> None:
-    """The per-worker training function: rank r trains fold r and reports every epoch."""
+    """The per-worker training function: rank r trains fold r and reports every epoch.
+
+    A deterministic error in one fold (faults.DETERMINISTIC) is not raised to Ray, which would retry
+    it: the fold joins the next epoch barrier with its reason, every fold reports it once and
+    returns, and the driver raises faults.RunFailed (see `FatalReason`).
+    """
     context = ray.train.get_context()
     fold, k = context.get_world_rank(), context.get_world_size()
     config = Config.from_dict(loop_config["config"], source="train_loop_config")
     set_cpu_threads(loop_config["threads"])  # torch and OpenCV, sized to this worker's Ray CPU share
     data: SaltData = ray.get(loop_config["data_ref"])  # one copy per node, from the object store
     folds = np.asarray(loop_config["folds"])
-    failure = loop_config.get("inject_failure")
 
-    resume = None
+    resume, resume_error = None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             path = Path(directory) / checkpoint_name(fold)
-            if path.exists():
-                resume = load_checkpoint(path)
+            try:
+                resume = load_checkpoint(path) if path.exists() else None
+            except ValueError as err:  # corrupted or foreign: the same on every retry
+                resume_error = err
+    resumed_after = int(resume["epoch"]) if resume is not None else 0
     if resume is not None:
-        console.worker_say(f"fold {fold}: worker restarted, resuming after epoch {resume['epoch']}")
+        console.worker_say(f"fold {fold}: worker restarted, resuming after epoch {resumed_after}")
 
     gauge = ray.util.metrics.Gauge(  # on this node's Prometheus endpoint as ray_fold_val_map
         "fold_val_map", "held-out competition metric of a fold", tag_keys=("run", "trial", "fold")
@@ -98,25 +111,25 @@ def fold_worker(loop_config: dict) -> None:
     node = ray.get_runtime_context().get_node_id()
 
     reports = 0
+    fault = inject(loop_config.get("inject_failure"), fold, lambda: resumed_after + reports)
+
+    def gather(payload: dict) -> list[dict]:
+        gathered: list[dict] = [None] * k  # type: ignore[list-item]
+        dist.all_gather_object(gathered, payload)
+        fatal = [m["fatal_error"] for m in gathered if "fatal_error" in m]
+        if fatal:  # every fold reports the reason once (report is a barrier) and stops
+            ray.train.report({"fatal_error": "; ".join(fatal), "epoch": resumed_after + reports})
+            raise _Stop
+        return gathered
 
     def report(metrics: dict, save) -> None:
         nonlocal reports
-        reports += 1
         epoch = metrics["epoch"]
-        if (
-            failure
-            and failure["fold"] == fold
-            and failure["epoch"] == epoch
-            and not os.path.exists(failure["marker"])
-        ):
-            Path(failure["marker"]).write_text(f"fold {fold} failed on purpose at epoch {epoch}\n")
-            if failure.get("kill"):
-                os._exit(1)
-            raise RuntimeError(f"injected failure in fold {fold} at epoch {epoch}")
+        fault(epoch)
+        reports += 1
         gauge.set(metrics["val_map"], tags=tags)
-        gathered: list[dict] = [None] * k  # type: ignore[list-item]
-        dist.all_gather_object(gathered, {**metrics, "node": node})
-        merged = merge_fold_metrics(gathered)
+        # the run's own record of resumes: the epoch each fold's current attempt started after
+        merged = merge_fold_metrics(gather({**metrics, "node": node, "resumed_after": resumed_after}))
         if save is not None and (epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs):
             with tempfile.TemporaryDirectory() as directory:
                 save(Path(directory))
@@ -124,21 +137,59 @@ def fold_worker(loop_config: dict) -> None:
         else:
             ray.train.report(merged)
 
-    result = train_fold(
-        config,
-        data,
-        fold,
-        report=report,
-        folds=folds,
-        resume=resume,
-        device=worker_device(),
-        threads=loop_config["threads"],  # the worker's Ray share wins over config.train.threads
-    )
-    if reports == 0:
-        # The run was already complete in the checkpoint it resumed from (the driver died after the
-        # last epoch). Every fold is in the same state, so every fold reports its last epoch again,
-        # once, so that a Tune trial still ends with its metric.
-        report(result.history[-1], None)
+    try:
+        if resume_error is not None:
+            raise resume_error
+        result = train_fold(
+            config,
+            data,
+            fold,
+            report=report,
+            folds=folds,
+            resume=resume,
+            device=worker_device(),
+            threads=loop_config["threads"],  # the worker's Ray share wins over config.train.threads
+        )
+        if reports == 0:
+            # The run was already complete in the checkpoint it resumed from (the driver died after the
+            # last epoch). Every fold is in the same state, so every fold reports its last epoch again,
+            # once, so that a Tune trial still ends with its metric.
+            report({**result.history[-1], "rereport": True}, None)
+    except _Stop:
+        return
+    except DETERMINISTIC as err:
+        reason = f"fold {fold}: {type(err).__name__}: {err}"
+        print(f"{reason} (deterministic: not retried)", flush=True)
+        try:
+            gather({"fatal_error": reason})
+        except _Stop:
+            return
+
+
+class _Stop(Exception):
+    """Unwinds a fold's training loop once any fold has reported a deterministic error."""
+
+
+class FatalReason(UserCallback):
+    """Keeps a deterministic failure's reason: `path` (a JSON file in the run folder) gets it.
+
+    Train's Result holds only checkpointed reports, so the reason travels through this file; the
+    driver raises RunFailed from it after fit(), and a Tune trial's searcher records it.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if "fatal_error" in metrics[0]:
+            atomic_write_text(Path(self.path), json.dumps(metrics[0]) + "\n")
+
+
+def fatal_reason(path: Path) -> str | None:
+    """The reason recorded by FatalReason in `path`, if any."""
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())["fatal_error"]
 
 
 class FailureNotice(UserCallback):
@@ -158,6 +209,9 @@ class ProgressFile(FailureNotice):
         self.curves = None
 
     def after_report(self, run_context, metrics, checkpoint):
+        if "fatal_error" in metrics[0]:
+            return  # FatalReason keeps it
+        Path(self.out).mkdir(parents=True, exist_ok=True)
         with open(Path(self.out) / "progress.jsonl", "a") as f:
             f.write(json.dumps({"time": time.time(), **metrics[0]}) + "\n")
         if self.curves is None:
@@ -304,7 +358,10 @@ def run_kfold(
     `storage` is where Ray keeps checkpoints (default OUT/ray); on a multi-node cluster it must be
     reachable from every node (s3://bucket/path or a shared mount).
     """
+    check_folds_trainable(folds, config.data.folds, config.train.batch_size)
     out.mkdir(parents=True, exist_ok=True)
+    failure_file = out / "failure.json"
+    failure_file.unlink(missing_ok=True)  # a new attempt (e.g. after fixing the config)
     data_ref = ray.put(data)
     storage = storage or str(out.resolve() / "ray")
     run_name = run_name or run_name_for(out)
@@ -316,10 +373,16 @@ def run_kfold(
         storage,
         run_name,
         max_failures,
-        callbacks=[ProgressFile(str(out.resolve()), config.data.folds)],
+        callbacks=[
+            ProgressFile(str(out.resolve()), config.data.folds),
+            FatalReason(str(failure_file.resolve())),
+        ],
         inject_failure=inject_failure,
     )
     result = trainer.fit()
+    reason = fatal_reason(failure_file)
+    if reason is not None:
+        raise RunFailed(f"the run stopped without retrying: {reason}")
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:

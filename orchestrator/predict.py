@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if (run / "config.json").exists()
         else Config()
     )
+    load_models(run)  # a corrupted or foreign model file is refused before Ray starts
     root = resolve_data(args.data, config.data)
     thresholds = thresholds_for_run(run, root)
     test = load_split(root, "test")

@@ -109,6 +109,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, resources:
             resources=resources,
             include_dashboard=True,
             runtime_env=runtime_env,
+            dashboard_host="127.0.0.1",  # a local Ray's dashboard is not reachable from the network
             log_to_driver=True,
         )
     console.capture_ray_logs()  # worker lines -> the run folder's logs, our own -> the console

@@ -5,18 +5,29 @@ draws only its own parameters, so TPE models them conditionally. The BCE -> Lova
 bounded by the epoch budget.
 
 Ray's OptunaSearch records a trial that ASHA stopped early as COMPLETE with its early value, which
-tells TPE that a half-trained run is a finished one. `PruningOptunaSearch` records it as PRUNED,
-reports intermediate values on our own `epoch` (Tune's training_iteration restarts after a restore),
-and tags each Optuna trial with its Tune trial id.
+tells TPE that a half-trained run is a finished one, and keeps its state in private attributes that a
+Ray upgrade may rename. `PruningOptunaSearch` is a plain Tune `Searcher` over Optuna's public ask/tell
+API: it records ASHA-stopped trials as PRUNED, reports intermediate values on our own `epoch` (Tune's
+training_iteration restarts after a restore), tags each Optuna trial with its Tune trial id and hands
+each Tune trial its Optuna trial number (`study_trial`, which also names the trial's k-fold run).
+
+After a driver kill the Optuna study (SQLite, written at once) can be ahead of Tune's experiment state
+(saved on a timer): trials asked or finished after Tune's last save. The searcher reconciles instead of
+duplicating: a study trial Tune does not know is ADOPTED by the next trial Tune asks for (same params,
+same k-fold run, so its checkpoints are resumed, not retrained), a trial already finished in the study
+is never told twice (`skip_if_finished`), and `StudyStopper` stops a resumed trial at the epoch the
+study already recorded it at, so Tune and the study agree on where every trial ended.
 """
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
+from ray import tune
+from ray.tune.search import Searcher
 
 from salt_model.config import Config, SearchConfig
 from salt_model.schedules import cycle_end_epochs
@@ -76,31 +87,159 @@ def trial_config(base: Config, params: dict[str, Any]) -> Config:
     return config.with_overrides({"train.snapshots": min(base.train.snapshots, len(ends))})
 
 
-class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch that records trials stopped before the last epoch as PRUNED, not COMPLETE."""
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
-    def __init__(self, *args, epochs: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.epochs = epochs
 
-    def suggest(self, trial_id: str):
-        params = super().suggest(trial_id)
-        if trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
-        return params
+def trial_run_name(number: int) -> str:
+    """The k-fold Ray Train run (and checkpoint folder) of Optuna trial `number`."""
+    return f"trial-{number}"
+
+
+def live_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.Trial:
+    """A reportable Trial for a study trial that is still RUNNING.
+
+    Optuna's public `Trial(study, trial_id)` takes the storage's trial id, which a FrozenTrial keeps in
+    `_trial_id` (Optuna's own code reads it the same way); tests/test_tune.py pins this contract.
+    """
+    return optuna.Trial(study, frozen._trial_id)
+
+
+class PruningOptunaSearch(Searcher):
+    """Define-by-run Optuna search for Tune; ASHA-stopped trials are PRUNED; safe to resume after a kill.
+
+    `failure_reason(number)` returns why a trial failed deterministically (or None); it becomes the
+    FAIL trial's `fail_reason` user attribute.
+    """
+
+    def __init__(
+        self,
+        space,
+        metric: str,
+        mode: str,
+        epochs: int,
+        storage: str | None = None,
+        study_name: str = "tune",
+        seed: int | None = None,
+        failure_reason=None,
+    ):
+        super().__init__(metric=metric, mode=mode)
+        self.space, self.epochs, self.storage, self.study_name = space, epochs, storage, study_name
+        self.sampler = optuna.samplers.TPESampler(seed=seed)  # saved with the searcher (its RNG state)
+        self.failure_reason = failure_reason
+        self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        self._study: optuna.Study | None = None
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = optuna.create_study(
+                storage=self.storage,
+                study_name=self.study_name,
+                sampler=self.sampler,
+                direction="maximize" if self.mode == "max" else "minimize",
+                load_if_exists=True,
+            )
+        return self._study
+
+    def _trial(self, number: int) -> optuna.trial.FrozenTrial:
+        return self.study.trials[number]  # Optuna numbers a study's trials 0, 1, 2, ...
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self.numbers:
+            known = set(self.numbers.values())
+            orphans = [t for t in self.study.trials if t.number not in known]
+            if orphans:  # asked before a driver kill that Tune's saved state does not remember
+                frozen = orphans[0]
+                if frozen.state == TrialState.RUNNING:
+                    live_trial(self.study, frozen).set_user_attr("tune_trial_id", trial_id)
+            else:
+                trial = self.study.ask()
+                self.space(trial)
+                trial.set_user_attr("tune_trial_id", trial_id)
+                frozen = self._trial(trial.number)
+            self.numbers[trial_id] = frozen.number
+        frozen = self._trial(self.numbers[trial_id])
+        return {**frozen.params, "study_trial": frozen.number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or self.metric not in result:
+        number = self.numbers.get(trial_id)
+        if number is None or self.metric not in result or "epoch" not in result:
             return
-        self._ot_trials[trial_id].report(result[self.metric], int(result.get("epoch", 0)))
+        frozen = self._trial(number)
+        if frozen.state == TrialState.RUNNING and int(result["epoch"]) not in frozen.intermediate_values:
+            live_trial(self.study, frozen).report(result[self.metric], int(result["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stopped_early = bool(result) and not error and int(result.get("epoch", 0)) < self.epochs
-        if not stopped_early or trial_id in self._completed_trials:
-            super().on_trial_complete(trial_id, result, error)
+        number = self.numbers.get(trial_id)
+        if number is None or self._trial(number).state in FINISHED:
+            return  # already recorded (the study was ahead of Tune's saved state)
+        if result and not error and self.metric in result:
+            self.on_trial_result(trial_id, result)  # Tune hands the last result here, not to on_trial_result
+            if int(result.get("epoch", 0)) < self.epochs:
+                self.study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)
+            else:
+                self.study.tell(number, result[self.metric], skip_if_finished=True)
             return
-        ot_trial = self._ot_trials[trial_id]
-        if self.metric in result:  # Tune hands the last result to on_trial_complete, not on_trial_result
-            ot_trial.report(result[self.metric], int(result["epoch"]))
-        self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
+        reason = (self.failure_reason(number) if self.failure_reason else None) or "error (see the trial log)"
+        fail(self.study, self._trial(number), reason)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"numbers": self.numbers, "sampler": self.sampler}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.numbers, self.sampler, self._study = state["numbers"], state["sampler"], None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.storage is not None:
+            state["_study"] = None  # reloaded from its storage
+        return state
+
+
+def fail(study: optuna.Study, frozen: optuna.trial.FrozenTrial, reason: str) -> None:
+    """Records a RUNNING study trial as FAIL with its reason (user attribute `fail_reason`)."""
+    live_trial(study, frozen).set_user_attr("fail_reason", reason)
+    study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def close_stale(study: optuna.Study, known: set[int]) -> list[int]:
+    """At the end of a search: study trials still RUNNING that no Tune trial ran become FAIL."""
+    stale = [t for t in study.trials if t.state == TrialState.RUNNING]
+    for frozen in stale:
+        why = "no Tune trial ran it" if frozen.number not in known else "Tune ended without a result"
+        fail(study, frozen, f"left RUNNING by an interrupted search: {why}")
+    return [t.number for t in stale]
+
+
+class StudyStopper(tune.Stopper):
+    """Stops a resumed trial at the epoch where the study already recorded it PRUNED or FAIL.
+
+    After a driver kill, Tune resumes the trials its saved state had RUNNING; the study may already
+    hold the end of some of them (ASHA stopped one after Tune's last save). Without this stop, Tune
+    would train such a trial on, and the study (PRUNED at epoch e) and Tune (ran to the end) disagree.
+    """
+
+    def __init__(self, storage: str, study_name: str):
+        self.storage, self.study_name = storage, study_name
+        self._study: optuna.Study | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_study": None}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        number = (result.get("config") or {}).get("study_trial")
+        if number is None:
+            return False
+        if self._study is None:
+            self._study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        frozen = self._study.trials[number]
+        if frozen.state in (TrialState.PRUNED, TrialState.FAIL):
+            last = max(frozen.intermediate_values, default=0)
+            return int(result.get("epoch", 0)) >= last
+        return False
+
+    def stop_all(self) -> bool:
+        return False

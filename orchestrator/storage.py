@@ -62,7 +62,7 @@ def exists(path: str) -> bool:
     return fs.get_file_info(inner).type != pafs.FileType.NotFound
 
 
-def check_writable(root: str) -> None:
+def check_storage_writable(root: str) -> None:
     """Fails fast (before any training) when the storage cannot be written, naming it."""
     fs, inner = filesystem(root)
     probe = f"{inner.rstrip('/')}/.salt-orchestrator-write-check"

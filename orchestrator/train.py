@@ -27,11 +27,13 @@ from orchestrator.predict import predict_submission
 from orchestrator.report import build as build_report
 from orchestrator.report import save_oof_truth
 from orchestrator.runtime import fold_resources, init_ray, requested
-from orchestrator.storage import check_writable, storage_root
+from orchestrator.storage import check_storage_writable, storage_root
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data import SaltData, has_test, load_split, resolve_data
-from salt_model.folds import load_folds, make_folds, save_folds
+from salt_model.data_checks import check_data_folder
+from salt_model.folds import check_folds_trainable, load_folds, make_folds, save_folds
+from salt_model.io import check_writable
 from salt_model.postprocess import Thresholds, binarize
 from salt_model.visualize import oof_gallery
 
@@ -70,7 +72,7 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
 def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.ndarray]:
     """Loads the train split, writes config.json and folds.csv (or checks the ones already there)."""
     data = load_split(root, "train")
-    out.mkdir(parents=True, exist_ok=True)
+    check_data_folder(root, data)  # bad input is refused before anything is written
     folds_path = out / "folds.csv"
     if folds_path.exists():  # a resumed run keeps its split
         folds = load_folds(folds_path, data.ids)
@@ -81,6 +83,9 @@ def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.nda
             )
     else:
         folds = make_folds(data.masks, config.data.folds, config.data.fold_seed)
+    check_folds_trainable(folds, config.data.folds, config.train.batch_size)
+    check_writable(out)
+    if not folds_path.exists():
         save_folds(folds_path, data.ids, folds)
     config.save(out / "config.json")
     return data, folds
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus, cpus = requested(args, config.cluster)
     resources = fold_resources(config.data.folds, cpus, gpus, capacity=capacity)
     storage = storage_root(args.storage, out / "ray")
-    check_writable(storage)
+    check_storage_writable(storage)
     print(
         f"{config.data.folds} fold workers x {resources.as_dict()} on a cluster with {ray.cluster_resources()} "
         f"(can grow to: {capacity.describe()}); run state in {storage}"

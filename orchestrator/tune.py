@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -28,7 +29,6 @@ import numpy as np
 import optuna
 import pandas as pd
 import ray
-from optuna.storages import RDBStorage
 from ray import tune
 from ray.train import Checkpoint
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -36,11 +36,27 @@ from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator import console
 from orchestrator.capacity import Capacity, cluster_capacity
-from orchestrator.kfold import FailureNotice, collect_folds, make_trainer, prune_run_checkpoints
+from orchestrator.faults import RunFailed
+from orchestrator.kfold import (
+    FailureNotice,
+    FatalReason,
+    collect_folds,
+    fatal_reason,
+    make_trainer,
+    prune_run_checkpoints,
+)
 from orchestrator.runtime import FoldResources, fold_resources, init_ray, requested
-from orchestrator.search import METRIC, PruningOptunaSearch, define_space, trial_config
+from orchestrator.search import (
+    METRIC,
+    PruningOptunaSearch,
+    StudyStopper,
+    close_stale,
+    define_space,
+    trial_config,
+    trial_run_name,
+)
 from orchestrator.storage import (
-    check_writable,
+    check_storage_writable,
     checkpoint_at,
     is_uri,
     join,
@@ -61,24 +77,84 @@ STUDY_NAME = "salt-orchestrator"
 INTERNAL = ["params", "checkpoint_path"]  # trial-table columns kept out of trials.csv
 
 
+class TrialReport(TuneReportCallback):
+    """Forwards rank 0's epoch reports to Tune, except a deterministic failure's (FatalReason keeps it)."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if "fatal_error" not in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def failure_file(out: Path, number: int) -> Path:
+    """Where the k-fold run of Optuna trial `number` records a deterministic failure."""
+    return out / "failures" / f"{trial_run_name(number)}.json"
+
+
+def trial_failure_reason(out: Path, number: int) -> str | None:
+    return fatal_reason(failure_file(out, number))
+
+
+def pruned_epoch(out: Path, number: int) -> int | None:
+    """The epoch at which the study already recorded trial `number` PRUNED, if it did.
+
+    The study lives in OUT/optuna.db beside the trial drivers (they run on the head node)."""
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
+    if number >= len(study.trials):
+        return None
+    frozen = study.trials[number]
+    if frozen.state != optuna.trial.TrialState.PRUNED or not frozen.intermediate_values:
+        return None
+    return max(frozen.intermediate_values)
+
+
 def kfold_trial(
-    params: dict, base: dict, data_refs: list, folds: list, resources: dict, storage: str, max_failures: int
+    params: dict,
+    base: dict,
+    data_refs: list,
+    folds: list,
+    resources: dict,
+    storage: str,
+    max_failures: int,
+    out: str,
 ) -> None:
-    """One Tune trial: a k-fold Ray Train run whose rank-0 reports (fold means) go to Tune."""
-    config = trial_config(Config.from_dict(base, source="base config"), params)
-    trial_id = tune.get_context().get_trial_id()
+    """One Tune trial: a k-fold Ray Train run whose rank-0 reports (fold means) go to Tune.
+
+    The run is named after the Optuna trial number, so a trial resumed or adopted after a driver kill
+    continues the same k-fold checkpoints. A deterministic failure (faults.RunFailed) is raised at
+    once, and again at once if --resume restarts the trial: it is never retrained.
+    """
+    number = params["study_trial"]
+    failed = failure_file(Path(out), number)
+    if fatal_reason(failed) is not None:
+        raise RunFailed(f"trial {number} failed before: {fatal_reason(failed)}")
+    try:
+        config = trial_config(Config.from_dict(base, source="base config"), params)
+    except ValueError as err:  # a sampled value the config refuses: deterministic, recorded
+        atomic_write_text(failed, json.dumps({"fatal_error": f"config: {err}"}) + "\n")
+        raise RunFailed(f"trial {number}: config: {err}") from None
+    pruned_at = pruned_epoch(Path(out), number)
+    if pruned_at is not None:  # resumed after a kill, but ASHA had already stopped it: train no further
+        switch = min(config.train.loss_switch_epoch, pruned_at)  # only the epochs are cut
+        config = config.with_overrides({"train.epochs": pruned_at, "train.loss_switch_epoch": switch})
+    run_name = trial_run_name(number)
+    # test hook (tests/test_faults_driver.py): a real fault inside one trial's fold worker
+    fault = json.loads(os.environ.get("SALT_INJECT_FAULT", "null"))
+    fault = fault if fault and fault.get("study_trial") == number else None
     trainer = make_trainer(
         config,
         data_refs[0],
         np.asarray(folds),
         FoldResources(**resources),
         storage,
-        run_name=f"trial-{trial_id}",
+        run_name=run_name,
         max_failures=max_failures,
-        callbacks=[TuneReportCallback(), FailureNotice()],
-        trial=trial_id,
+        callbacks=[TrialReport(), FailureNotice(), FatalReason(str(failed))],
+        inject_failure=fault,
+        trial=tune.get_context().get_trial_id(),
     )
     result = trainer.fit()
+    if fatal_reason(failed) is not None:
+        raise RunFailed(f"trial {number} stopped without retrying: {fatal_reason(failed)}")
     if result.error is not None:
         raise result.error
 
@@ -155,7 +231,7 @@ class CheckpointPruner(tune.Callback):
         self.root, self.k = trials_root, k
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_dir = self.root / f"trial-{trial.trial_id}"
+        run_dir = self.root / trial_run_name(trial.config["study_trial"])
         try:
             kept, freed = prune_run_checkpoints(run_dir, self.k)
         except (OSError, ValueError) as err:  # e.g. a checkpoint still being written when ASHA stopped it
@@ -195,15 +271,15 @@ def study_url(out: Path) -> str:
 
 
 def make_searcher(config: Config, out: Path) -> PruningOptunaSearch:
-    storage = RDBStorage(study_url(out))
     return PruningOptunaSearch(
         functools.partial(define_space, search=config.search, epochs=config.train.epochs),
         metric=METRIC,
         mode="max",
-        storage=storage,
+        storage=study_url(out),
         study_name=STUDY_NAME,
         seed=config.search.seed,
         epochs=config.train.epochs,
+        failure_reason=functools.partial(trial_failure_reason, out.resolve()),
     )
 
 
@@ -223,19 +299,22 @@ def make_scheduler(config: Config) -> ASHAScheduler | None:
 def trial_table(results: tune.ResultGrid, out: Path) -> pd.DataFrame:
     """trials.csv: one row per trial with its params, Optuna state, best fold-mean metric and epochs."""
     study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
-    states = {t.user_attrs.get("tune_trial_id"): t.state.name for t in study.trials}
+    by_number = {t.number: t for t in study.trials}
     rows = []
     for result in results:
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id") or Path(result.path).name
         history = result.metrics_dataframe
         best = float(history[METRIC].max()) if history is not None and METRIC in history else float("nan")
+        study_trial = by_number.get(result.config.get("study_trial"))
+        error = str(result.error).strip().splitlines()[-1] if result.error else ""
         rows.append(
             {
                 "trial_id": trial_id,
-                "state": states.get(trial_id, "FAIL" if result.error else "RUNNING"),
+                "state": study_trial.state.name if study_trial else ("FAIL" if result.error else "RUNNING"),
                 METRIC: best,
                 "epochs_run": int(metrics.get("epoch", 0)),
+                "fail_reason": (study_trial.user_attrs.get("fail_reason") if study_trial else None) or error,
                 **{f"param_{k}": v for k, v in sorted(result.config.items())},
                 "params": dict(result.config),
                 "checkpoint_path": metrics.get("checkpoint_path"),
@@ -312,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     waves = trials_per_wave(config, one_run, capacity)
     reserved = driver.get("CPU", 0.0) * waves
     resources = fold_resources(k, cpus, one_run.gpus, waves, capacity=capacity, reserved_cpus=reserved)
-    check_writable(storage)
+    check_storage_writable(storage)
     print(
         f"data {root}: {len(data)} tiles | {config.search.trials} trials x {config.data.folds} folds x "
         f"{config.train.epochs} epochs | {waves} trial(s) at once, fold workers {resources.as_dict()}"
@@ -327,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             resources=resources.__dict__,
             storage=trials_storage,
             max_failures=args.max_failures,
+            out=str(out.resolve()),
         ),
         driver,
     )
@@ -349,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                 name="search",
                 **ray_storage(storage),
                 verbose=0,
+                stop=StudyStopper(study_url(out), STUDY_NAME),
                 callbacks=[ProgressTable(config.train.epochs, config.data.folds, out)]
                 + (
                     [CheckpointPruner(Path(trials_storage), config.data.folds)]
@@ -359,8 +440,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     results = tuner.fit()
     console.end_live_view()  # every trial's result came through ProgressTable
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
+    stale = close_stale(study, {r.config.get("study_trial") for r in results})
+    if stale:
+        print(f"note: study trial(s) {stale} were left RUNNING by an interrupted search; recorded as FAIL")
     table = trial_table(results, out)
-    finished = table.dropna(subset=[METRIC])
+    finished = table[table["state"] != "FAIL"].dropna(subset=[METRIC])  # a failed trial is no ensemble
     if finished.empty:
         raise RuntimeError(f"no trial reported a result; see the trial logs under {out / 'tune'}")
     complete = finished[finished["epochs_run"] >= config.train.epochs]  # a stopped trial lacks members
@@ -400,7 +485,7 @@ def best_checkpoint(best: pd.Series, trials_storage: str) -> Checkpoint:
     path = best.get("checkpoint_path")
     checkpoint = checkpoint_at(trials_storage, path) if isinstance(path, str) else None
     if checkpoint is None:
-        checkpoint = latest_checkpoint(join(trials_storage, f"trial-{best['trial_id']}"))
+        checkpoint = latest_checkpoint(join(trials_storage, trial_run_name(best["params"]["study_trial"])))
     if checkpoint is None:
         raise RuntimeError(f"best trial {best['trial_id']} has no checkpoint under {trials_storage}")
     return checkpoint

@@ -20,7 +20,7 @@ import torch
 
 from salt_model.config import Config, config_changes
 from salt_model.ensemble import FoldMembers, cpu_copy
-from salt_model.io import atomic_write
+from salt_model.io import atomic_torch_save, atomic_write
 
 
 def checkpoint_name(fold: int) -> str:
@@ -60,7 +60,7 @@ def strip_resume_state(path: str | Path) -> int:
     before = path.stat().st_size
     slim = {k: v for k, v in ckpt.items() if k not in drop}
     slim["resumable"] = False
-    atomic_write(path, lambda tmp: torch.save(slim, tmp))
+    atomic_torch_save(path, slim)
     return before - path.stat().st_size
 
 
@@ -94,7 +94,7 @@ def save(directory: Path, fold, model, optimizer, scaler, state, members: FoldMe
         "best_epoch": members.best.epoch,
     }
     path = directory / checkpoint_name(fold)
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_torch_save(path, payload)
     return path
 
 

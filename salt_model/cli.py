@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from salt_model.config import Config, load_config
+from salt_model.io import OutputError
 
 
 def make_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
@@ -52,6 +53,9 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OutputError as err:  # not writable, disk full: the message names the file
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print(
             "interrupted: finished epochs are checkpointed; run the same command again to resume",

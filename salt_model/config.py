@@ -115,7 +115,12 @@ class TrainConfig:
         _check("train.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check("train.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
-        _check("train.loss_switch_epoch", self.loss_switch_epoch, self.loss_switch_epoch >= 0, ">= 0")
+        _check(
+            "train.loss_switch_epoch",
+            self.loss_switch_epoch,
+            0 <= self.loss_switch_epoch <= self.epochs,
+            f"in [0, train.epochs={self.epochs}] (= train.epochs: BCE only, never Lovasz)",
+        )
         _check("train.empty_loss_weight", self.empty_loss_weight, self.empty_loss_weight >= 0, ">= 0")
         _choice("train.precision", self.precision, PRECISIONS)
         _check("train.loader_workers", self.loader_workers, self.loader_workers >= 0, ">= 0")

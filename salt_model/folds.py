@@ -7,6 +7,7 @@ challenge/discussion/69291), so every fold sees the same mix of empty, small and
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ def make_folds(masks: np.ndarray, k: int, seed: int) -> np.ndarray:
     n = len(classes)
     if k < 2 or n < k:
         raise ValueError(f"make_folds: k={k} with {n} samples; expected 2 <= k <= number of samples")
+    classes = merge_small_classes(classes, k)
     rng = np.random.default_rng(seed)
     folds = np.empty(n, dtype=np.int64)
     offset = 0
@@ -43,6 +45,57 @@ def make_folds(masks: np.ndarray, k: int, seed: int) -> np.ndarray:
         folds[members] = (offset + np.arange(len(members))) % k
         offset = (offset + len(members)) % k
     return folds
+
+
+def merge_small_classes(classes: np.ndarray, k: int) -> np.ndarray:
+    """Classes with fewer than k tiles cannot be in every fold: each joins its next (else previous)
+    class, with a warning naming both."""
+    classes = classes.copy()
+    values, counts = np.unique(classes, return_counts=True)
+    pending: list[int] = []
+    for i, (cls, count) in enumerate(zip(values.tolist(), counts.tolist(), strict=True)):
+        size = count + sum(int((classes == p).sum()) for p in pending)
+        if size < k and i < len(values) - 1:
+            pending.append(cls)
+            continue
+        for small in pending:
+            _warn_merge(small, int((classes == small).sum()), cls, k)
+            classes[classes == small] = cls
+        pending = []
+        if size < k and i == len(values) - 1 and i > 0:  # the last class is small: join the previous
+            target = int(classes[classes != cls].max())
+            _warn_merge(cls, size, target, k)
+            classes[classes == cls] = target
+    return classes
+
+
+def _warn_merge(small: int, count: int, into: int, k: int) -> None:
+    warnings.warn(
+        f"coverage class {small} has {count} tile(s), fewer than data.folds={k}: "
+        f"stratified together with class {into}",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def check_folds_trainable(folds: np.ndarray, k: int, batch_size: int) -> None:
+    """Every fold holds out at least one tile and leaves at least one full batch to train on.
+
+    Checked before any training starts: a fold that fails this fails the same way on every retry.
+    """
+    folds = np.asarray(folds)
+    for fold in range(k):
+        held_out = int((folds == fold).sum())
+        train = len(folds) - held_out
+        if held_out == 0:
+            raise ValueError(
+                f"fold {fold} of data.folds={k} holds out no tile ({len(folds)} tiles); use fewer folds"
+            )
+        if train < batch_size:
+            raise ValueError(
+                f"fold {fold} has {train} training tiles, fewer than train.batch_size={batch_size}; "
+                "lower the batch size or use more data"
+            )
 
 
 def save_folds(path: str | Path, ids: np.ndarray, folds: np.ndarray) -> None:

@@ -14,7 +14,7 @@ import torch
 
 from salt_model.augment import pad_batch, unpad
 from salt_model.config import Config
-from salt_model.io import atomic_write
+from salt_model.io import atomic_torch_save
 from salt_model.model import build_model
 
 
@@ -100,7 +100,7 @@ def save_fold_model(
         "epoch": epoch,
         "state_dict": model_state,
     }
-    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+    atomic_torch_save(Path(path), payload)
 
 
 def read_fold_model(path: str | Path) -> dict:

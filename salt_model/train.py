@@ -16,9 +16,10 @@ import numpy as np
 
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.data import load_split, resolve_data
+from salt_model.data_checks import check_data_folder
 from salt_model.engine import FoldResult, checkpoint_name, train_fold
-from salt_model.folds import make_folds, save_folds
-from salt_model.io import atomic_savez, atomic_write_text
+from salt_model.folds import check_folds_trainable, make_folds, save_folds
+from salt_model.io import atomic_savez, atomic_write_text, check_writable
 from salt_model.predict import save_fold_model
 
 
@@ -78,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     root = resolve_data(args.data, config.data)
     data = load_split(root, "train")
-    out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be good
+    check_data_folder(root, data)
     folds = make_folds(data.masks, config.data.folds, config.data.fold_seed)
+    check_folds_trainable(folds, config.data.folds, config.train.batch_size)
+    check_writable(out)  # only once the data is known to be good
     save_folds(out / "folds.csv", data.ids, folds)
     config.save(out / "config.json")
 

@@ -25,7 +25,7 @@ LEARN = [
     "model.dropout=0",
     "train.batch_size=8",
     "train.epochs=8",
-    "train.loss_switch_epoch=100",
+    "train.loss_switch_epoch=8",  # = train.epochs: BCE only
     "train.eval_tta=false",
     "train.empty_loss_weight=0.5",
     "train.optimizer=adam",

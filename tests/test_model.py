@@ -216,7 +216,7 @@ def test_overfits_single_batch():
     ).unsqueeze(1)
     x = (x * 0.3 + masks * 0.4).clamp(0, 1)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    cfg = TrainConfig(loss_switch_epoch=100)
+    cfg = TrainConfig(loss_switch_epoch=4)  # = epochs: BCE only
     losses = []
     for _ in range(30):
         loss, _ = compute_loss(model(x), masks, epoch=0, cfg=cfg)

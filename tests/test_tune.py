@@ -78,7 +78,7 @@ def test_trials_stopped_early_are_pruned_in_the_study_and_full_ones_complete():
     searcher.on_trial_complete("a", {"best_val_map": 0.35, "epoch": 2})  # ASHA stopped it at epoch 2
     searcher.on_trial_complete("b", {"best_val_map": 0.6, "epoch": 4})
     searcher.on_trial_complete("c", None, error=True)
-    states = {t.user_attrs["tune_trial_id"]: t for t in searcher._ot_study.trials}
+    states = {t.user_attrs["tune_trial_id"]: t for t in searcher.study.trials}
     assert states["a"].state == optuna.trial.TrialState.PRUNED
     assert states["a"].intermediate_values == {1: 0.3, 2: 0.35}
     assert states["b"].state == optuna.trial.TrialState.COMPLETE and states["b"].value == 0.6

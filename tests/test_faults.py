@@ -1,0 +1,100 @@
+"""Real faults inside a k-fold run on a local Ray, and what each one keeps (from the run's records).
+
+progress.jsonl is written by the driver after every epoch's report; each line says, per fold, the
+epoch its current attempt resumed after (`resumed_after_fold{r}`). So a restart from scratch and a
+resume leave different records even when the final histories are the same.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from salt_model.data import load_split
+from salt_model.folds import make_folds
+
+pytestmark = [pytest.mark.ray, pytest.mark.faults]
+
+
+def progress(out):
+    return [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+
+
+def run(config, root, out, failure, max_failures=2):
+    from orchestrator.kfold import run_kfold
+    from orchestrator.runtime import fold_resources
+
+    data = load_split(root, "train")
+    folds = make_folds(data.masks, config.data.folds, config.data.fold_seed)
+    failure = {**failure, "marker": str(out.parent / "fault-marker")}
+    return run_kfold(
+        config, data, folds, out, fold_resources(config.data.folds, None, None), max_failures, failure
+    )
+
+
+def test_a_fold_worker_sigkilled_mid_epoch_resumes_from_the_latest_checkpoint(
+    ray_cluster, tiny_config, tiny_data_root, tmp_path
+):
+    config = tiny_config.with_overrides({"train.epochs": 3})
+    out = tmp_path / "run"
+    result = run(config, tiny_data_root, out, {"fold": 1, "epoch": 3, "mode": "sigkill", "batches": 2})
+
+    marker = (tmp_path / "fault-marker").read_text()
+    assert "SIGKILL after 2 batches of epoch 3" in marker  # killed in the middle of epoch 3
+    lines = progress(out)
+    # each epoch was reported exactly once: epochs 1 and 2 were not trained again
+    assert [p["epoch"] for p in lines] == [1, 2, 3]
+    assert [p["resumed_after"] for p in lines] == [0, 0, 2]
+    # every fold's new attempt started after epoch 2 (the latest checkpoint), not from scratch
+    assert all(lines[2][f"resumed_after_fold{r}"] == 2 for r in range(3))
+    assert len(result.scores) == 3 and all(p.exists() for p in result.model_paths)
+    for fold, history in enumerate(result.histories):
+        assert [h["epoch"] for h in history] == [1, 2, 3] and {h["fold"] for h in history} == {fold}
+
+
+def test_a_nan_loss_stops_the_run_at_once_and_is_not_retried(
+    ray_cluster, tiny_config, tiny_data_root, tmp_path
+):
+    from orchestrator.faults import RunFailed
+
+    out = tmp_path / "run"
+    with pytest.raises(RunFailed, match="fold 2: FloatingPointError: loss is nan at epoch 1"):
+        # max_failures=3: a retry would find the fault spent (marker) and finish, so finishing = retried
+        run(tiny_config, tiny_data_root, out, {"fold": 2, "epoch": 2, "mode": "nan", "batches": 1}, 3)
+    assert "NaN weights after 1 batches of epoch 2" in (tmp_path / "fault-marker").read_text()
+    assert [p["epoch"] for p in progress(out)] == [1]  # epoch 2 never reported
+    assert "FloatingPointError" in json.loads((out / "failure.json").read_text())["fatal_error"]
+    assert not (out / "models").exists()
+
+
+def test_a_transient_error_is_retried_from_the_checkpoint(ray_cluster, tiny_config, tiny_data_root, tmp_path):
+    out = tmp_path / "run"
+    result = run(tiny_config, tiny_data_root, out, {"fold": 0, "epoch": 2, "mode": "exit"})
+    assert "exit at the end of epoch 2" in (tmp_path / "fault-marker").read_text()
+    lines = progress(out)
+    assert [p["epoch"] for p in lines] == [1, 2] and [p["resumed_after"] for p in lines] == [0, 1]
+    assert len(result.model_paths) == 3
+
+
+def test_the_local_dashboard_listens_on_localhost_only(ray_cluster):
+    from ray._private.worker import global_worker
+
+    url = global_worker.node.address_info["webui_url"]
+    assert url.startswith("127.0.0.1:"), url
+
+
+def test_a_corrupted_checkpoint_on_resume_stops_the_run_naming_the_file(
+    ray_cluster, tiny_config, tiny_data_root, tmp_path
+):
+    from orchestrator.faults import RunFailed
+
+    out = tmp_path / "run"
+    run(tiny_config.with_overrides({"train.epochs": 1}), tiny_data_root, out, {"fold": -1, "epoch": 0})
+    latest = sorted(p for p in (out / "ray").glob("*/checkpoint_*") if p.is_dir())[-1]
+    (latest / "fold_1.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(
+        RunFailed, match=r"fold 1: ValueError: checkpoint .*fold_1.pt: not a readable fold checkpoint"
+    ):
+        run(tiny_config.with_overrides({"train.epochs": 2}), tiny_data_root, out, {"fold": -1, "epoch": 0}, 3)
+    assert [p["epoch"] for p in progress(out)] == [1]  # nothing trained on a corrupted state

@@ -1,0 +1,126 @@
+"""PruningOptunaSearch after a driver kill: the study ahead of Tune's saved state, reconciled.
+
+No Ray cluster: the searcher is driven the way Tune drives it (suggest / on_trial_result /
+on_trial_complete / save / restore), with a kill simulated by restoring an older saved state.
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from orchestrator.search import PruningOptunaSearch, StudyStopper, close_stale, define_space, live_trial
+from salt_model.config import load_config
+
+EPOCHS = 4
+
+
+def make(tmp_path, failure_reason=None):
+    config = load_config(None, [f"train.epochs={EPOCHS}"])
+    return PruningOptunaSearch(
+        functools.partial(define_space, search=config.search, epochs=EPOCHS),
+        metric="best_val_map",
+        mode="max",
+        epochs=EPOCHS,
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        study_name="s",
+        seed=0,
+        failure_reason=failure_reason,
+    )
+
+
+def killed_and_restored(searcher, saved_state, tmp_path):
+    """What Tune does on --resume: unpickle the searcher from tuner.pkl, restore its last saved state."""
+    restored = pickle.loads(pickle.dumps(searcher))
+    path = tmp_path / "searcher-state.pkl"
+    path.write_bytes(saved_state)
+    restored.restore(str(path))
+    return restored
+
+
+def saved(searcher, tmp_path) -> bytes:
+    path = tmp_path / "save.pkl"
+    searcher.save(str(path))
+    return path.read_bytes()
+
+
+def test_the_optuna_trial_contract_the_searcher_relies_on(tmp_path):
+    # live_trial builds a reportable Trial from a FrozenTrial's storage id (Optuna's own private
+    # `_trial_id`); if a new Optuna renames it, this test fails before a search does.
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'c.db'}", study_name="c", direction="maximize"
+    )
+    asked = study.ask()
+    asked.suggest_float("x", 0, 1)
+    frozen = study.trials[asked.number]
+    trial = live_trial(study, frozen)
+    trial.report(0.5, 3)
+    trial.set_user_attr("k", "v")
+    assert study.trials[0].intermediate_values == {3: 0.5} and study.trials[0].user_attrs["k"] == "v"
+    study.tell(0, 0.7)
+    study.tell(0, state=TrialState.PRUNED, skip_if_finished=True)  # a second tell is skipped, not raised
+    assert study.trials[0].state == TrialState.COMPLETE
+
+
+def test_a_resumed_search_adopts_orphans_and_never_tells_twice(tmp_path):
+    searcher = make(tmp_path)
+    a, b = searcher.suggest("a"), searcher.suggest("b")
+    assert (a["study_trial"], b["study_trial"]) == (0, 1)
+    searcher.on_trial_result("a", {"best_val_map": 0.4, "epoch": 1})
+    state = saved(searcher, tmp_path)  # Tune's last save: a and b running
+
+    # after the save and before the kill: b is stopped by ASHA at epoch 2, c is asked and runs
+    searcher.on_trial_complete("b", {"best_val_map": 0.3, "epoch": 2})
+    c = searcher.suggest("c")
+    searcher.on_trial_result("c", {"best_val_map": 0.2, "epoch": 1})
+
+    resumed = killed_and_restored(searcher, state, tmp_path)
+    # Tune resumes a and b (its saved state had them running) and asks for one more trial
+    # (it forgot c): that trial adopts c's Optuna trial, so its k-fold run resumes c's checkpoints
+    d = resumed.suggest("d")
+    assert d == c and d["study_trial"] == 2
+    assert resumed.suggest("a") == a
+
+    stopper = StudyStopper(resumed.storage, "s")
+    # b resumed: the study already says PRUNED at epoch 2, so Tune stops it there
+    assert stopper("b", {"config": b, "epoch": 2, "best_val_map": 0.3})
+    assert not stopper("a", {"config": a, "epoch": 2, "best_val_map": 0.5})
+    resumed.on_trial_complete("b", {"best_val_map": 0.3, "epoch": 2})  # already PRUNED: no raise
+    resumed.on_trial_result("d", {"best_val_map": 0.2, "epoch": 1})  # already reported: skipped
+    resumed.on_trial_complete("a", {"best_val_map": 0.6, "epoch": EPOCHS})
+    resumed.on_trial_complete("d", {"best_val_map": 0.5, "epoch": EPOCHS})
+
+    trials = resumed.study.trials
+    assert len(trials) == 3  # no duplicate
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    assert trials[1].intermediate_values == {2: 0.3}
+    assert trials[2].user_attrs["tune_trial_id"] == "d"  # the Tune trial that adopted it
+    assert close_stale(resumed.study, {0, 1, 2}) == []
+
+
+def test_a_failed_trial_records_its_reason_and_stale_running_trials_are_closed(tmp_path):
+    searcher = make(tmp_path, failure_reason=lambda n: f"fold 1: FloatingPointError in trial {n}")
+    searcher.suggest("a")
+    searcher.suggest("b")
+    searcher.on_trial_complete("a", None, error=True)
+    fail = searcher.study.trials[0]
+    assert fail.state == TrialState.FAIL
+    assert fail.user_attrs["fail_reason"] == "fold 1: FloatingPointError in trial 0"
+    assert close_stale(searcher.study, {0}) == [1]
+    stale = searcher.study.trials[1]
+    assert stale.state == TrialState.FAIL and "interrupted search" in stale.user_attrs["fail_reason"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_sampler_state_survives_a_restore(tmp_path, seed):
+    # a restore re-seeding TPE's random start-up trials would re-suggest the first trials' params
+    first = make(tmp_path)
+    first.sampler = optuna.samplers.TPESampler(seed=seed)
+    p0 = first.suggest("a")
+    state = saved(first, tmp_path)
+    resumed = killed_and_restored(first, state, tmp_path)
+    assert resumed.suggest("b")["lr"] != p0["lr"]
