@@ -108,9 +108,9 @@ def test_the_tune_driver_killed_while_trials_run_resumes_every_trial_once(tiny_d
     def second_trial_running(lines) -> bool:
         # kill while the second trial trains, or the moment ASHA stops a trial (the study has it
         # PRUNED; Tune's state, saved on a timer, most likely still has it running)
-        if any("stopped early" in line for line in lines):
+        if any(" pruned by ASHA after epoch " in line for line in lines):
             return True
-        finished = [line for line in lines if "finished after" in line]
+        finished = [line for line in lines if " finished: " in line]
         return bool(finished) and sum(" 1/3 " in line for line in lines) >= 2
 
     first = kill_when(start(cmd), second_trial_running, timeout=900)
