@@ -36,7 +36,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from orchestrator import console
 from orchestrator.faults import DETERMINISTIC, RunFailed, inject
 from orchestrator.runtime import FoldResources, worker_device
-from orchestrator.storage import ray_storage
+from orchestrator.storage import checkpoint_files, ray_storage
 from orchestrator.tensorboard import FoldCurves
 from salt_model.config import Config
 from salt_model.cv import cross_validate
@@ -90,7 +90,7 @@ def fold_worker(loop_config: dict) -> None:
     resume, resume_error = None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+        with checkpoint_files(checkpoint, [checkpoint_name(fold), members_name(fold)]) as directory:
             path = Path(directory) / checkpoint_name(fold)
             try:
                 resume = load_checkpoint(path) if path.exists() else None

@@ -9,7 +9,10 @@ for the user (cv.json, submission.csv, trials.csv) stay in --out on the driver's
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -96,3 +99,28 @@ def checkpoint_at(root: str, path: str) -> Checkpoint | None:
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return None
     return Checkpoint(path, filesystem=fs)
+
+
+@contextlib.contextmanager
+def checkpoint_files(checkpoint: Checkpoint, names: list[str]) -> Iterator[Path]:
+    """A local folder holding `names` of `checkpoint` (those that exist), for reading.
+
+    A checkpoint on the local filesystem is read in place. A remote one is downloaded by this process
+    alone into its own temporary folder, and only the named files: Ray's `as_directory()` shares one
+    download folder between the processes of a node, and with two fold workers on a node resuming
+    from S3 one of them read a truncated fold file from it.
+    """
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        yield Path(checkpoint.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="salt-ckpt-") as local:
+        for name in names:
+            source = f"{checkpoint.path.rstrip('/')}/{name}"
+            if checkpoint.filesystem.get_file_info(source).type == pafs.FileType.File:
+                pafs.copy_files(
+                    source,
+                    str(Path(local) / name),
+                    source_filesystem=checkpoint.filesystem,
+                    destination_filesystem=pafs.LocalFileSystem(),
+                )
+        yield Path(local)
