@@ -125,7 +125,9 @@ def test_train_keeps_its_run_in_the_bucket_and_resumes_from_it_after_a_kill(s3, 
     after = int(resumed[1])  # the newest checkpoint in the bucket (>= the last progress line seen)
     assert after >= done
     epochs = [p["epoch"] for p in read_jsonl(out / "progress.jsonl")]
-    assert epochs == list(range(1, done + 1)) + list(range(after + 1, 4)), epochs  # nothing trained twice
+    # nothing trained twice (the killed run's Train controller may still log the epoch it was in after
+    # `done` was read, which is why the resume can start after a later epoch than `done`)
+    assert epochs == [1, 2, 3], epochs
     checkpoints = {k.split("/")[2] for k in keys(client, bucket, "train/") if "/checkpoint_" in k}
     assert checkpoints and all(c.startswith("checkpoint_") for c in checkpoints)
     assert_no_ray_state(out)  # Ray's state is in the bucket
