@@ -43,11 +43,14 @@ def test_a_fold_worker_sigkilled_mid_epoch_resumes_from_the_latest_checkpoint(
     marker = (tmp_path / "fault-marker").read_text()
     assert "SIGKILL after 2 batches of epoch 3" in marker  # killed in the middle of epoch 3
     lines = progress(out)
-    # each epoch was reported exactly once: epochs 1 and 2 were not trained again
+    # each epoch was reported exactly once: no finished epoch was trained again
     assert [p["epoch"] for p in lines] == [1, 2, 3]
-    assert [p["resumed_after"] for p in lines] == [0, 0, 2]
-    # every fold's new attempt started after epoch 2 (the latest checkpoint), not from scratch
-    assert all(lines[2][f"resumed_after_fold{r}"] == 2 for r in range(3))
+    # The new attempt resumed from the latest checkpoint Ray had registered, never from scratch. The
+    # kill falls two batches into epoch 3, so Ray's controller may not yet have registered epoch 2's
+    # report and checkpoint: then epoch 2 (never reported before) is the one epoch redone.
+    assert [p["resumed_after"] for p in lines] in ([0, 0, 2], [0, 1, 1])
+    restart = lines[2]["resumed_after"]
+    assert restart >= 1 and all(lines[2][f"resumed_after_fold{r}"] == restart for r in range(3))
     assert len(result.scores) == 3 and all(p.exists() for p in result.model_paths)
     for fold, history in enumerate(result.histories):
         assert [h["epoch"] for h in history] == [1, 2, 3] and {h["fold"] for h in history} == {fold}
