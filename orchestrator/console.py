@@ -170,6 +170,15 @@ def view() -> ProgressView | None:
     return _State.view
 
 
+def restart_live_view(label: str = "") -> None:
+    """A new stage of the same run (a pseudo-label round): its epochs are shown again, `label` first."""
+    with LOCK:
+        _State.closed = False
+        if _State.view is not None:
+            _State.view.runs.pop("run", None)
+            _State.view.start("run", label)
+
+
 def end_live_view(final_epoch: int | None = None, wait_s: float = 10.0) -> None:
     """The training is over: wait (briefly) for the last epoch's line, which travels through Ray's log
     stream, clear the live block, and keep any later worker line in the log file only."""

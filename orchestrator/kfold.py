@@ -48,7 +48,7 @@ from salt_model.io import atomic_savez, atomic_write_text
 from salt_model.predict import save_fold_model
 from salt_model.threads import set_cpu_threads
 
-FOLD_KEYS = ("val_map", "val_iou", "val_loss", "train_loss", "best_val_map")
+FOLD_KEYS = ("val_map", "val_iou", "val_loss", "train_loss", "best_val_map", "train_tiles")
 
 
 def merge_fold_metrics(per_fold: list[dict]) -> dict:
@@ -85,6 +85,8 @@ def fold_worker(loop_config: dict) -> None:
     config = Config.from_dict(loop_config["config"], source="train_loop_config")
     set_cpu_threads(loop_config["threads"])  # torch and OpenCV, sized to this worker's Ray CPU share
     data: SaltData = ray.get(loop_config["data_ref"])  # one copy per node, from the object store
+    extra = ray.get(loop_config["pseudo_ref"]) if loop_config.get("pseudo_ref") is not None else None
+    init_states = ray.get(loop_config["init_ref"]) if loop_config.get("init_ref") is not None else None
     folds = np.asarray(loop_config["folds"])
 
     resume, resume_error = None, None
@@ -149,6 +151,8 @@ def fold_worker(loop_config: dict) -> None:
             resume=resume,
             device=worker_device(),
             threads=loop_config["threads"],  # the worker's Ray share wins over config.train.threads
+            extra=extra,  # a pseudo round's tiles, in this fold's training part only
+            init_state=None if init_states is None else init_states[fold],
         )
         if reports == 0:
             # The run was already complete in the checkpoint it resumed from (the driver died after the
@@ -246,8 +250,11 @@ def make_trainer(
     callbacks: list | None = None,
     inject_failure: dict | None = None,
     trial: str | None = None,
+    pseudo_ref=None,
+    init_ref=None,
 ) -> TorchTrainer:
-    """One TorchTrainer whose k workers are the k folds."""
+    """One TorchTrainer whose k workers are the k folds (`pseudo_ref`: a pseudo round's tiles;
+    `init_ref`: per-fold start weights, both ObjectRefs or None)."""
     k = config.data.folds
     loop_config = {
         "config": config.to_dict(),
@@ -257,6 +264,8 @@ def make_trainer(
         "run_name": run_name,
         "trial": trial,
         "inject_failure": inject_failure,
+        "pseudo_ref": pseudo_ref,
+        "init_ref": init_ref,
     }
     return TorchTrainer(
         fold_worker,
@@ -352,11 +361,14 @@ def run_kfold(
     inject_failure: dict | None = None,
     run_name: str | None = None,
     storage: str | None = None,
+    pseudo: SaltData | None = None,
+    init_states: list[dict] | None = None,
 ) -> KFoldResult:
     """Trains all k folds in parallel on Ray (resuming a previous run in `out`) and collects them.
 
     `storage` is where Ray keeps checkpoints (default OUT/ray); on a multi-node cluster it must be
-    reachable from every node (s3://bucket/path or a shared mount).
+    reachable from every node (s3://bucket/path or a shared mount). `pseudo`: pseudo-labelled tiles
+    every fold adds to its training part; `init_states`: each fold's start weights (a pseudo round).
     """
     check_folds_trainable(folds, config.data.folds, config.train.batch_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -378,6 +390,8 @@ def run_kfold(
             FatalReason(str(failure_file.resolve())),
         ],
         inject_failure=inject_failure,
+        pseudo_ref=None if pseudo is None else ray.put(pseudo),
+        init_ref=None if init_states is None else ray.put(init_states),
     )
     result = trainer.fit()
     reason = fatal_reason(failure_file)

@@ -27,7 +27,7 @@ from orchestrator.runtime import init_ray
 from salt_model.cli import make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data import DataError, SaltData, load_split, resolve_data
-from salt_model.io import atomic_write
+from salt_model.io import atomic_savez, atomic_write
 from salt_model.metric import competition_metric
 from salt_model.postprocess import Thresholds, binarize, choose_thresholds, default_thresholds
 from salt_model.predict import model_from_payload, pick_device, predict_probs, read_fold_model
@@ -37,7 +37,7 @@ from salt_model.rle import rle_encode
 class EnsemblePredictor:
     """A Ray Data actor holding every member of every fold; batch of tiles in, ids and RLE masks out."""
 
-    def __init__(self, payloads_ref: list, thresholds: dict, batch_size: int):
+    def __init__(self, payloads_ref: list, thresholds: dict, batch_size: int, with_probs: bool = False):
         import torch
 
         payloads = ray.get(payloads_ref[0])  # the ref travels inside a list so Ray does not inline it
@@ -49,16 +49,21 @@ class EnsemblePredictor:
         self.models = [model_from_payload(p, self.device) for p in payloads]
         self.thresholds = Thresholds(**thresholds)
         self.batch_size = batch_size
+        self.with_probs = with_probs  # also return the mean probabilities (pseudo-label rounds)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = np.stack(batch["image"]).astype(np.uint8)  # (B, 101, 101)
         probs, empty = ensemble_probs(self.models, images, self.device, self.batch_size)
         masks = binarize(probs, empty, self.thresholds)
-        return {
+        rows = {
             "id": np.asarray(batch["id"]),
             "rle_mask": np.asarray([rle_encode(m) for m in masks], dtype=object),
             "area": masks.sum(axis=(1, 2)),
         }
+        if self.with_probs:
+            rows["probs"] = probs
+            rows["empty"] = np.full(len(probs), np.nan, np.float32) if empty is None else empty
+        return rows
 
 
 def ensemble_probs(models: list, images: np.ndarray, device, batch_size: int = 64):
@@ -130,14 +135,18 @@ def predict_submission(
     out: Path,
     batch_size: int = 64,
     concurrency: int | None = None,
+    probs_out: Path | None = None,
 ) -> pd.DataFrame:
-    """Runs the ensemble over the test tiles on Ray and writes `out` (id,rle_mask) atomically."""
+    """Runs the ensemble over the test tiles on Ray and writes `out` (id,rle_mask) atomically.
+
+    `probs_out`: also an .npz of the ensemble's float32 test probabilities (ids, probs, empty), in the
+    test split's order (what a pseudo-label round chooses its tiles from)."""
     payloads = load_models(run)
     gpus, cpus_per_actor, concurrency = actor_resources(concurrency)
     items = [{"id": i, "image": img} for i, img in zip(test.ids.tolist(), test.images, strict=True)]
     ds = ray.data.from_items(items).map_batches(
         EnsemblePredictor,
-        fn_constructor_args=([ray.put(payloads)], thresholds, batch_size),
+        fn_constructor_args=([ray.put(payloads)], thresholds, batch_size, probs_out is not None),
         batch_size=max(batch_size, 256),
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_gpus=gpus,
@@ -150,7 +159,14 @@ def predict_submission(
         raise RuntimeError(
             f"prediction returned {len(rows)} rows for {len(test)} test tiles; missing {missing[:5]}"
         )
-    submission = rows.set_index("id").loc[test.ids, ["rle_mask"]].reset_index()  # the test split's id order
+    rows = rows.set_index("id").loc[test.ids].reset_index()  # the test split's id order
+    submission = rows[["id", "rle_mask"]]
+    if probs_out is not None:
+        empty_probs = rows["empty"].to_numpy(np.float32)
+        arrays = {"ids": test.ids, "probs": np.stack(rows["probs"].to_list()).astype(np.float32)}
+        if not np.isnan(empty_probs).all():
+            arrays["empty"] = empty_probs
+        atomic_savez(probs_out, **arrays)
     atomic_write(out, lambda tmp: submission.to_csv(tmp, index=False))
     empty = int((rows["area"] == 0).sum())
     folds = len({p["fold"] for p in payloads})

@@ -100,7 +100,7 @@ class ProgressView:
                 continue
             elapsed, eta = self.timing(run)
             eta_text = clock(eta) if eta is not None else "?"
-            name = f"trial {run} {state['label']}" if run != "run" else "folds mean "
+            name = f"trial {run} {state['label']}" if run != "run" else f"{state['label']}folds mean "
             lines.append(
                 f"{name}{bar(m['epoch'], self.epochs)} {m['epoch']}/{self.epochs} val_map "
                 f"{m['val_map']:.4f} best {m['best_val_map']:.4f}  {clock(elapsed)} ETA {eta_text}"

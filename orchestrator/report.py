@@ -141,6 +141,8 @@ def build(run: Path) -> Path:
             "<h2>Out-of-fold predictions</h2><p>Not collected yet (the folds are still training).</p>"
         )
 
+    if (run / "rounds.json").exists():
+        sections.append(rounds_html(json.loads((run / "rounds.json").read_text())))
     if is_search:
         sections.append(search_html(run, report, progress, base))
     page = PAGE.format(title=html.escape(run.resolve().name), body="\n".join(sections))
@@ -148,6 +150,30 @@ def build(run: Path) -> Path:
     for path in report.iterdir():
         path.chmod(0o644)  # atomic writes start as private temporary files; the page is for sharing
     return report / "index.html"
+
+
+def rounds_html(rounds: dict) -> str:
+    """Pseudo-label rounds (orchestrator/rounds.py): OOF on the labelled tiles and the tiles kept."""
+    rows = []
+    for e in rounds["rounds"]:
+        p = e["pseudo"] or {}
+        rows.append(
+            {
+                "round": e["round"],
+                "OOF (labelled tiles)": e["oof_score"],
+                "variant": e["submission_variant"],
+                "pseudo-labelled tiles": f"{p['kept']} of {p['offered']}" if p else "-",
+                "kept fraction": f"{p['kept_fraction']:.1%}" if p else "-",
+                "with salt": p.get("kept_with_salt", "-") if p else "-",
+                "report": f"{e['folder']}/report/index.html" if e["round"] else "this page",
+            }
+        )
+    return (
+        "<h2>Pseudo-label rounds</h2>"
+        f"<p>submission.csv is round {rounds['submission_round']}'s ({html.escape(rounds['why'])}). "
+        "Curves and OOF above are round 0's; each later round has its own report.</p>"
+        + table(rows, {"OOF (labelled tiles)": "{:.4f}"})
+    )
 
 
 def pick_trial(progress: pd.DataFrame, cv: dict | None) -> str:

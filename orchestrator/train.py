@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from orchestrator import console
+from orchestrator import console, rounds
 from orchestrator.capacity import cluster_capacity
 from orchestrator.kfold import KFoldResult, run_kfold, write_cv
 from orchestrator.predict import predict_submission
@@ -92,11 +92,18 @@ def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.nda
 
 
 def finalize(
-    result: KFoldResult, out: Path, config: Config, data: SaltData, root: Path, extra: dict | None = None
+    result: KFoldResult,
+    out: Path,
+    config: Config,
+    data: SaltData,
+    root: Path,
+    extra: dict | None = None,
+    probs_out: Path | None = None,
 ) -> dict:
     """cv.json, a score table, oof_gallery.png, and submission.csv when there are test tiles.
 
-    The submission uses the variant collect_folds chose and the thresholds chosen on its own OOF."""
+    The submission uses the variant collect_folds chose and the thresholds chosen on its own OOF;
+    `probs_out` also keeps the ensemble's test probabilities (for the next pseudo-label round)."""
     truth = data.masks.astype(bool)
     summary = write_cv(out, result, config, extra or {})
     save_oof_truth(out, data.ids, data.images, truth)
@@ -106,7 +113,9 @@ def finalize(
         f"OOF predictions vs truth (worst, random, best tiles): {oof_gallery(out / 'oof_gallery.png', data.images, truth, pred, data.ids)}"
     )
     if has_test(root):
-        predict_submission(out, load_split(root, "test"), summary["thresholds"], out / "submission.csv")
+        predict_submission(
+            out, load_split(root, "test"), summary["thresholds"], out / "submission.csv", probs_out=probs_out
+        )
     write_report(out)
     return summary
 
@@ -142,6 +151,63 @@ def print_cv_table(summary: dict) -> None:
     )
 
 
+def run_rounds(
+    config: Config,
+    data: SaltData,
+    folds: np.ndarray,
+    out: Path,
+    root: Path,
+    resources,
+    max_failures: int,
+    storage: str,
+) -> dict:
+    """Round 0 and config.pseudo.rounds pseudo-label rounds (orchestrator/rounds.py), each resumable."""
+    test = load_split(root, "test")
+    entries, summary = [], None
+    for r in range(config.pseudo.rounds + 1):
+        folder, cfg = rounds.round_dir(out, r), rounds.round_config(config, r)
+        labels = None
+        if r > 0:
+            labels = rounds.pseudo_labels(out, r, config, test, summary)
+            kept = labels.summary()
+            print(
+                f"round {r}/{config.pseudo.rounds}: {kept['kept']} of {kept['offered']} test tiles "
+                f"pseudo-labelled ({kept['kept_fraction']:.0%}, {kept['kept_with_salt']} with salt; "
+                f">= {config.pseudo.min_fraction:.0%} of pixels < {config.pseudo.low} or > {config.pseudo.high}), "
+                f"weight {config.pseudo.weight}, start: {config.pseudo.init}"
+            )
+        done = rounds.finished(folder, cfg, has_test=True)
+        if done is not None:
+            print(f"round {r}: finished earlier, kept (OOF {done['oof_score']:.4f}); outputs in {folder}")
+            summary = done
+        else:
+            init = None
+            if r > 0 and config.pseudo.init == "previous":
+                init = rounds.previous_weights(rounds.round_dir(out, r - 1), config.data.folds)
+            console.restart_live_view(f"round {r} " if r else "")
+            result = run_kfold(
+                cfg, data, folds, folder, resources, max_failures=max_failures, storage=storage,
+                pseudo=None if labels is None else labels.data, init_states=init,
+            )  # fmt: skip
+            console.end_live_view(final_epoch=config.train.epochs)
+            more = r < config.pseudo.rounds
+            summary = finalize(
+                result, folder, cfg, data, root, extra={"round": r},
+                probs_out=folder / rounds.TEST_PROBS if more else None,
+            )  # fmt: skip
+        entries.append(rounds.round_entry(r, summary, labels))
+    chosen = rounds.write_rounds(out, entries, config, has_test=True)
+    write_report(out)  # with the per-round table
+    for e in entries:
+        kept = "" if e["pseudo"] is None else f", {e['pseudo']['kept']} pseudo-labelled tiles"
+        print(f"  round {e['round']}: OOF {e['oof_score']:.4f} ({e['submission_variant']}{kept})")
+    print(
+        f"submission.csv: round {chosen['submission_round']} ({chosen['why']}); "
+        f"per-round figures in {out / 'rounds.json'}"
+    )
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser("python -m orchestrator.train", __doc__)
     add_config_args(parser)
@@ -154,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
 
     root = resolve_data(args.data, config.data)
+    if config.pseudo.rounds and not has_test(root):
+        raise ValueError(
+            f"pseudo.rounds={config.pseudo.rounds} needs test tiles to pseudo-label, but {root} has no "
+            "test/images; set pseudo.rounds=0"
+        )
     data, folds = prepare_run(config, root, out)
     print(f"data {root}: {len(data)} tiles, {config.data.folds} folds, {config.train.epochs} epochs")
     console.setup(out, args.verbose, config.train.epochs, config.data.folds)
@@ -167,10 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{config.data.folds} fold workers x {resources.as_dict()} on a cluster with {ray.cluster_resources()} "
         f"(can grow to: {capacity.describe()}); run state in {storage}"
     )
-    console.view().start("run")  # elapsed counts from here
-    result = run_kfold(config, data, folds, out, resources, max_failures=args.max_failures, storage=storage)
-    console.end_live_view(final_epoch=config.train.epochs)
-    finalize(result, out, config, data, root)
+    if config.pseudo.rounds == 0:
+        console.view().start("run")  # elapsed counts from here
+        result = run_kfold(
+            config, data, folds, out, resources, max_failures=args.max_failures, storage=storage
+        )
+        console.end_live_view(final_epoch=config.train.epochs)
+        finalize(result, out, config, data, root)
+    else:
+        run_rounds(config, data, folds, out, root, resources, args.max_failures, storage)
     print(f"done in {time.perf_counter() - start:.0f}s; outputs in {out}")
     return 0
 

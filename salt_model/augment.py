@@ -76,6 +76,7 @@ def unpad(array, size: int = SIZE):
 
 class SaltDataset(torch.utils.data.Dataset):
     """(image, mask) pairs as uint8 tensors (1, P, P); the training loop makes them float on the device.
+    With `weights` (N,), each item also carries its tile's loss weight (pseudo-labelled tiles).
 
     Augmentation randomness is a pure function of (epoch seed, tile index): before each tile the
     transform's own generator (albumentations keeps one, which torch does not reseed in DataLoader
@@ -84,12 +85,22 @@ class SaltDataset(torch.utils.data.Dataset):
     The epoch seed lives in shared memory, so `set_epoch` reaches persistent workers too.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, transform: A.Compose, seed: int = 0) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        transform: A.Compose,
+        seed: int = 0,
+        weights: np.ndarray | None = None,
+    ) -> None:
         if images.ndim != 3 or images.shape != masks.shape:
             raise ValueError(
                 f"SaltDataset: images {images.shape} and masks {masks.shape} must both be (N, H, W)"
             )
+        if weights is not None and np.shape(weights) != (len(images),):
+            raise ValueError(f"SaltDataset: {len(images)} tiles but weights of shape {np.shape(weights)}")
         self.images, self.masks, self.transform = images, masks, transform
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
         self._epoch_seed = torch.tensor([seed], dtype=torch.int64).share_memory_()
 
     def set_epoch(self, seed: int) -> None:
@@ -99,12 +110,14 @@ class SaltDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         if hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(sample_seed(int(self._epoch_seed[0]), i))
         out = self.transform(image=self.images[i], mask=self.masks[i])
         image = torch.from_numpy(np.ascontiguousarray(out["image"]).reshape(1, *out["image"].shape[:2]))
         mask = torch.from_numpy(np.ascontiguousarray(out["mask"]).reshape(1, *out["mask"].shape[:2]))
+        if self.weights is not None:  # (image, mask, loss weight) with pseudo-labelled tiles
+            return image, mask, self.weights[i]
         return image, mask
 
 

@@ -238,6 +238,32 @@ class ClusterConfig:
         _check("cluster.cpus_per_fold", self.cpus_per_fold, self.cpus_per_fold >= 0, ">= 0 (0 = auto)")
 
 
+PSEUDO_INITS = ("scratch", "previous")
+PSEUDO_SUBMITS = ("best", "last")
+
+
+@dataclass(frozen=True)
+class PseudoConfig:
+    """Pseudo-label rounds (orchestrator.train; salt_model/pseudo.py has the rule)."""
+
+    rounds: int = 0  # rounds after the first k-fold training (0 = off)
+    low: float = 0.2  # a pixel is confident below `low` or above `high` (the empty head too)
+    high: float = 0.8
+    min_fraction: float = 0.9  # a test tile is kept when at least this fraction of its pixels is confident
+    weight: float = 1.0  # loss weight of a pseudo-labelled tile (a labelled tile weighs 1)
+    init: str = "scratch"  # scratch | previous: a round starts from the previous round's fold weights
+    submit: str = "best"  # best: the round with the best OOF (labelled tiles) | last: the last round
+
+    def validate(self) -> None:
+        _check("pseudo.rounds", self.rounds, self.rounds >= 0, ">= 0 (0 = off)")
+        _check("pseudo.low", self.low, 0 <= self.low < self.high, f"in [0, pseudo.high={self.high})")
+        _check("pseudo.high", self.high, self.high <= 1, "<= 1")
+        _check("pseudo.min_fraction", self.min_fraction, 0 < self.min_fraction <= 1, "in (0, 1]")
+        _check("pseudo.weight", self.weight, self.weight > 0, "> 0")
+        _choice("pseudo.init", self.init, PSEUDO_INITS)
+        _choice("pseudo.submit", self.submit, PSEUDO_SUBMITS)
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -246,6 +272,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
     def __post_init__(self) -> None:
         for section in SECTIONS:
@@ -320,6 +347,8 @@ RUNTIME_KEYS = frozenset(
         "train.eval_tta",
         "train.channels_last",
         "train.keep_checkpoints",
+        "pseudo.rounds",  # how many rounds follow, not what one round trains
+        "pseudo.submit",
     }
 )
 
@@ -328,10 +357,10 @@ def config_changes(saved: Config, config: Config) -> list[str]:
     """'section.key old -> new' for every key that differs and shapes training (not RUNTIME_KEYS)."""
     changes = []
     old, new = saved.to_dict(), config.to_dict()
-    for section in ("model", "data", "schedule", "train"):
+    for section in ("model", "data", "schedule", "train", "pseudo"):
         for key, value in new[section].items():
             name = f"{section}.{key}"
-            if name not in RUNTIME_KEYS and old[section].get(key) != value:
+            if name not in RUNTIME_KEYS and old.get(section, {}).get(key) != value:
                 changes.append(f"{name} {old[section].get(key)!r} -> {value!r}")
     return changes
 
@@ -343,6 +372,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "search": SearchConfig,
     "cluster": ClusterConfig,
+    "pseudo": PseudoConfig,
 }
 
 

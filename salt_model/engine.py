@@ -97,14 +97,15 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch, step, config, devic
     )
     steps_per_epoch = len(loader)
     total, count = 0.0, 0
-    for images, masks in loader:  # (B, 1, P, P) uint8 each
+    for images, masks, *weights in loader:  # (B, 1, P, P) uint8 each[, (B,) loss weights]
         set_lr(optimizer, lr_at(step, steps_per_epoch, config.train.epochs, config.schedule))
         x = images.to(device, non_blocking=True).float().div_(255).contiguous(memory_format=fmt)
         y = masks.to(device, non_blocking=True).float()
+        w = weights[0].to(device, non_blocking=True) if weights else None
         with autocast(device, dtype):
             outputs = model(x)
         outputs = tuple(_to_float(o) for o in outputs)
-        loss, _ = compute_loss(outputs, y, epoch, config.train)
+        loss, _ = compute_loss(outputs, y, epoch, config.train, w)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower the lr")
         optimizer.zero_grad(set_to_none=True)
@@ -145,6 +146,8 @@ def train_fold(
     device: str | torch.device | None = None,
     threads: int | None = None,
     allow_changed: tuple[str, ...] = (),
+    extra: SaltData | None = None,
+    init_state: dict | None = None,
 ) -> FoldResult:
     """Trains `fold` of the k-fold split to config.train.epochs and returns its result.
 
@@ -156,11 +159,23 @@ def train_fold(
     ("train.epochs",) to extend a run, knowing the LR curve then bends). `threads` sizes torch's and OpenCV's CPU thread pools; an
     orchestrator passes its worker's CPU share here, which wins over config.train.threads (None: use
     config.train.threads, where 0 leaves the libraries' defaults).
+
+    `extra`: pseudo-labelled tiles (salt_model.pseudo) added to this fold's training part only, each
+    weighing config.pseudo.weight in the loss; the held-out fold stays real labels. `init_state`: model
+    weights to start from (a pseudo round with pseudo.init=previous), ignored when resuming.
     """
     device = pick_device(device)
     set_cpu_threads(config.train.threads if threads is None else threads)
     train_idx, val_idx = fold_split(data, fold, config, folds)
     train_set, val_set = data.subset(train_idx), data.subset(val_idx)
+    weights = None
+    if extra is not None and len(extra):
+        weights = np.concatenate([np.ones(len(train_set)), np.full(len(extra), config.pseudo.weight)])
+        train_set = SaltData(
+            np.concatenate([train_set.ids, extra.ids]),
+            np.concatenate([train_set.images, extra.images]),
+            np.concatenate([train_set.masks, extra.masks.astype(train_set.masks.dtype)]),
+        )
     if len(train_idx) < config.train.batch_size:
         raise ValueError(
             f"fold {fold} has {len(train_idx)} training tiles, fewer than "
@@ -168,12 +183,15 @@ def train_fold(
         )
 
     torch.manual_seed(config.train.seed * 1000 + fold)
-    model = build_model(config.model).to(device)
+    model = build_model(config.model)
+    if init_state is not None and resume is None:
+        model.load_state_dict(init_state)
+    model = model.to(device)
     if config.train.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer, scaler = make_optimizer_and_scaler(model, config, device)
     loader = DataLoader(
-        SaltDataset(train_set.images, train_set.masks, train_transform(config.data)),
+        SaltDataset(train_set.images, train_set.masks, train_transform(config.data), weights=weights),
         batch_size=config.train.batch_size,
         shuffle=True,
         drop_last=True,  # BatchNorm cannot train on a batch of one
@@ -212,6 +230,7 @@ def train_fold(
             loss=loss_name(epoch, config.train),
             lr=optimizer.param_groups[0]["lr"],
             best_val_map=members.best.score,
+            train_tiles=len(train_set),  # the fold's training part, pseudo-labelled tiles included
             epoch_s=time.perf_counter() - start,
         )
         state["history"].append(metrics)

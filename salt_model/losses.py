@@ -69,7 +69,7 @@ def loss_name(epoch: int, cfg: TrainConfig) -> str:
 
 
 def compute_loss(
-    outputs, masks: torch.Tensor, epoch: int, cfg: TrainConfig
+    outputs, masks: torch.Tensor, epoch: int, cfg: TrainConfig, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total training loss of the model's outputs and its parts (floats, for logging).
 
@@ -83,6 +83,10 @@ def compute_loss(
       head it counts only non-empty images (the head decides emptiness); 0 when there are none.
     - empty: BCE of the empty head on every image (target 1 = mask empty), weight cfg.empty_loss_weight.
     - aux: BCE of each deep-supervision output on non-empty images, weight cfg.deep_supervision_weight each.
+
+    weights: (B,) per-image weights (pseudo-labelled tiles weigh pseudo.weight, labelled ones 1); each
+    term is then the weighted sum of its images' losses over their count. None: every image weighs 1,
+    and the terms are the plain means above.
     """
     if not isinstance(outputs, (tuple, list)) or len(outputs) not in (2, 3):
         raise ValueError("compute_loss: outputs must be the model's (mask_logits, empty_logits[, aux]) tuple")
@@ -97,14 +101,19 @@ def compute_loss(
     nonempty = masks.flatten(1).amax(dim=1) > 0.5  # (B,)
     seg_rows = nonempty if empty_logits is not None else torch.ones_like(nonempty)
 
-    seg = _masked_seg_loss(mask_logits, masks, seg_rows, loss_name(epoch, cfg))
+    seg = _masked_seg_loss(mask_logits, masks, seg_rows, loss_name(epoch, cfg), weights)
     total, parts = seg, {"seg": seg.item()}
     if empty_logits is not None:
-        empty = bce_loss(empty_logits, (~nonempty).float())  # every image
+        target = (~nonempty).float()
+        if weights is None:
+            empty = bce_loss(empty_logits, target)  # every image
+        else:
+            per_image = F.binary_cross_entropy_with_logits(empty_logits.float(), target, reduction="none")
+            empty = (per_image * weights).mean()
         total = total + cfg.empty_loss_weight * empty
         parts["empty"] = empty.item()
     if aux:
-        aux_loss = sum(_masked_seg_loss(a, masks, nonempty, "bce") for a in aux)
+        aux_loss = sum(_masked_seg_loss(a, masks, nonempty, "bce", weights) for a in aux)
         total = total + cfg.deep_supervision_weight * aux_loss
         parts["aux"] = aux_loss.item()
     parts["total"] = total.item()
@@ -122,10 +131,26 @@ def _centre(x: torch.Tensor, size: int = TILE) -> torch.Tensor:
 
 
 def _masked_seg_loss(
-    logits: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor, name: str
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    rows: torch.Tensor,
+    name: str,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Segmentation loss over the images selected by rows (B,) bool; a zero that keeps the graph if none."""
+    """Segmentation loss over the images selected by rows (B,) bool; a zero that keeps the graph if none.
+    With `weights` (B,): each selected image's loss times its weight, summed over the selected count."""
     if not bool(rows.any()):
         return logits.float().sum() * 0.0
     logits, masks = logits[rows], masks[rows]
-    return bce_loss(logits, masks) if name == "bce" else lovasz_hinge(logits, masks, per_image=True, elu=True)
+    if weights is None:
+        return (
+            bce_loss(logits, masks)
+            if name == "bce"
+            else lovasz_hinge(logits, masks, per_image=True, elu=True)
+        )
+    if name == "bce":
+        per_image = F.binary_cross_entropy_with_logits(logits.float(), masks.float(), reduction="none")
+        per_image = per_image.flatten(1).mean(dim=1)
+    else:
+        per_image = lovasz_hinge_rows(logits.flatten(1), masks.flatten(1), elu=True)
+    return (per_image * weights[rows]).mean()

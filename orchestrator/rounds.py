@@ -1,0 +1,156 @@
+"""Pseudo-label rounds of `orchestrator.train` (config section `pseudo`, salt_model/pseudo.py).
+
+Round 0 is the ordinary k-fold run, its outputs in the run folder itself (so a finished run can be
+given more rounds later: the same command with `--set pseudo.rounds=1` keeps round 0 and trains round 1).
+Round r > 0 lives in `OUT/round_{r}/`:
+
+1. round r-1's ensemble predicts the test tiles (the aggregation step on Ray) into its
+   `test_probs.npz`, unless it already did;
+2. the confident tiles, with the masks round r-1 would submit, go to `round_{r}/pseudo.npz`;
+3. all k folds train again on the same split with those tiles added to every fold's training part
+   (never to a held-out fold: OOF stays a score on the real labels), from scratch or from round r-1's
+   weights (`pseudo.init`), with their own Ray run name and checkpoints, so a killed round resumes
+   in the epoch where it stopped;
+4. `round_{r}/` gets the usual outputs (cv.json, oof.npz, models/, submission.csv, report/).
+
+A finished round (its cv.json written for the same config) is never trained again. At the end
+`OUT/rounds.json` and the `pseudo` entry of `OUT/cv.json` list every round's OOF on the labelled
+tiles, the tiles kept and the rule, and which round `OUT/submission.csv` now holds (the best by OOF,
+or the last: `pseudo.submit`). Round 0's own submission stays as `OUT/round_0_submission.csv`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.predict import predict_submission
+from salt_model.config import Config, PseudoConfig, config_changes
+from salt_model.data import SaltData
+from salt_model.io import atomic_write, atomic_write_text
+from salt_model.postprocess import Thresholds
+from salt_model.predict import read_fold_model
+from salt_model.pseudo import PSEUDO_FILE, PseudoLabels, select_pseudo_labels
+
+TEST_PROBS = "test_probs.npz"
+# a fold's member whose weights a round started with pseudo.init=previous takes, in this order
+INIT_MEMBERS = ("last", "swa")
+
+
+def round_dir(out: Path, r: int) -> Path:
+    return out if r == 0 else out / f"round_{r}"
+
+
+def round_config(config: Config, r: int) -> Config:
+    """What round r trains with: round 0 uses no pseudo-labels, so its config keeps the section's
+    defaults (changing the rule later never invalidates a finished round 0)."""
+    return dataclasses.replace(config, pseudo=PseudoConfig()) if r == 0 else config
+
+
+def finished(folder: Path, config: Config, has_test: bool) -> dict | None:
+    """The round's cv.json when it finished with this config (and wrote its submission), else None."""
+    cv_path = folder / "cv.json"
+    if not cv_path.exists() or (has_test and not (folder / "submission.csv").exists()):
+        return None
+    summary = json.loads(cv_path.read_text())
+    if config_changes(Config.from_dict(summary["config"], source=str(cv_path)), config):
+        return None  # trained with another config: run_kfold's resume check says what differs
+    return summary
+
+
+def test_probabilities(folder: Path, test: SaltData, summary: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """Round `folder`'s ensemble probabilities on the test tiles; predicted now (and its submission
+    written again, the same rows) when the round has not saved them yet."""
+    path = folder / TEST_PROBS
+    if not path.exists():
+        print(f"{folder}: predicting the test tiles for the next round's pseudo-labels")
+        predict_submission(folder, test, summary["thresholds"], folder / "submission.csv", probs_out=path)
+    with np.load(path, allow_pickle=False) as saved:
+        if not np.array_equal(saved["ids"], test.ids):
+            raise ValueError(f"{path}: its ids are not the test split's; delete it to predict again")
+        return saved["probs"], saved.get("empty", None)
+
+
+def pseudo_labels(out: Path, r: int, config: Config, test: SaltData, previous: dict) -> PseudoLabels:
+    """Round r's pseudo-labelled tiles: kept from an interrupted attempt, else chosen now."""
+    path = round_dir(out, r) / PSEUDO_FILE
+    p = config.pseudo
+    if path.exists():
+        labels = PseudoLabels.load(path)
+        rule = {k: labels.rule[k] for k in ("low", "high", "min_fraction")}
+        if rule != {"low": p.low, "high": p.high, "min_fraction": p.min_fraction}:
+            raise ValueError(
+                f"{path} was chosen with {rule}, but the config says low={p.low}, high={p.high}, "
+                f"min_fraction={p.min_fraction}; use a new --out (or delete {path.parent} to redo round {r})"
+            )
+        return labels
+    probs, empty = test_probabilities(round_dir(out, r - 1), test, previous)
+    labels = select_pseudo_labels(
+        test, probs, empty, Thresholds(**previous["thresholds"]), p.low, p.high, p.min_fraction
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels.save(path)
+    return labels
+
+
+def previous_weights(folder: Path, k: int) -> list[dict]:
+    """Each fold's start weights for pseudo.init=previous: its last-epoch (or SWA) member of `folder`."""
+    states = []
+    for fold in range(k):
+        paths = [folder / "models" / f"fold_{fold}_{m}.pt" for m in INIT_MEMBERS]
+        paths += sorted((folder / "models").glob(f"fold_{fold}_*.pt"))
+        path = next((p for p in paths if p.exists()), None)
+        if path is None:
+            raise ValueError(f"{folder / 'models'}: no model of fold {fold} to start round from")
+        states.append(read_fold_model(path)["state_dict"])
+    return states
+
+
+def round_entry(r: int, summary: dict, labels: PseudoLabels | None) -> dict:
+    return {
+        "round": r,
+        "folder": "." if r == 0 else f"round_{r}",
+        "oof_score": summary["oof_score"],  # on the labelled tiles only
+        "oof_score_default_thresholds": summary["oof_score_default_thresholds"],
+        "submission_variant": summary["submission_variant"],
+        "thresholds": summary["thresholds"],
+        "pseudo": None if labels is None else labels.summary(),
+    }
+
+
+def choose_round(entries: list[dict], rule: str) -> int:
+    """The round whose submission the run keeps: the best OOF on labelled tiles, or the last."""
+    if rule == "last":
+        return entries[-1]["round"]
+    return max(entries, key=lambda e: (e["oof_score"], -e["round"]))["round"]
+
+
+def write_rounds(out: Path, entries: list[dict], config: Config, has_test: bool) -> dict:
+    """OUT/rounds.json, the `pseudo` entry of OUT/cv.json, and OUT/submission.csv from the chosen round."""
+    chosen = choose_round(entries, config.pseudo.submit)
+    summary = {
+        "rounds": entries,
+        "submission_round": chosen,
+        "submission_rule": config.pseudo.submit,
+        "why": (
+            "best OOF competition metric on the labelled tiles"
+            if config.pseudo.submit == "best"
+            else "the last round (pseudo.submit=last)"
+        ),
+    }
+    atomic_write_text(out / "rounds.json", json.dumps(summary, indent=2) + "\n")
+    cv_path = out / "cv.json"
+    cv = json.loads(cv_path.read_text())
+    cv["pseudo"] = summary
+    atomic_write_text(cv_path, json.dumps(cv, indent=2) + "\n")
+    if has_test:
+        keep = out / "round_0_submission.csv"
+        if not keep.exists():
+            atomic_write(keep, lambda tmp: shutil.copyfile(out / "submission.csv", tmp))
+        source = keep if chosen == 0 else round_dir(out, chosen) / "submission.csv"
+        atomic_write(out / "submission.csv", lambda tmp: shutil.copyfile(source, tmp))
+    return summary

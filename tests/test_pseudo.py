@@ -1,0 +1,138 @@
+"""Pseudo-labels: the confidence rule, the weighted loss, and the rounds' bookkeeping (no Ray here;
+tests/test_pseudo_rounds.py runs the rounds end to end)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from orchestrator.rounds import choose_round
+from salt_model.config import load_config
+from salt_model.data import SaltData, load_split
+from salt_model.engine import train_fold
+from salt_model.losses import compute_loss
+from salt_model.postprocess import Thresholds
+from salt_model.pseudo import PseudoLabels, confident_fraction, confident_tiles, select_pseudo_labels
+from tests.conftest import TINY
+
+RULE = {"low": 0.2, "high": 0.8, "min_fraction": 0.9}
+
+
+def maps() -> np.ndarray:
+    """Hand-made (4, 101, 101) probability maps: confident empty, confident salt, mixed, nearly."""
+    probs = np.full((4, 101, 101), 0.05, np.float32)  # 0: every pixel confidently not salt
+    probs[1] = 0.95  # 1: every pixel confidently salt
+    probs[2, :, :50] = 0.95  # 2: half salt, a band of unsure pixels: 51 of 101 columns at 0.5
+    probs[2, :, 50:] = 0.5
+    probs[3, :, :40] = 0.9  # 3: salt on the left, 9 unsure columns (8.9% of the pixels)
+    probs[3, :, 40:49] = 0.6
+    return probs
+
+
+def test_the_rule_keeps_all_confident_empty_and_salt_tiles_and_drops_mixed_ones():
+    probs = maps()
+    fraction = confident_fraction(probs, RULE["low"], RULE["high"])
+    assert fraction[:2].tolist() == [1.0, 1.0]
+    assert fraction[2] == pytest.approx(50 / 101)
+    assert fraction[3] == pytest.approx(92 / 101)
+    assert confident_tiles(probs, None, **RULE).tolist() == [True, True, False, True]
+    assert confident_tiles(probs, None, 0.2, 0.8, 0.95).tolist() == [True, True, False, False]
+    # an unsure empty head vetoes a tile whose pixels are sure
+    empty = np.array([0.97, 0.03, 0.5, 0.5], np.float32)
+    assert confident_tiles(probs, empty, **RULE).tolist() == [True, True, False, False]
+    # the bounds are strict: a pixel exactly at `high` is not confident
+    assert not confident_tiles(np.full((1, 101, 101), 0.8, np.float32), None, **RULE)[0]
+
+
+def test_pseudo_masks_are_what_the_submission_would_hold():
+    probs = maps()
+    test = SaltData(np.array(["a", "b", "c", "d"]), (probs * 255).astype(np.uint8))
+    empty = np.array([0.99, 0.01, 0.5, 0.1], np.float32)
+    labels = select_pseudo_labels(test, probs, empty, Thresholds(pixel=0.5, min_area=10, empty=0.9), **RULE)
+    assert labels.ids.tolist() == ["a", "b", "d"]
+    assert labels.masks.dtype == np.uint8
+    assert labels.masks[0].sum() == 0  # confidently empty
+    assert labels.masks[1].all()
+    assert labels.masks[2][:, :49].all() and not labels.masks[2][:, 49:].any()
+    summary = labels.summary()
+    assert (summary["kept"], summary["offered"], summary["kept_with_salt"]) == (3, 4, 2)
+    assert summary["thresholds"] == {"pixel": 0.5, "min_area": 10, "empty": 0.9}
+
+
+def test_pseudo_labels_round_trip_through_their_file(tmp_path):
+    probs = maps()
+    test = SaltData(np.array(["a", "b", "c", "d"]), (probs * 255).astype(np.uint8))
+    labels = select_pseudo_labels(test, probs, None, Thresholds(), **RULE)
+    labels.save(tmp_path / "pseudo.npz")
+    back = PseudoLabels.load(tmp_path / "pseudo.npz")
+    assert back.ids.tolist() == labels.ids.tolist() and back.rule == labels.rule
+    assert np.array_equal(back.masks, labels.masks) and np.array_equal(back.images, labels.images)
+
+
+@pytest.mark.parametrize("epoch", [0, 5])  # BCE, then Lovasz (tiny config: switch at epoch 1)
+def test_tile_weights_scale_each_tile_in_every_loss_term(epoch):
+    cfg = load_config(None, TINY).train
+    torch.manual_seed(0)
+    logits = torch.randn(4, 1, 128, 128)
+    empty_logits = torch.randn(4)
+    masks = torch.zeros(4, 1, 128, 128)
+    masks[0, :, 30:90, 30:90] = 1
+    masks[1, :, 10:60, :] = 1
+    masks[3, :, 50:, 50:] = 1
+    outputs = (logits, empty_logits)
+    plain, _ = compute_loss(outputs, masks, epoch, cfg)
+    ones, _ = compute_loss(outputs, masks, epoch, cfg, torch.ones(4))
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-5)
+    # weight 0 on tile 1: the loss is that of the other tiles, scaled by their share of the batch
+    w = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    weighted, _ = compute_loss(outputs, masks, epoch, cfg, w)
+    keep = [0, 2, 3]
+    seg_rows = [0, 3]  # the non-empty tiles among those kept (tile 2 is empty: the head decides)
+    seg_alone, _ = compute_loss((logits[seg_rows], None), masks[seg_rows], epoch, cfg)
+    empty_alone = torch.nn.functional.binary_cross_entropy_with_logits(
+        empty_logits[keep], torch.tensor([0.0, 1.0, 0.0])
+    )
+    expected = seg_alone * 2 / 3 + cfg.empty_loss_weight * empty_alone * 3 / 4
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_pseudo_tiles_join_only_the_training_part_of_a_fold(tiny_config, tiny_data_root):
+    data = load_split(tiny_data_root, "train")  # 60 generated tiles
+    test = load_split(tiny_data_root, "test")
+    extra = SaltData(test.ids[:8], test.images[:8], (test.images[:8] > 128).astype(np.uint8))
+    folds = np.arange(len(data)) % 3
+    config = tiny_config.with_overrides({"train.epochs": 1})
+    result = train_fold(config, data, 0, folds=folds, extra=extra)
+    assert result.history[0]["train_tiles"] == 40 + 8
+    assert result.val_index.tolist() == np.flatnonzero(folds == 0).tolist()  # held-out: real tiles only
+    assert len(result.members["last"].probs) == 20
+
+
+def test_the_submitted_round_is_the_best_by_oof_or_the_last():
+    entries = [
+        {"round": 0, "oof_score": 0.70},
+        {"round": 1, "oof_score": 0.72},
+        {"round": 2, "oof_score": 0.71},
+    ]
+    assert choose_round(entries, "best") == 1
+    assert choose_round(entries, "last") == 2
+    tie = [{"round": 0, "oof_score": 0.7}, {"round": 1, "oof_score": 0.7}]
+    assert choose_round(tie, "best") == 0  # a tie keeps the earlier round (fewer assumptions)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("pseudo.rounds=-1", ">= 0"),
+        ("pseudo.low=0.9", "pseudo.high"),
+        ("pseudo.min_fraction=0", "(0, 1]"),
+        ("pseudo.weight=0", "> 0"),
+        ("pseudo.init=warm", "scratch"),
+        ("pseudo.submit=first", "best"),
+    ],
+)
+def test_bad_pseudo_settings_are_refused_with_the_key(override, expected):
+    with pytest.raises(ValueError, match=override.split("=")[0].replace(".", r"\.")) as err:
+        load_config(None, [*TINY, override])
+    assert expected in str(err.value)

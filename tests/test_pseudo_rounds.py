@@ -1,0 +1,130 @@
+"""Pseudo-label rounds end to end: `orchestrator.train` with `pseudo.rounds=1` on generated data, each
+run a subprocess with its own local Ray (private RAY_TMPDIR), as a user runs it.
+
+What is asserted comes from the run's own records: the saved test probabilities and the rule decide
+which tiles round 1 may keep; progress.jsonl says how many tiles each fold trained on per epoch and
+which epoch each fold's attempt resumed after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from salt_model.data import load_split
+from salt_model.postprocess import Thresholds, binarize
+from salt_model.pseudo import PseudoLabels, confident_tiles
+from tests.conftest import TINY, tiny_args
+from tests.test_faults_driver import STRAYS_S, kill_when, records, start
+
+pytestmark = pytest.mark.ray
+# a loose rule, so that the tiny 2-epoch model keeps some test tiles and drops others
+RULE = {"low": 0.3, "high": 0.7, "min_fraction": 0.8}
+ROUND_1 = [*TINY, "pseudo.rounds=1", *(f"pseudo.{k}={v}" for k, v in RULE.items()), "pseudo.weight=0.5"]
+
+
+def run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rtp", dir="/tmp")}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "orchestrator.train", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def extended_run(tiny_data_root, tmp_path_factory):
+    """A finished run (no pseudo-labels), then the same command with pseudo.rounds=1 on its folder."""
+    out = tmp_path_factory.mktemp("pseudo") / "run"
+    run(tiny_args(tiny_data_root, out))
+    round_0 = records(out / "progress.jsonl")
+    result = run(tiny_args(tiny_data_root, out, overrides=ROUND_1))
+    return out, round_0, result
+
+
+def test_extending_a_finished_run_keeps_round_0_and_trains_round_1(extended_run):
+    out, round_0, result = extended_run
+    assert records(out / "progress.jsonl") == round_0, "round 0 was trained again"
+    assert "round 0: finished earlier, kept" in result.stdout
+    assert [p["epoch"] for p in records(out / "round_1" / "progress.jsonl")] == [1, 2]
+
+
+def test_round_1_keeps_exactly_the_test_tiles_the_rule_passes(extended_run, tiny_data_root):
+    out, _, _ = extended_run
+    test = load_split(tiny_data_root, "test")
+    saved = np.load(out / "test_probs.npz")  # round 0's ensemble on the test tiles
+    assert saved["ids"].tolist() == test.ids.tolist()
+    empty = saved.get("empty", None)
+    keep = confident_tiles(saved["probs"], empty, **RULE)
+    assert 0 < keep.sum() < len(keep), f"the rule kept {keep.sum()} of {len(keep)}: loosen or tighten RULE"
+    labels = PseudoLabels.load(out / "round_1" / "pseudo.npz")
+    assert labels.ids.tolist() == test.ids[keep].tolist()
+    assert np.array_equal(labels.images, test.images[keep])
+    thresholds = Thresholds(**json.loads((out / "cv.json").read_text())["thresholds"])  # round 0's
+    expected = binarize(saved["probs"][keep], None if empty is None else empty[keep], thresholds)
+    assert np.array_equal(labels.masks, expected.astype(np.uint8))
+
+
+def test_pseudo_tiles_are_trained_on_and_never_held_out(extended_run, tiny_data_root):
+    out, round_0, _ = extended_run
+    train = load_split(tiny_data_root, "train")
+    test_ids = set(load_split(tiny_data_root, "test").ids)
+    folds = pd.read_csv(out / "folds.csv")
+    assert not test_ids & set(folds["id"]), "a test tile is in a fold"
+    oof = np.load(out / "round_1" / "oof.npz")
+    assert oof["ids"].tolist() == train.ids.tolist()  # round 1's OOF: the labelled tiles, nothing else
+    kept = len(PseudoLabels.load(out / "round_1" / "pseudo.npz").ids)
+    train_part = [int((folds["fold"] != r).sum()) for r in range(3)]
+    for epoch in round_0:
+        assert [epoch[f"train_tiles_fold{r}"] for r in range(3)] == train_part
+    for epoch in records(out / "round_1" / "progress.jsonl"):
+        assert [epoch[f"train_tiles_fold{r}"] for r in range(3)] == [n + kept for n in train_part]
+
+
+def test_every_round_is_recorded_and_the_submission_is_the_chosen_rounds(extended_run):
+    out, _, result = extended_run
+    rounds = json.loads((out / "rounds.json").read_text())
+    assert json.loads((out / "cv.json").read_text())["pseudo"] == rounds
+    assert [e["round"] for e in rounds["rounds"]] == [0, 1]
+    for entry in rounds["rounds"]:
+        cv = json.loads((out / entry["folder"] / "cv.json").read_text())
+        assert entry["oof_score"] == cv["oof_score"] and entry["thresholds"] == cv["thresholds"]
+    kept = rounds["rounds"][1]["pseudo"]
+    assert kept["kept"] == len(PseudoLabels.load(out / "round_1" / "pseudo.npz").ids)
+    assert {k: kept[k] for k in RULE} == RULE
+    best = max(rounds["rounds"], key=lambda e: (e["oof_score"], -e["round"]))["round"]
+    assert rounds["submission_round"] == best and rounds["submission_rule"] == "best"
+    source = out / ("round_0_submission.csv" if best == 0 else "round_1/submission.csv")
+    assert (out / "submission.csv").read_text() == source.read_text()
+    assert f"submission.csv: round {best}" in result.stdout
+    assert "Pseudo-label rounds" in (out / "report" / "index.html").read_text()
+
+
+@pytest.mark.faults
+def test_a_run_killed_in_round_1_resumes_in_round_1(tiny_data_root, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_args(tiny_data_root, out, "--epochs", "4", overrides=ROUND_1)
+    round_1 = out / "round_1" / "progress.jsonl"
+    cmd = [sys.executable, "-m", "orchestrator.train", *args]
+    first = kill_when(start(cmd), lambda _: len(records(round_1)) >= 2)
+    time.sleep(STRAYS_S)
+    round_0, before = records(out / "progress.jsonl"), records(round_1)
+    assert [p["epoch"] for p in round_0] == [1, 2, 3, 4], "".join(first[-30:])
+    assert 2 <= len(before) < 4 and not (out / "round_1" / "cv.json").exists()
+
+    resumed = run(args)
+    assert records(out / "progress.jsonl") == round_0, "round 0 was trained again"
+    after = records(round_1)[len(before) :]
+    assert [p["epoch"] for p in before + after] == [1, 2, 3, 4]  # no epoch of round 1 trained twice
+    last = before[-1]["epoch"]
+    assert all(after[0][f"resumed_after_fold{r}"] == last for r in range(3))
+    assert "round 0: finished earlier, kept" in resumed.stdout
+    assert (out / "round_1" / "cv.json").exists() and (out / "submission.csv").exists()
