@@ -2,7 +2,8 @@
 
 The space is define-by-run (Optuna's own API): the LR schedule is a categorical, and each schedule
 draws only its own parameters, so TPE models them conditionally. The BCE -> Lovasz switch epoch is
-bounded by the epoch budget.
+bounded by the epoch budget. With search.pseudo (and `--pseudo-from RUN`) every trial also draws the
+pseudo-label confidence and weight.
 
 Ray's OptunaSearch records a trial that ASHA stopped early as COMPLETE with its early value, which
 tells TPE that a half-trained run is a finished one, and keeps its state in private attributes that a
@@ -53,6 +54,9 @@ def define_space(trial: optuna.Trial, search: SearchConfig, epochs: int) -> None
         trial.suggest_float("onecycle_pct_start", 0.1, 0.5)
     switch_high = max(search.switch_low, min(search.switch_high, epochs - 1))
     trial.suggest_int("loss_switch_epoch", search.switch_low, switch_high)
+    if search.pseudo:  # the pseudo-label rule and weight (orchestrator.tune --pseudo-from RUN)
+        trial.suggest_float("pseudo_confidence", search.pseudo_confidence_low, search.pseudo_confidence_high)
+        trial.suggest_float("pseudo_weight", search.pseudo_weight_low, search.pseudo_weight_high, log=True)
 
 
 def params_to_overrides(params: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +79,11 @@ def params_to_overrides(params: dict[str, Any]) -> dict[str, Any]:
         overrides["schedule.gamma"] = params["step_gamma"]
     if schedule == "onecycle":
         overrides["schedule.pct_start"] = params["onecycle_pct_start"]
+    if "pseudo_confidence" in params:
+        overrides["pseudo.high"] = params["pseudo_confidence"]
+        overrides["pseudo.low"] = round(1.0 - params["pseudo_confidence"], 9)
+    if "pseudo_weight" in params:
+        overrides["pseudo.weight"] = params["pseudo_weight"]
     return overrides
 
 

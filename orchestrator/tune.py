@@ -14,10 +14,16 @@ sqlite:///OUT/optuna.db` or optuna.load_study), tune/ (Ray Tune's experiment sta
 trials/ (each trial's k-fold checkpoints), trials.csv, best_config.json, and for the best trial
 models/, oof.npz, cv.json and submission.csv. With --storage (s3://, gs://, a shared mount) Ray's
 state goes there instead (STORAGE/search and STORAGE/trials) and is read back from there.
+
+`--pseudo-from RUN` (a finished orchestrator.train run folder on the same data): every trial also
+trains on the test tiles RUN's ensemble is confident about (salt_model/pseudo.py), chosen with the
+trial's own rule: config.pseudo's, or drawn by Optuna with `--set search.pseudo=true` (confidence and
+weight). The trials' OOF stays a score on the labelled tiles.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -34,7 +40,7 @@ from ray.train import Checkpoint
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from orchestrator import console
+from orchestrator import console, rounds
 from orchestrator.capacity import Capacity, cluster_capacity
 from orchestrator.faults import RunFailed
 from orchestrator.kfold import (
@@ -69,9 +75,12 @@ from orchestrator.tensorboard import FoldCurves
 from orchestrator.train import add_cluster_args, finalize, prepare_run
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config, load_config
-from salt_model.data import resolve_data
+from salt_model.data import SaltData, has_test, load_split, resolve_data
 from salt_model.io import atomic_write, atomic_write_text
+from salt_model.postprocess import Thresholds
+from salt_model.pseudo import PseudoLabels, select_pseudo_labels
 
+PSEUDO_FROM = "pseudo_from.txt"  # the --pseudo-from run of a search, so --resume keeps using it
 DRIVER_RESOURCE = "tune_driver"  # a trial's driver holds one of these and no CPU
 STUDY_NAME = "salt-orchestrator"
 INTERNAL = ["params", "checkpoint_path"]  # trial-table columns kept out of trials.csv
@@ -116,8 +125,11 @@ def kfold_trial(
     storage: str,
     max_failures: int,
     out: str,
+    pseudo_refs: list | None = None,
 ) -> None:
     """One Tune trial: a k-fold Ray Train run whose rank-0 reports (fold means) go to Tune.
+
+    `pseudo_refs`: [ref of PseudoSource] with --pseudo-from; the trial picks its tiles by its own rule.
 
     The run is named after the Optuna trial number, so a trial resumed or adopted after a driver kill
     continues the same k-fold checkpoints. A deterministic failure (faults.RunFailed) is raised at
@@ -151,6 +163,7 @@ def kfold_trial(
         callbacks=[TrialReport(), FailureNotice(), FatalReason(str(failed))],
         inject_failure=fault,
         trial=tune.get_context().get_trial_id(),
+        pseudo_ref=None if pseudo_refs is None else ray.put(ray.get(pseudo_refs[0]).labels(config).data),
     )
     result = trainer.fit()
     if fatal_reason(failed) is not None:
@@ -325,6 +338,32 @@ def trial_table(results: tune.ResultGrid, out: Path) -> pd.DataFrame:
     return table
 
 
+@dataclasses.dataclass
+class PseudoSource:
+    """A finished run's ensemble on the test tiles, for the trials' pseudo-labels (--pseudo-from)."""
+
+    test: SaltData
+    probs: np.ndarray
+    empty: np.ndarray | None
+    thresholds: dict
+
+    def labels(self, config: Config) -> PseudoLabels:
+        p = config.pseudo
+        return select_pseudo_labels(
+            self.test, self.probs, self.empty, Thresholds(**self.thresholds), p.low, p.high, p.min_fraction
+        )
+
+
+def pseudo_run_summary(run: Path) -> dict:
+    """RUN's cv.json, checked before anything starts: --pseudo-from needs a finished training run."""
+    if not (run / "cv.json").exists() or not (run / "models").is_dir():
+        raise ValueError(
+            f"--pseudo-from {run}: not a finished orchestrator.train run folder (no cv.json and models/); "
+            "train it first: python -m orchestrator.train ... --out RUN"
+        )
+    return json.loads((run / "cv.json").read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser("python -m orchestrator.tune", __doc__)
     add_config_args(parser)
@@ -333,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help="run folder (default runs/tune-DATE-TIME; needed with --resume)"
     )
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
+    parser.add_argument(
+        "--pseudo-from",
+        default=None,
+        help="a finished orchestrator.train run folder: its ensemble pseudo-labels the test tiles each "
+        "trial adds to its training folds (with --set search.pseudo=true the rule and weight are searched)",
+    )
     add_cluster_args(parser)
     console.add_verbose_arg(parser)
     args = parser.parse_args(argv)
@@ -380,7 +425,17 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     root = resolve_data(args.data, config.data)
+    pseudo_from = Path(args.pseudo_from) if args.pseudo_from else None
+    if pseudo_from is None and args.resume and (out / PSEUDO_FROM).exists():
+        pseudo_from = Path((out / PSEUDO_FROM).read_text().strip())  # what the search started with
+    if config.search.pseudo and pseudo_from is None:
+        raise ValueError("search.pseudo=true searches pseudo-labels: pass --pseudo-from RUN (a finished run)")
+    pseudo_summary = pseudo_run_summary(pseudo_from) if pseudo_from is not None else None
+    if pseudo_from is not None and not has_test(root):
+        raise ValueError(f"--pseudo-from needs test tiles to pseudo-label, but {root} has no test/images")
     data, folds = prepare_run(config, root, out)
+    if pseudo_from is not None:
+        atomic_write_text(out / PSEUDO_FROM, f"{pseudo_from.resolve()}\n")
     console.setup(out, args.verbose, config.train.epochs, config.data.folds)
     attached = init_ray(args.address, resources={DRIVER_RESOURCE: 64})  # resources only for a new local Ray
     capacity = cluster_capacity(args.cluster_config, attached)
@@ -397,6 +452,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{config.train.epochs} epochs | {waves} trial(s) at once, fold workers {resources.as_dict()}"
     )
 
+    pseudo_refs = None
+    if pseudo_from is not None:
+        test = load_split(root, "test")
+        probs, empty = rounds.test_probabilities(pseudo_from, test, pseudo_summary)
+        source = PseudoSource(test, probs, empty, pseudo_summary["thresholds"])
+        pseudo_refs = [ray.put(source)]
+        print(f"pseudo-labels: the test tiles {pseudo_from}'s ensemble is confident about, per trial's rule")
+
     trainable = tune.with_resources(
         tune.with_parameters(
             kfold_trial,
@@ -407,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             storage=trials_storage,
             max_failures=args.max_failures,
             out=str(out.resolve()),
+            pseudo_refs=pseudo_refs,
         ),
         driver,
     )
@@ -467,7 +531,11 @@ def main(argv: list[str] | None = None) -> int:
         best_config,
         data,
         root,
-        extra={"best_trial": best["trial_id"], "best_params": best_params},
+        extra={
+            "best_trial": best["trial_id"],
+            "best_params": best_params,
+            **({"pseudo_from": str(pseudo_from.resolve())} if pseudo_from is not None else {}),
+        },
     )
     print(f"search done in {time.perf_counter() - start:.0f}s; outputs in {out}")
     return 0

@@ -184,6 +184,13 @@ class SearchConfig:
     early_stopping: bool = True  # ASHA on the fold-mean metric
     max_concurrent: int = 0  # trials at once (0 = as many as the cluster has room for)
     seed: int = 0  # Optuna's TPE sampler seed
+    # pseudo-labels (orchestrator.tune --pseudo-from RUN): also search the confidence c (pseudo.high = c,
+    # pseudo.low = 1 - c) and the pseudo-labelled tiles' loss weight (log-uniform); off by default
+    pseudo: bool = False
+    pseudo_confidence_low: float = 0.7
+    pseudo_confidence_high: float = 0.95
+    pseudo_weight_low: float = 0.25
+    pseudo_weight_high: float = 1.0
 
     def validate(self) -> None:
         _check("search.trials", self.trials, self.trials >= 1, ">= 1")
@@ -218,6 +225,18 @@ class SearchConfig:
         _check("search.grace_epochs", self.grace_epochs, self.grace_epochs >= 0, ">= 0")
         _check("search.reduction_factor", self.reduction_factor, self.reduction_factor >= 2, ">= 2")
         _check("search.max_concurrent", self.max_concurrent, self.max_concurrent >= 0, ">= 0")
+        _check(
+            "search.pseudo_confidence_low",
+            self.pseudo_confidence_low,
+            0.5 < self.pseudo_confidence_low <= self.pseudo_confidence_high < 1,
+            "in (0.5, search.pseudo_confidence_high], with pseudo_confidence_high < 1",
+        )
+        _check(
+            "search.pseudo_weight_low",
+            self.pseudo_weight_low,
+            0 < self.pseudo_weight_low <= self.pseudo_weight_high,
+            "in (0, search.pseudo_weight_high]",
+        )
 
 
 @dataclass(frozen=True)

@@ -136,3 +136,17 @@ def test_bad_pseudo_settings_are_refused_with_the_key(override, expected):
     with pytest.raises(ValueError, match=override.split("=")[0].replace(".", r"\.")) as err:
         load_config(None, [*TINY, override])
     assert expected in str(err.value)
+
+
+def test_the_search_draws_the_pseudo_rule_only_when_asked():
+    from orchestrator.search import trial_config
+    from tests.test_tune import sample
+
+    plain = load_config(None, ["train.epochs=6"])
+    assert not any(k.startswith("pseudo") for params in sample(plain, n=5) for k in params)
+    config = load_config(None, ["train.epochs=6", "search.pseudo=true", "search.pseudo_confidence_low=0.6"])
+    for params in sample(config, n=20):
+        c, w = params["pseudo_confidence"], params["pseudo_weight"]
+        assert 0.6 <= c <= 0.95 and 0.25 <= w <= 1.0
+        cfg = trial_config(config, params)
+        assert cfg.pseudo.high == c and cfg.pseudo.low == pytest.approx(1 - c) and cfg.pseudo.weight == w

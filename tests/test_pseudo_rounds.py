@@ -16,6 +16,7 @@ import tempfile
 import time
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 
@@ -24,6 +25,7 @@ from salt_model.postprocess import Thresholds, binarize
 from salt_model.pseudo import PseudoLabels, confident_tiles
 from tests.conftest import TINY, tiny_args
 from tests.test_faults_driver import STRAYS_S, kill_when, records, start
+from tests.test_tune import SEARCH
 
 pytestmark = pytest.mark.ray
 # a loose rule, so that the tiny 2-epoch model keeps some test tiles and drops others
@@ -128,3 +130,41 @@ def test_a_run_killed_in_round_1_resumes_in_round_1(tiny_data_root, tmp_path):
     assert all(after[0][f"resumed_after_fold{r}"] == last for r in range(3))
     assert "round 0: finished earlier, kept" in resumed.stdout
     assert (out / "round_1" / "cv.json").exists() and (out / "submission.csv").exists()
+
+
+def test_a_search_draws_the_pseudo_rule_and_each_trial_trains_on_its_own_tiles(
+    extended_run, tiny_data_root, tmp_path
+):
+    source, _, _ = extended_run  # a finished run: its ensemble pseudo-labels the trials' test tiles
+    out = tmp_path / "search"
+    space = ["search.pseudo=true", "search.pseudo_confidence_low=0.55", "search.pseudo_confidence_high=0.9"]
+    overrides = [*SEARCH, "search.trials=2", "search.early_stopping=false", "pseudo.min_fraction=0.8", *space]
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rtp", dir="/tmp")}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "orchestrator.tune", *tiny_args(tiny_data_root, out, overrides=overrides)]
+    result = subprocess.run(
+        [*cmd, "--pseudo-from", str(source)], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    saved = np.load(source / "test_probs.npz")
+    empty = saved.get("empty", None)
+    folds = pd.read_csv(out / "folds.csv")["fold"]
+    train_part = [int((folds != r).sum()) for r in range(2)]
+    progress = records(out / "progress.jsonl")
+    study = optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{out / 'optuna.db'}")
+    kept_counts = []
+    for trial in study.trials:
+        c, weight = trial.params["pseudo_confidence"], trial.params["pseudo_weight"]
+        assert 0.55 <= c <= 0.9 and 0.25 <= weight <= 1.0
+        kept = int(confident_tiles(saved["probs"], empty, round(1 - c, 9), c, 0.8).sum())
+        kept_counts.append(kept)
+        epochs = [p for p in progress if p["trial_id"] == trial.user_attrs["tune_trial_id"]]
+        assert epochs and all(
+            [p[f"train_tiles_fold{r}"] for r in range(2)] == [n + kept for n in train_part] for p in epochs
+        ), (c, kept, epochs[0])
+    best = json.loads((out / "best_config.json").read_text())["pseudo"]
+    drawn = {round(t.params["pseudo_confidence"], 6) for t in study.trials}
+    assert round(best["high"], 6) in drawn and round(1 - best["low"], 6) == round(best["high"], 6)
+    assert json.loads((out / "cv.json").read_text())["pseudo_from"] == str(source.resolve())
+    print(f"tiles kept per trial: {kept_counts}")
