@@ -4,8 +4,13 @@ The 1st-place TGS solution (https://www.kaggle.com/c/tgs-salt-identification-cha
 kept a test tile when nearly all of its pixels were confidently salt or confidently not; the 4th place
 reported +0.002 on the private board from the same idea. Here a tile is kept when
 
-- at least `min_fraction` of its pixels have an ensemble probability below `low` or above `high`, and
+- at least `min_fraction` of its pixels have a salt probability below `low` or above `high`, and
 - the empty head (when the model has one) is as confident: its probability is below `low` or above `high`.
+
+With an empty head a pixel's salt probability is the ensemble's pixel probability times the head's
+"not empty" probability: the segmentation head is trained on non-empty tiles only, so on a tile the
+head calls empty its pixel map is unconstrained, and the pixel map alone would keep no empty tile
+(measured: 504 of 504 tiles kept with salt on the CPU preset before this).
 
 Its label is the mask the submission would hold for it (the round's OOF-chosen thresholds), so a
 pseudo-labelled tile says exactly what the previous round would submit. Pseudo-labelled tiles join the
@@ -37,11 +42,11 @@ def confident_tiles(
     probs: np.ndarray, empty: np.ndarray | None, low: float, high: float, min_fraction: float
 ) -> np.ndarray:
     """(N,) bool: the tiles the rule keeps (see the module docstring)."""
-    keep = confident_fraction(probs, low, high) >= min_fraction
-    if empty is not None:
-        empty = np.asarray(empty, dtype=np.float32)
-        keep &= (empty < low) | (empty > high)
-    return keep
+    if empty is None:
+        return confident_fraction(probs, low, high) >= min_fraction
+    empty = np.asarray(empty, dtype=np.float32)
+    salt = np.asarray(probs, dtype=np.float32) * (1.0 - empty)[:, None, None]
+    return (confident_fraction(salt, low, high) >= min_fraction) & ((empty < low) | (empty > high))
 
 
 @dataclass

@@ -41,6 +41,11 @@ def test_the_rule_keeps_all_confident_empty_and_salt_tiles_and_drops_mixed_ones(
     # an unsure empty head vetoes a tile whose pixels are sure
     empty = np.array([0.97, 0.03, 0.5, 0.5], np.float32)
     assert confident_tiles(probs, empty, **RULE).tolist() == [True, True, False, False]
+    # a head sure the tile is empty makes every pixel sure (salt probability = pixel x (1 - empty)),
+    # even where the segmentation head, never trained on empty tiles, is unsure
+    unsure = np.full((1, 101, 101), 0.5, np.float32)
+    assert confident_tiles(unsure, np.array([0.95], np.float32), **RULE).tolist() == [True]
+    assert confident_tiles(unsure, np.array([0.05], np.float32), **RULE).tolist() == [False]
     # the bounds are strict: a pixel exactly at `high` is not confident
     assert not confident_tiles(np.full((1, 101, 101), 0.8, np.float32), None, **RULE)[0]
 

@@ -28,8 +28,9 @@ from tests.test_faults_driver import STRAYS_S, kill_when, records, start
 from tests.test_tune import SEARCH
 
 pytestmark = pytest.mark.ray
-# a loose rule, so that the tiny 2-epoch model keeps some test tiles and drops others
-RULE = {"low": 0.3, "high": 0.7, "min_fraction": 0.8}
+# A loose rule, so that the tiny 2-epoch model (its probabilities are within ~0.3 of 0.5) keeps some
+# of the 12 test tiles and drops others (3 kept when this was written)
+RULE = {"low": 0.45, "high": 0.55, "min_fraction": 0.5}
 ROUND_1 = [*TINY, "pseudo.rounds=1", *(f"pseudo.{k}={v}" for k, v in RULE.items()), "pseudo.weight=0.5"]
 
 
@@ -137,8 +138,8 @@ def test_a_search_draws_the_pseudo_rule_and_each_trial_trains_on_its_own_tiles(
 ):
     source, _, _ = extended_run  # a finished run: its ensemble pseudo-labels the trials' test tiles
     out = tmp_path / "search"
-    space = ["search.pseudo=true", "search.pseudo_confidence_low=0.55", "search.pseudo_confidence_high=0.9"]
-    overrides = [*SEARCH, "search.trials=2", "search.early_stopping=false", "pseudo.min_fraction=0.8", *space]
+    space = ["search.pseudo=true", "search.pseudo_confidence_low=0.51", "search.pseudo_confidence_high=0.6"]
+    overrides = [*SEARCH, "search.trials=2", "search.early_stopping=false", "pseudo.min_fraction=0.5", *space]
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rtp", dir="/tmp")}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "orchestrator.tune", *tiny_args(tiny_data_root, out, overrides=overrides)]
@@ -156,8 +157,8 @@ def test_a_search_draws_the_pseudo_rule_and_each_trial_trains_on_its_own_tiles(
     kept_counts = []
     for trial in study.trials:
         c, weight = trial.params["pseudo_confidence"], trial.params["pseudo_weight"]
-        assert 0.55 <= c <= 0.9 and 0.25 <= weight <= 1.0
-        kept = int(confident_tiles(saved["probs"], empty, round(1 - c, 9), c, 0.8).sum())
+        assert 0.51 <= c <= 0.6 and 0.25 <= weight <= 1.0
+        kept = int(confident_tiles(saved["probs"], empty, round(1 - c, 9), c, 0.5).sum())
         kept_counts.append(kept)
         epochs = [p for p in progress if p["trial_id"] == trial.user_attrs["tune_trial_id"]]
         assert epochs and all(
