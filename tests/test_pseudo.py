@@ -155,3 +155,28 @@ def test_the_search_draws_the_pseudo_rule_only_when_asked():
         assert 0.6 <= c <= 0.95 and 0.25 <= w <= 1.0
         cfg = trial_config(config, params)
         assert cfg.pseudo.high == c and cfg.pseudo.low == pytest.approx(1 - c) and cfg.pseudo.weight == w
+
+
+def test_a_round_can_start_from_the_previous_rounds_weights(tiny_config, tiny_data_root, tmp_path):
+    from orchestrator.rounds import previous_weights
+    from salt_model.model import build_model
+    from salt_model.predict import save_fold_model
+
+    data = load_split(tiny_data_root, "train")
+    folds = np.arange(len(data)) % 3
+    torch.manual_seed(123)
+    previous = build_model(tiny_config.model).state_dict()
+    for fold in range(3):  # a previous round's models folder: fold 0 has a last member, fold 1 SWA only
+        member = {0: "last", 1: "swa", 2: "snap2"}[fold]
+        save_fold_model(
+            tmp_path / "models" / f"fold_{fold}_{member}.pt", previous, tiny_config, fold, 0.5, 2, member
+        )
+    states = previous_weights(tmp_path, 3)
+    assert len(states) == 3
+    # a vanishing lr: the weights stay where they started, the previous round's, not a fresh init
+    config = tiny_config.with_overrides({"train.epochs": 1, "schedule.lr": 1e-12, "train.weight_decay": 0.0})
+    started = train_fold(config, data, 0, folds=folds, init_state=states[0]).members["last"].state
+    fresh = train_fold(config, data, 0, folds=folds).members["last"].state
+    key = next(k for k in previous if k.endswith("conv1.weight"))
+    assert torch.allclose(started[key].float(), previous[key].float(), atol=1e-6)
+    assert not torch.allclose(fresh[key].float(), previous[key].float(), atol=1e-3)

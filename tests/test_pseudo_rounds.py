@@ -9,10 +9,8 @@ which epoch each fold's attempt resumed after.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -24,6 +22,7 @@ from salt_model.data import load_split
 from salt_model.postprocess import Thresholds, binarize
 from salt_model.pseudo import PseudoLabels, confident_tiles
 from tests.conftest import TINY, tiny_args
+from tests.test_console import run_entry
 from tests.test_faults_driver import STRAYS_S, kill_when, records, start
 from tests.test_tune import SEARCH
 
@@ -34,11 +33,8 @@ RULE = {"low": 0.45, "high": 0.55, "min_fraction": 0.5}
 ROUND_1 = [*TINY, "pseudo.rounds=1", *(f"pseudo.{k}={v}" for k, v in RULE.items()), "pseudo.weight=0.5"]
 
 
-def run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rtp", dir="/tmp")}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "orchestrator.train", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+def run(args: list[str], module: str = "orchestrator.train") -> subprocess.CompletedProcess:
+    result = run_entry(module, args, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -140,13 +136,10 @@ def test_a_search_draws_the_pseudo_rule_and_each_trial_trains_on_its_own_tiles(
     out = tmp_path / "search"
     space = ["search.pseudo=true", "search.pseudo_confidence_low=0.51", "search.pseudo_confidence_high=0.6"]
     overrides = [*SEARCH, "search.trials=2", "search.early_stopping=false", "pseudo.min_fraction=0.5", *space]
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rtp", dir="/tmp")}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "orchestrator.tune", *tiny_args(tiny_data_root, out, overrides=overrides)]
-    result = subprocess.run(
-        [*cmd, "--pseudo-from", str(source)], capture_output=True, text=True, env=env, timeout=900
+    run(
+        [*tiny_args(tiny_data_root, out, overrides=overrides), "--pseudo-from", str(source)],
+        "orchestrator.tune",
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     saved = np.load(source / "test_probs.npz")
     empty = saved.get("empty", None)
