@@ -4,7 +4,6 @@ no traceback, nothing written. Checks that load_split already had are in test_da
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import warnings
 
@@ -18,7 +17,7 @@ from salt_model.data import DataError, load_split
 from salt_model.data_checks import DataWarning, check_data_folder
 from salt_model.folds import make_folds
 from tests.conftest import TINY
-from tests.test_cli import REPO, _env
+from tests.test_cli import run_at_once
 
 
 def copy_data(root, tmp_path):
@@ -106,16 +105,9 @@ def test_the_training_commands_refuse_bad_data_and_bad_settings_before_training(
         orchestrator_train(root, file_not_dir / "run"),
         [str(file_not_dir / "run"), "not writable"],
     )
-    procs = {
-        name: subprocess.Popen(
-            args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for name, (args, _) in cases.items()
-    }
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
+    for name, (returncode, stdout, stderr) in run_at_once(cases).items():
         lines = [line for line in stderr.strip().splitlines() if line.startswith("error: ")]
-        assert proc.returncode != 0, f"{name}: exit 0; stdout {stdout!r}"
+        assert returncode != 0, f"{name}: exit 0; stdout {stdout!r}"
         assert "Traceback" not in stderr, f"{name}: {stderr}"
         assert len(lines) == 1, f"{name}: {stderr!r}"
         for piece in cases[name][1]:
@@ -175,15 +167,8 @@ def test_corrupted_or_foreign_model_files_are_refused_by_predict(tiny_data_root,
         else:
             path.write_bytes(content)
         cases[name] = (predict_args(run, tiny_data_root), [str(path)])
-    procs = {
-        name: subprocess.Popen(
-            args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for name, (args, _) in cases.items()
-    }
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 2 and "Traceback" not in stderr, f"{name}: {stderr}"
+    for name, (returncode, stdout, stderr) in run_at_once(cases).items():
+        assert returncode == 2 and "Traceback" not in stderr, f"{name}: {stderr}"
         assert stderr.startswith("error: fold model") and cases[name][1][0] in stderr, stderr
         assert "Ray dashboard" not in stdout
         assert not (tmp_path / name / "submission.csv").exists()

@@ -31,6 +31,22 @@ def _env() -> dict:
     return env
 
 
+def run_at_once(cases: dict[str, tuple[list[str], list[str]]]) -> dict[str, tuple[int, str, str]]:
+    """Starts every case's command at once (each spends most of its time importing torch); returns
+    name -> (exit code, stdout, stderr)."""
+    procs = {
+        name: subprocess.Popen(
+            args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, (args, _) in cases.items()
+    }
+    results = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        results[name] = (proc.returncode, stdout, stderr)
+    return results
+
+
 def _train_args(data, out, *extra) -> list[str]:
     args = [sys.executable, "-m", "salt_model.train", "--data", str(data), "--out", str(out)]
     for item in TINY:
@@ -119,17 +135,9 @@ def test_bad_inputs_exit_with_one_clean_line(tiny_data_root, tmp_path):
             ["nope.yaml", "not found"],
         ),
     }
-    # All at once: each run spends most of its time importing torch.
-    procs = {
-        name: subprocess.Popen(
-            args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for name, (args, _) in cases.items()
-    }
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
+    for name, (returncode, stdout, stderr) in run_at_once(cases).items():
         lines = stderr.strip().splitlines()
-        assert proc.returncode != 0, f"{name}: exit 0; stdout {stdout!r}"
+        assert returncode != 0, f"{name}: exit 0; stdout {stdout!r}"
         assert "Traceback" not in stderr, f"{name}: {stderr}"
         assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: {stderr!r}"
         for piece in cases[name][1]:
