@@ -184,6 +184,9 @@ def run_rounds(
             init = None
             if r > 0 and config.pseudo.init == "previous":
                 init = rounds.previous_weights(rounds.round_dir(out, r - 1), config.data.folds)
+            if r > 0:
+                folder.mkdir(parents=True, exist_ok=True)
+                cfg.save(folder / "config.json")  # what the round trains with (its report reads it)
             console.restart_live_view(f"round {r} " if r else "")
             result = run_kfold(
                 cfg, data, folds, folder, resources, max_failures=max_failures, storage=storage,

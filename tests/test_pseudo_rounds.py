@@ -105,6 +105,8 @@ def test_every_round_is_recorded_and_the_submission_is_the_chosen_rounds(extende
     assert (out / "submission.csv").read_text() == source.read_text()
     assert f"submission.csv: round {best}" in result.stdout
     assert "Pseudo-label rounds" in (out / "report" / "index.html").read_text()
+    assert (out / "round_1" / "report" / "index.html").exists()  # each round has its own report
+    assert "warning" not in result.stdout
 
 
 @pytest.mark.faults
