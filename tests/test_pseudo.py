@@ -174,7 +174,9 @@ def test_a_round_can_start_from_the_previous_rounds_weights(tiny_config, tiny_da
     states = previous_weights(tmp_path, 3)
     assert len(states) == 3
     # a vanishing lr: the weights stay where they started, the previous round's, not a fresh init
-    config = tiny_config.with_overrides({"train.epochs": 1, "schedule.lr": 1e-12, "train.weight_decay": 0.0})
+    config = tiny_config.with_overrides(
+        {"train.epochs": 1, "schedule.lr": 1e-12, "schedule.min_lr": 1e-12, "train.weight_decay": 0.0}
+    )
     started = train_fold(config, data, 0, folds=folds, init_state=states[0]).members["last"].state
     fresh = train_fold(config, data, 0, folds=folds).members["last"].state
     key = next(k for k in previous if k.endswith("conv1.weight"))
