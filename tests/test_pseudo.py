@@ -182,3 +182,27 @@ def test_a_round_can_start_from_the_previous_rounds_weights(tiny_config, tiny_da
     key = next(k for k in previous if k.endswith("conv1.weight"))
     assert torch.allclose(started[key].float(), previous[key].float(), atol=1e-6)
     assert not torch.allclose(fresh[key].float(), previous[key].float(), atol=1e-3)
+
+
+def test_a_pseudo_search_without_a_finished_run_is_refused_before_ray_starts(tiny_data_root, tmp_path):
+    import sys
+
+    from tests.conftest import tiny_args
+    from tests.test_cli import run_at_once
+
+    tune = [sys.executable, "-m", "orchestrator.tune"]
+    cases = {
+        "no --pseudo-from": (
+            [*tune, *tiny_args(tiny_data_root, tmp_path / "a", overrides=[*TINY, "search.pseudo=true"])],
+            ["search.pseudo=true", "--pseudo-from RUN"],
+        ),
+        "not a run": (
+            [*tune, *tiny_args(tiny_data_root, tmp_path / "b"), "--pseudo-from", str(tmp_path / "nope")],
+            [str(tmp_path / "nope"), "not a finished orchestrator.train run folder"],
+        ),
+    }
+    for name, (returncode, stdout, stderr) in run_at_once(cases).items():
+        assert returncode == 2 and stderr.startswith("error: "), f"{name}: {stderr}"
+        for piece in cases[name][1]:
+            assert piece in stderr, f"{name}: {piece!r} not in {stderr!r}"
+        assert "Ray dashboard" not in stdout
