@@ -28,7 +28,7 @@ from tests.test_tune import SEARCH
 
 pytestmark = pytest.mark.ray
 # A loose rule, so that the tiny 2-epoch model (its probabilities are within ~0.3 of 0.5) keeps some
-# of the 12 test tiles and drops others (3 kept when this was written)
+# of the 12 test tiles and drops others (the test asserts both)
 RULE = {"low": 0.45, "high": 0.55, "min_fraction": 0.5}
 ROUND_1 = [*TINY, "pseudo.rounds=1", *(f"pseudo.{k}={v}" for k, v in RULE.items()), "pseudo.weight=0.5"]
 
