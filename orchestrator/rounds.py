@@ -51,10 +51,11 @@ def round_config(config: Config, r: int) -> Config:
     return dataclasses.replace(config, pseudo=PseudoConfig()) if r == 0 else config
 
 
-def finished(folder: Path, config: Config, has_test: bool) -> dict | None:
-    """The round's cv.json when it finished with this config (and wrote its submission), else None."""
+def finished(folder: Path, config: Config) -> dict | None:
+    """The round's cv.json when it finished with this config (and wrote its submission), else None.
+    Pseudo rounds always have test tiles (orchestrator.train refuses them otherwise)."""
     cv_path = folder / "cv.json"
-    if not cv_path.exists() or (has_test and not (folder / "submission.csv").exists()):
+    if not cv_path.exists() or not (folder / "submission.csv").exists():
         return None
     summary = json.loads(cv_path.read_text())
     if config_changes(Config.from_dict(summary["config"], source=str(cv_path)), config):
@@ -129,7 +130,7 @@ def choose_round(entries: list[dict], rule: str) -> int:
     return max(entries, key=lambda e: (e["oof_score"], -e["round"]))["round"]
 
 
-def write_rounds(out: Path, entries: list[dict], config: Config, has_test: bool) -> dict:
+def write_rounds(out: Path, entries: list[dict], config: Config) -> dict:
     """OUT/rounds.json, the `pseudo` entry of OUT/cv.json, and OUT/submission.csv from the chosen round."""
     chosen = choose_round(entries, config.pseudo.submit)
     summary = {
@@ -147,10 +148,9 @@ def write_rounds(out: Path, entries: list[dict], config: Config, has_test: bool)
     cv = json.loads(cv_path.read_text())
     cv["pseudo"] = summary
     atomic_write_text(cv_path, json.dumps(cv, indent=2) + "\n")
-    if has_test:
-        keep = out / "round_0_submission.csv"
-        if not keep.exists():
-            atomic_write(keep, lambda tmp: shutil.copyfile(out / "submission.csv", tmp))
-        source = keep if chosen == 0 else round_dir(out, chosen) / "submission.csv"
-        atomic_write(out / "submission.csv", lambda tmp: shutil.copyfile(source, tmp))
+    keep = out / "round_0_submission.csv"
+    if not keep.exists():
+        atomic_write(keep, lambda tmp: shutil.copyfile(out / "submission.csv", tmp))
+    source = keep if chosen == 0 else round_dir(out, chosen) / "submission.csv"
+    atomic_write(out / "submission.csv", lambda tmp: shutil.copyfile(source, tmp))
     return summary

@@ -176,17 +176,17 @@ def run_rounds(
                 f">= {config.pseudo.min_fraction:.0%} of pixels < {config.pseudo.low} or > {config.pseudo.high}), "
                 f"weight {config.pseudo.weight}, start: {config.pseudo.init}"
             )
-        done = rounds.finished(folder, cfg, has_test=True)
+        done = rounds.finished(folder, cfg)
         if done is not None:
             print(f"round {r}: finished earlier, kept (OOF {done['oof_score']:.4f}); outputs in {folder}")
             summary = done
         else:
             init = None
-            if r > 0 and config.pseudo.init == "previous":
-                init = rounds.previous_weights(rounds.round_dir(out, r - 1), config.data.folds)
             if r > 0:
                 folder.mkdir(parents=True, exist_ok=True)
                 cfg.save(folder / "config.json")  # what the round trains with (its report reads it)
+                if config.pseudo.init == "previous":
+                    init = rounds.previous_weights(rounds.round_dir(out, r - 1), config.data.folds)
             console.restart_live_view(f"round {r} " if r else "")
             result = run_kfold(
                 cfg, data, folds, folder, resources, max_failures=max_failures, storage=storage,
@@ -199,7 +199,7 @@ def run_rounds(
                 probs_out=folder / rounds.TEST_PROBS if more else None,
             )  # fmt: skip
         entries.append(rounds.round_entry(r, summary, labels))
-    chosen = rounds.write_rounds(out, entries, config, has_test=True)
+    chosen = rounds.write_rounds(out, entries, config)
     write_report(out)  # with the per-round table
     for e in entries:
         kept = "" if e["pseudo"] is None else f", {e['pseudo']['kept']} pseudo-labelled tiles"
