@@ -33,21 +33,30 @@ class NodeType:
     name: str
     resources: dict  # logical resources of one node of this type
     max_count: int  # how many such nodes the cluster may have (-1: no limit)
+    worker: bool = True  # counts against the cluster's max_workers (the head and hand-started nodes do not)
 
 
 @dataclass(frozen=True)
 class Capacity:
     node_types: tuple[NodeType, ...]
     source: str  # where the node types came from, for messages
+    max_workers: int = -1  # the launcher's global cap on worker nodes of all types (-1: none)
 
     def max_total(self, key: str) -> float:
-        """The most of resource `key` the cluster can ever have at once."""
-        total = 0.0
-        for t in self.node_types:
+        """The most of resource `key` the cluster can ever have at once: every type up to its own
+        max_workers, and the worker nodes together up to the global max_workers (filled with the types
+        that have the most of `key` first)."""
+        total, budget = 0.0, self.max_workers
+        by_amount = sorted(self.node_types, key=lambda t: (t.worker, -float(t.resources.get(key, 0))))
+        for t in by_amount:  # the head and hand-started nodes first, then workers, richest first
             amount = float(t.resources.get(key, 0))
-            if amount and t.max_count < 0:
+            count = t.max_count
+            if t.worker and budget >= 0:
+                count = budget if count < 0 else min(count, budget)
+                budget -= count
+            if amount and count < 0:
                 return math.inf
-            total += amount * max(t.max_count, 0)
+            total += amount * max(count, 0)
         return total
 
     def max_per_node(self, key: str) -> float:
@@ -83,9 +92,17 @@ def _types_from_gcs() -> list[NodeType]:
     ]
 
 
+def launcher_capacity(path: Path) -> Capacity:
+    """What a cluster launcher YAML (cluster.yaml) can hold: its node types, and the global
+    `max_workers` that caps the worker nodes of all types together."""
+    types = types_from_launcher_config(path)
+    cap = yaml.safe_load(Path(path).read_text()).get("max_workers")
+    return Capacity(tuple(types), str(path), -1 if cap is None else int(cap))
+
+
 def types_from_launcher_config(path: Path) -> list[NodeType]:
     """Node types of a cluster launcher YAML (cluster.yaml): explicit `resources` per type, and
-    `max_workers` per type (else the global one); the head type counts once."""
+    `max_workers` per type (else the global one); the head type counts once, outside max_workers."""
     try:
         config = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -98,13 +115,13 @@ def types_from_launcher_config(path: Path) -> list[NodeType]:
     for name, spec in config["available_node_types"].items():
         resources = {k: float(v) for k, v in (spec.get("resources") or {}).items()}
         count = 1 if name == head else int(spec.get("max_workers", default_max))
-        types.append(NodeType(name, resources, count))
+        types.append(NodeType(name, resources, count, worker=name != head))
     return types
 
 
 def _types_alive() -> list[NodeType]:
     return [
-        NodeType(f"node {n['NodeID'][:8]} (up now)", dict(n["Resources"]), 1)
+        NodeType(f"node {n['NodeID'][:8]} (up now)", dict(n["Resources"]), 1, worker=False)
         for n in ray.nodes()
         if n.get("Alive")
     ]
@@ -114,18 +131,20 @@ def cluster_capacity(cluster_config: str | None = None, attached: bool = True) -
     """The possible node types of the connected cluster plus the nodes alive now (see module doc)."""
     alive = _types_alive()
     if cluster_config:
-        possible, source = types_from_launcher_config(Path(cluster_config)), str(cluster_config)
+        possible = launcher_capacity(Path(cluster_config))
     else:
-        possible, source = _types_from_gcs(), "the autoscaler's config in the GCS"
-        if not possible and attached and BOOTSTRAP_CONFIG.exists():
-            possible, source = types_from_launcher_config(BOOTSTRAP_CONFIG), str(BOOTSTRAP_CONFIG)
-    if not possible:
+        possible = Capacity(tuple(_types_from_gcs()), "the autoscaler's config in the GCS")
+        if not possible.node_types and attached and BOOTSTRAP_CONFIG.exists():
+            possible = launcher_capacity(BOOTSTRAP_CONFIG)
+    if not possible.node_types:
         return Capacity(tuple(alive), "the nodes up now")
     # A node alive now is either one of the possible types' nodes or an extra (a hand-started head).
     extra = [
-        a for a in alive if not any(_same_shape(a.resources, t.resources) for t in possible if t.max_count)
+        a
+        for a in alive
+        if not any(_same_shape(a.resources, t.resources) for t in possible.node_types if t.max_count)
     ]
-    return Capacity(tuple(possible + extra), source)
+    return Capacity(possible.node_types + tuple(extra), possible.source, possible.max_workers)
 
 
 def _same_shape(live: dict, declared: dict) -> bool:

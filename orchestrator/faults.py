@@ -10,14 +10,18 @@ forever at the barrier.
 
 `inject` is the test hook behind tests/test_faults*.py: it makes a real fault happen inside a fold
 worker (SIGKILL of the worker process in the middle of an epoch's batches, a NaN in the weights, an
-exception at an epoch's end), once, guarded by a marker file. run_kfold takes it as `inject_failure`;
-a search's trial takes it from the environment variable SALT_INJECT_FAULT (JSON, with "study_trial").
+exception at an epoch's end, a worker that stops before a report so a test can kill the driver at a
+known epoch, a trial that learns nothing), once, guarded by a marker file. run_kfold takes it as
+`inject_failure`; a search's trials take theirs from the environment variable SALT_INJECT_FAULT (JSON:
+one fault or a list, each with "study_trial").
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,8 +35,9 @@ class RunFailed(ValueError):
     """A fold failed deterministically; the run stopped at once (never retried). str() is the reason."""
 
 
-def inject(failure: dict | None, fold: int, epochs_done: Callable[[], int]) -> Callable[[int], None]:
-    """Arms the test fault for this fold; returns the hook `report` calls at each epoch's end.
+def inject(failure: dict | None, fold: int, epochs_done: Callable[[], int]) -> Callable[[int, dict], dict]:
+    """Arms the test fault for this fold; returns the hook `report` calls at each epoch's end with the
+    epoch and the fold's metrics, and reports what it returns.
 
     failure = {"fold": r, "epoch": e (1-based), "marker": path, "mode": ..., "batches": b}
     - "sigkill": after b optimizer steps of epoch e, the worker SIGKILLs its own process.
@@ -40,10 +45,16 @@ def inject(failure: dict | None, fold: int, epochs_done: Callable[[], int]) -> C
       train_one_epoch raises FloatingPointError, a deterministic error).
     - "raise": at the end of epoch e, a RuntimeError (a transient error: retried).
     - "exit": at the end of epoch e, os._exit(1) (a dead process: retried).
+    - "hold": at the end of epoch e, before its report, the worker writes the marker and sleeps (the
+      run holds with epochs 1..e-1 reported and checkpointed, for a test to kill its driver).
+    - "poor": every fold, every epoch, reports a held-out score of 0 (a trial that learned nothing:
+      ASHA stops it at a rung where another trial stands above 0). No marker.
     The marker file makes each fault happen once per run, however often the worker restarts.
     """
+    if failure and failure.get("mode") == "poor":
+        return lambda epoch, metrics: {**metrics, "val_map": 0.0, "best_val_map": 0.0}
     if not failure or failure["fold"] != fold:
-        return lambda epoch: None
+        return lambda epoch, metrics: metrics
     marker = Path(failure["marker"])
     mode = failure.get("mode", "raise")
 
@@ -70,13 +81,24 @@ def inject(failure: dict | None, fold: int, epochs_done: Callable[[], int]) -> C
                     optimizer.param_groups[0]["params"][0].fill_(float("nan"))
 
         register_optimizer_step_post_hook(after_step)
-        return lambda epoch: None
+        return lambda epoch, metrics: metrics
 
-    def at_epoch_end(epoch: int) -> None:
+    def at_epoch_end(epoch: int, metrics: dict) -> dict:
         if epoch != failure["epoch"] or not fire(f"{mode} at the end of epoch {epoch}"):
-            return
+            return metrics
         if mode == "exit":
             os._exit(1)
+        if mode == "hold":
+            time.sleep(3600)  # until the test kills the run
         raise RuntimeError(f"injected failure in fold {fold} at epoch {epoch}")
 
     return at_epoch_end
+
+
+def trial_fault(number: int) -> dict | None:
+    """The test fault of study trial `number` from SALT_INJECT_FAULT (one fault or a list), if any."""
+    faults = json.loads(os.environ.get("SALT_INJECT_FAULT", "null")) or []
+    for fault in faults if isinstance(faults, list) else [faults]:
+        if fault.get("study_trial") == number:
+            return fault
+    return None

@@ -127,7 +127,7 @@ def fold_worker(loop_config: dict) -> None:
     def report(metrics: dict, save) -> None:
         nonlocal reports
         epoch = metrics["epoch"]
-        fault(epoch)
+        metrics = fault(epoch, metrics)
         reports += 1
         gauge.set(metrics["val_map"], tags=tags)
         # the run's own record of resumes: the epoch each fold's current attempt started after

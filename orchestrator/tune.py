@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator import console, rounds
 from orchestrator.capacity import Capacity, cluster_capacity
-from orchestrator.faults import RunFailed
+from orchestrator.faults import RunFailed, trial_fault
 from orchestrator.kfold import (
     FailureNotice,
     FatalReason,
@@ -149,9 +148,6 @@ def kfold_trial(
         switch = min(config.train.loss_switch_epoch, pruned_at)  # only the epochs are cut
         config = config.with_overrides({"train.epochs": pruned_at, "train.loss_switch_epoch": switch})
     run_name = trial_run_name(number)
-    # test hook (tests/test_faults_driver.py): a real fault inside one trial's fold worker
-    fault = json.loads(os.environ.get("SALT_INJECT_FAULT", "null"))
-    fault = fault if fault and fault.get("study_trial") == number else None
     trainer = make_trainer(
         config,
         data_refs[0],
@@ -161,7 +157,7 @@ def kfold_trial(
         run_name=run_name,
         max_failures=max_failures,
         callbacks=[TrialReport(), FailureNotice(), FatalReason(str(failed))],
-        inject_failure=fault,
+        inject_failure=trial_fault(number),  # test hook (tests/conftest.py, test_faults_driver.py)
         trial=tune.get_context().get_trial_id(),
         pseudo_ref=None if pseudo_refs is None else ray.put(ray.get(pseudo_refs[0]).labels(config).data),
     )
@@ -192,7 +188,12 @@ class ProgressTable(tune.Callback):
         self.best = max(self.best, result.get(METRIC, -math.inf))
         metrics = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k != "config"}
         with open(self.out / "progress.jsonl", "a") as f:
-            f.write(json.dumps({"trial_id": trial.trial_id, "time": time.time(), **metrics}) + "\n")
+            line = {
+                "trial_id": trial.trial_id,
+                "study_trial": trial.config.get("study_trial"),
+                "time": time.time(),
+            }
+            f.write(json.dumps({**line, **metrics}) + "\n")
         if trial.trial_id not in self.curves:
             self.curves[trial.trial_id] = FoldCurves(
                 self.out / "tensorboard" / f"trial-{trial.trial_id}", self.folds

@@ -25,9 +25,12 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for this precision on this device; None means full fp32."""
-    if device.type != "cuda" or precision == "fp32":
+    """The autocast dtype for this precision on this device; None means full fp32. On a CPU only an
+    explicit bf16 autocasts (the GPU users' precision path, runnable anywhere); auto stays fp32."""
+    if precision == "fp32":
         return None
+    if device.type != "cuda":
+        return torch.bfloat16 if precision == "bf16" else None
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]

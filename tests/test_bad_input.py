@@ -17,7 +17,7 @@ from salt_model.data import DataError, load_split
 from salt_model.data_checks import DataWarning, check_data_folder
 from salt_model.folds import make_folds
 from tests.conftest import TINY
-from tests.test_cli import run_at_once
+from tests.processes import run_at_once
 
 
 def copy_data(root, tmp_path):

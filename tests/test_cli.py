@@ -1,7 +1,6 @@
 """`python -m salt_model.train` end to end in a subprocess: its outputs, resuming, and clean error exits."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,8 +12,8 @@ import torch
 
 from salt_model.config import Config
 from tests.conftest import TINY
+from tests.processes import run, run_at_once
 
-REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = (
     "config.json",
     "folds.csv",
@@ -25,28 +24,6 @@ OUTPUTS = (
 )
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-def run_at_once(cases: dict[str, tuple[list[str], list[str]]]) -> dict[str, tuple[int, str, str]]:
-    """Starts every case's command at once (each spends most of its time importing torch); returns
-    name -> (exit code, stdout, stderr)."""
-    procs = {
-        name: subprocess.Popen(
-            args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for name, (args, _) in cases.items()
-    }
-    results = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        results[name] = (proc.returncode, stdout, stderr)
-    return results
-
-
 def _train_args(data, out, *extra) -> list[str]:
     args = [sys.executable, "-m", "salt_model.train", "--data", str(data), "--out", str(out)]
     for item in TINY:
@@ -55,7 +32,7 @@ def _train_args(data, out, *extra) -> list[str]:
 
 
 def _run(args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return run(args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 from tests.cluster_helpers import ray_head, run_cli, scrape
 from tests.conftest import TINY, tiny_args
 
-pytestmark = [pytest.mark.ray, pytest.mark.cluster]
+pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.slow]
 
 TWO_FOLDS = [o for o in TINY if not o.startswith("data.folds")] + ["data.folds=2"]
 

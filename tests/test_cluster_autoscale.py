@@ -15,7 +15,7 @@ import yaml
 from tests.cluster_helpers import ray_head
 from tests.conftest import TINY, tiny_args
 
-pytestmark = [pytest.mark.ray, pytest.mark.cluster]
+pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 TWO_FOLDS = [o for o in TINY if not o.startswith("data.folds")] + ["data.folds=2"]

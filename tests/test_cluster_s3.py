@@ -26,7 +26,7 @@ from tests.cluster_helpers import (
 )
 from tests.conftest import TINY, tiny_args
 
-pytestmark = [pytest.mark.ray, pytest.mark.cluster]
+pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.slow]
 
 TWO_FOLDS = [o for o in TINY if not o.startswith("data.folds")] + ["data.folds=2"]
 USER_OUTPUTS = {

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import struct
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from orchestrator import console
-from tests.conftest import TINY, tiny_args
+from tests.conftest import TINY
+from tests.processes import run, run_entry
 
 # What the bare console used to show, from Ray, Tune, Ray Data and Optuna (issue 10)
 NOISE = (
@@ -99,15 +97,6 @@ def test_cause_is_the_last_line_of_a_wrapped_traceback():
     assert console.cause(OSError("no space left")) == "OSError: no space left"
 
 
-def run_entry(module: str, args: list[str], timeout: int) -> subprocess.CompletedProcess:
-    """An entry point as a user runs it: its own local Ray (private RAY_TMPDIR), stdout not a terminal."""
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rtc", dir="/tmp")}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
-
-
 def assert_clean(text: str) -> None:
     for noise in NOISE:
         hits = [line for line in text.splitlines() if noise in line]
@@ -131,17 +120,9 @@ def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return scalars
 
 
-@pytest.fixture(scope="module")
-def tiny_train(tiny_data_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("console") / "train"
-    result = run_entry("orchestrator.train", tiny_args(tiny_data_root, out), timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
-
-
 @pytest.mark.ray
-def test_train_console_shows_progress_and_no_ray_noise(tiny_train):
-    out, result = tiny_train
+def test_train_console_shows_progress_and_no_ray_noise(train_run):
+    out, result = train_run
     assert_clean(result.stdout + result.stderr)
     epochs = sorted(int(m.group(1)) for m in PLAIN_PROGRESS.finditer(result.stdout))
     assert epochs == [1, 2], result.stdout  # one progress line per epoch, each fold on it
@@ -152,8 +133,8 @@ def test_train_console_shows_progress_and_no_ray_noise(tiny_train):
 
 
 @pytest.mark.ray
-def test_train_writes_fold_curves_as_tensorboard_events(tiny_train):
-    out, _ = tiny_train
+def test_train_writes_fold_curves_as_tensorboard_events(train_run):
+    out, _ = train_run
     for fold in range(3):
         scalars = read_scalars(out / "tensorboard" / f"fold_{fold}")
         for tag in ("train_loss", "val_loss", "val_map", "lr"):
@@ -165,22 +146,11 @@ def test_train_writes_fold_curves_as_tensorboard_events(tiny_train):
 
 
 @pytest.mark.ray
-def test_verbose_brings_ray_output_back(tiny_data_root, tmp_path):
-    result = run_entry(
-        "orchestrator.train",
-        tiny_args(tiny_data_root, tmp_path / "v", overrides=[*TINY, "train.epochs=1"]) + ["--verbose"],
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "pid=" in result.stdout + result.stderr
-
-
-@pytest.mark.ray
-def test_a_real_tiny_run_writes_its_report(tiny_train):
+def test_a_real_tiny_run_writes_its_report(train_run):
     from orchestrator.report import main
     from tests.test_report import assert_real_pngs
 
-    out, result = tiny_train
+    out, result = train_run
     page = out / "report" / "index.html"
     assert f"report: {page}" in result.stdout
     assert {"curves.png", "threshold.png"} <= set(assert_real_pngs(page))
@@ -189,22 +159,19 @@ def test_a_real_tiny_run_writes_its_report(tiny_train):
     assert (out / "report" / "curves.png").stat().st_mtime_ns > before
 
 
-@pytest.mark.ray
-def test_bare_tune_console_shows_trials_and_folds_and_no_ray_noise(tmp_path):
-    """The bare command a new user runs (embedded default: 4 trials x 3 folds x 4 epochs, ~5 min)."""
-    out = tmp_path / "tune"
-    result = run_entry("orchestrator.tune", ["--out", str(out)], timeout=1200)
-    (tmp_path / "console.txt").write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
-    assert result.returncode == 0, result.stderr[-3000:]
+def check_search_console(out, result, trials: int, epochs: int) -> None:
+    """Every trial: a start line, one plain progress line per epoch in order, and an end line that
+    matches its epochs; no Ray noise; the summary last; per-fold TensorBoard curves."""
     text = result.stdout + result.stderr
     assert_clean(text)
     started = re.findall(r"^trial (\w+) started: ", result.stdout, re.M)
-    assert len(started) == 4, result.stdout
+    assert len(started) == trials, result.stdout
     for trial in started:
-        epochs = [
-            int(e) for e in re.findall(rf"^trial {trial} \(.*?\) epoch (\d+)/4 \|", result.stdout, re.M)
+        seen = [
+            int(e)
+            for e in re.findall(rf"^trial {trial} \(.*?\) epoch (\d+)/{epochs} \|", result.stdout, re.M)
         ]
-        assert epochs and epochs == list(range(1, len(epochs) + 1)), (trial, epochs)
+        assert seen and seen == list(range(1, len(seen) + 1)), (trial, seen)
         odd = [
             line
             for line in result.stdout.splitlines()
@@ -212,13 +179,36 @@ def test_bare_tune_console_shows_trials_and_folds_and_no_ray_noise(tmp_path):
         ]
         assert not odd, odd
         end = re.search(
-            rf"^trial {trial} (finished|pruned by ASHA after epoch (\d+)/4): ", result.stdout, re.M
+            rf"^(?:error: )?trial {trial} (finished|pruned by ASHA after epoch (\d+)/{epochs}|FAILED)",
+            text,
+            re.M,
         )
         assert end, f"trial {trial} has no end line"
-        assert end.group(1) == "finished" or int(end.group(2)) == len(epochs)
-        assert read_scalars(out / "tensorboard" / f"trial-{trial}" / "fold_2")["val_map"]
+        assert end.group(1) != "finished" or seen[-1] == epochs
+        assert not end.group(2) or int(end.group(2)) == len(seen)
+        assert read_scalars(out / "tensorboard" / f"trial-{trial}" / "fold_1")["val_map"]
     assert result.stdout.rstrip().splitlines()[-1].startswith("search done"), "lines after the summary"
     assert (out / "report" / "index.html").exists()
+
+
+@pytest.mark.ray
+def test_the_search_console_shows_every_trial_its_folds_and_its_end(search_run):
+    out, result, _ = search_run
+    check_search_console(out, result, trials=4, epochs=3)
+    assert re.search(r"^trial \w+ pruned by ASHA after epoch 1/3: ", result.stdout, re.M), result.stdout
+    assert re.search(r"^error: trial \w+ FAILED: .*FloatingPointError", result.stderr, re.M), result.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_bare_tune_console_shows_trials_and_folds_and_no_ray_noise(tmp_path):
+    """The bare command a new user runs (embedded default: 4 trials x 3 folds x 4 epochs, ~5 min)."""
+    out = tmp_path / "tune"
+    result = run_entry("orchestrator.tune", ["--out", str(out)], timeout=1200)
+    (tmp_path / "console.txt").write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_search_console(out, result, trials=4, epochs=4)
 
 
 RESTART_SCRIPT = """
@@ -245,17 +235,10 @@ print("trained")
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_a_failed_fold_worker_and_its_restart_show_as_warnings(tiny_data_root, tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rtc", dir="/tmp")}
-    env.pop("RAY_ADDRESS", None)
-    result = subprocess.run(
-        [sys.executable, "-c", RESTART_SCRIPT, str(tiny_data_root), str(out), *TINY],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    result = run([sys.executable, "-c", RESTART_SCRIPT, str(tiny_data_root), str(out), *TINY])
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "failed-once").exists(), "the injected failure did not happen"
     assert_clean(result.stdout + result.stderr)

@@ -94,7 +94,7 @@ def test_checkpoints_and_models_with_a_pickle_payload_are_refused_unexecuted(tmp
 
 
 def test_every_torch_load_in_the_code_is_weights_only():
-    from tests.test_cli import REPO
+    from tests.processes import REPO
 
     for path in [
         *REPO.glob("salt_model/**/*.py"),

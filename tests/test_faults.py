@@ -8,6 +8,7 @@ resume leave different records even when the final histories are the same.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,7 @@ def test_a_nan_loss_stops_the_run_at_once_and_is_not_retried(
     assert not (out / "models").exists()
 
 
+@pytest.mark.slow
 def test_a_transient_error_is_retried_from_the_checkpoint(ray_cluster, tiny_config, tiny_data_root, tmp_path):
     out = tmp_path / "run"
     result = run(tiny_config, tiny_data_root, out, {"fold": 0, "epoch": 2, "mode": "exit"})
@@ -80,11 +82,27 @@ def test_a_transient_error_is_retried_from_the_checkpoint(ray_cluster, tiny_conf
     assert len(result.model_paths) == 3
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the TCP sockets that listen on `port` (IPv4, from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
 def test_the_local_dashboard_listens_on_localhost_only(ray_cluster):
+    """What the socket is bound to, not what Ray says: 0.0.0.0 would expose the dashboard (and its
+    job submission API) to the network."""
     from ray._private.worker import global_worker
 
     url = global_worker.node.address_info["webui_url"]
-    assert url.startswith("127.0.0.1:"), url
+    port = int(url.rsplit(":", 1)[1])
+    assert listening_addresses(port) == {"127.0.0.1"}, (
+        f"the dashboard on port {port} listens on {listening_addresses(port)}"
+    )
 
 
 def test_a_corrupted_checkpoint_on_resume_stops_the_run_naming_the_file(

@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from salt_model.data import load_split
 from salt_model.rle import rle_decode
-from tests.conftest import TINY, tiny_args
+from tests.processes import run_entry
 
 pytestmark = pytest.mark.ray
 
 
-# cosine restarts every epoch: 2 epochs end 2 cycles, both kept as snapshots; SWA over both epochs
-MEMBERS = [
-    *TINY,
-    "schedule.name=cosine",
-    "schedule.cycle_epochs=1",
-    "train.snapshots=2",
-    "train.swa_epochs=2",
-]
-
-
-def test_kfold_train_ends_with_every_fold_and_a_valid_submission(
-    ray_cluster, tiny_data_root, tmp_path, capsys
-):
-    from orchestrator.train import main
-
-    out = tmp_path / "run"
-    assert main(tiny_args(tiny_data_root, out, overrides=MEMBERS)) == 0
-    printed = capsys.readouterr().out
+def test_kfold_train_ends_with_every_fold_and_a_valid_submission(train_run, tiny_data_root):
+    out, result = train_run
+    printed = result.stdout
 
     cv = json.loads((out / "cv.json").read_text())
     variants = cv["variants"]
@@ -54,8 +41,6 @@ def test_kfold_train_ends_with_every_fold_and_a_valid_submission(
 
     # models/ holds the chosen variant's members of every fold, k x s of them, and the aggregation
     # averaged all of them
-    import torch
-
     members_per_fold = variants[chosen]["members_per_fold"]
     paths = sorted((out / "models").glob("fold_*.pt"))
     assert len(paths) == cv["submission_members"] == sum(members_per_fold)
@@ -99,35 +84,49 @@ def test_kfold_train_ends_with_every_fold_and_a_valid_submission(
         assert rle_decode(rle, (101, 101)).shape == (101, 101)
 
 
-def test_a_failing_fold_worker_resumes_from_its_checkpoint(
-    ray_cluster, tiny_config, tiny_data_root, tmp_path
-):
-    from orchestrator.kfold import run_kfold
-    from orchestrator.runtime import fold_resources
-    from salt_model.folds import make_folds
+def member_average(run, images):
+    """The run's own members, each loaded from RUN/models and run with flip TTA, averaged here."""
+    from salt_model.predict import model_from_payload, predict_probs, read_fold_model
 
-    data = load_split(tiny_data_root, "train")
-    folds = make_folds(data.masks, 3, tiny_config.data.fold_seed)
-    marker = tmp_path / "failed-once"
-    result = run_kfold(
-        tiny_config,
-        data,
-        folds,
-        tmp_path / "run",
-        fold_resources(3, None, None),
-        max_failures=2,
-        inject_failure={"fold": 1, "epoch": 2, "marker": str(marker)},
-    )
-    assert marker.exists(), "the injected failure did not happen"
-    assert len(result.scores) == 3 and all(p.exists() for p in result.model_paths)
-    for fold, history in enumerate(result.histories):
-        assert [h["epoch"] for h in history] == [1, 2]  # epoch 1 came back from the checkpoint
-        assert {h["fold"] for h in history} == {fold}
-    assert result.oof_probs.shape == data.images.shape
-    assert result.cv["chosen"] == "last"  # a constant lr: no snapshot, no SWA
+    probs_sum, empty_sum, paths = 0.0, 0.0, sorted((run / "models").glob("fold_*.pt"))
+    for path in paths:
+        model, config = model_from_payload(read_fold_model(path), torch.device("cpu"))
+        probs, empty = predict_probs(model, images, config, torch.device("cpu"), batch_size=64, tta=True)
+        probs_sum, empty_sum = probs_sum + probs, empty_sum + empty
+    return probs_sum / len(paths), empty_sum / len(paths)
 
 
-def test_predict_cli_rejects_a_run_without_models(ray_cluster, tiny_data_root, tmp_path):
+def test_the_submission_is_the_thresholded_average_of_the_runs_own_models(train_run, tiny_data_root):
+    from salt_model.postprocess import Thresholds, binarize
+
+    out, _ = train_run
+    test = load_split(tiny_data_root, "test")
+    probs, empty = member_average(out, test.images)
+    thresholds = Thresholds(**json.loads((out / "cv.json").read_text())["thresholds"])
+    expected = binarize(probs, empty, thresholds)
+    sub = pd.read_csv(out / "submission.csv", keep_default_na=False).set_index("id")
+    for i, tile in enumerate(test.ids):
+        got = rle_decode(sub.loc[tile, "rle_mask"], (101, 101)).astype(bool)
+        assert np.array_equal(got, expected[i]), (
+            f"tile {tile}: {int((got != expected[i]).sum())} pixels differ"
+        )
+    assert expected.any(axis=(1, 2)).sum() > 0, "every recomputed mask is empty: nothing was compared"
+
+
+def test_predict_reproduces_the_runs_submission_byte_for_byte(train_run, tiny_data_root, tmp_path):
+    out, _ = train_run
+    target = tmp_path / "again.csv"
+    args = ["--run", str(out), "--data", str(tiny_data_root), "--out", str(target), "--verbose"]
+    result = run_entry("orchestrator.predict", args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert target.read_bytes() == (out / "submission.csv").read_bytes()
+    # --verbose brings Ray's own log lines back to the console (else they go to RUN/logs/driver.log)
+    assert re.search(r"\t(INFO|WARNING) \w+\.py:\d+ -- ", result.stdout + result.stderr), result.stderr[
+        -2000:
+    ]
+
+
+def test_predict_cli_rejects_a_run_without_models(tiny_data_root, tmp_path):
     from orchestrator.predict import main
 
     (tmp_path / "cv.json").write_text(

@@ -188,7 +188,7 @@ def test_a_pseudo_search_without_a_finished_run_is_refused_before_ray_starts(tin
     import sys
 
     from tests.conftest import tiny_args
-    from tests.test_cli import run_at_once
+    from tests.processes import run_at_once
 
     tune = [sys.executable, "-m", "orchestrator.tune"]
     cases = {

@@ -9,9 +9,7 @@ which epoch each fold's attempt resumed after.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 
 import numpy as np
 import optuna
@@ -21,43 +19,22 @@ import pytest
 from salt_model.data import load_split
 from salt_model.postprocess import Thresholds, binarize
 from salt_model.pseudo import PseudoLabels, confident_tiles
-from tests.conftest import TINY, tiny_args
-from tests.test_console import run_entry
-from tests.test_faults_driver import STRAYS_S, kill_when, records, start
-from tests.test_tune import SEARCH
+from tests.conftest import ROUND_1, RULE, SEARCH, check_run, records, tiny_args
+from tests.processes import child_env, run_entry, start, stop
+from tests.test_faults_driver import read_until
 
 pytestmark = pytest.mark.ray
-# A loose rule, so that the tiny 2-epoch model (its probabilities are within ~0.3 of 0.5) keeps some
-# of the 12 test tiles and drops others (the test asserts both)
-RULE = {"low": 0.45, "high": 0.55, "min_fraction": 0.5}
-ROUND_1 = [*TINY, "pseudo.rounds=1", *(f"pseudo.{k}={v}" for k, v in RULE.items()), "pseudo.weight=0.5"]
 
 
-def run(args: list[str], module: str = "orchestrator.train") -> subprocess.CompletedProcess:
-    result = run_entry(module, args, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-@pytest.fixture(scope="module")
-def extended_run(tiny_data_root, tmp_path_factory):
-    """A finished run (no pseudo-labels), then the same command with pseudo.rounds=1 on its folder."""
-    out = tmp_path_factory.mktemp("pseudo") / "run"
-    run(tiny_args(tiny_data_root, out))
-    round_0 = records(out / "progress.jsonl")
-    result = run(tiny_args(tiny_data_root, out, overrides=ROUND_1))
-    return out, round_0, result
-
-
-def test_extending_a_finished_run_keeps_round_0_and_trains_round_1(extended_run):
-    out, round_0, result = extended_run
+def test_extending_a_finished_run_keeps_round_0_and_trains_round_1(pseudo_run):
+    out, round_0, result = pseudo_run
     assert records(out / "progress.jsonl") == round_0, "round 0 was trained again"
     assert "round 0: finished earlier, kept" in result.stdout
     assert [p["epoch"] for p in records(out / "round_1" / "progress.jsonl")] == [1, 2]
 
 
-def test_round_1_keeps_exactly_the_test_tiles_the_rule_passes(extended_run, tiny_data_root):
-    out, _, _ = extended_run
+def test_round_1_keeps_exactly_the_test_tiles_the_rule_passes(pseudo_run, tiny_data_root):
+    out, _, _ = pseudo_run
     test = load_split(tiny_data_root, "test")
     saved = np.load(out / "test_probs.npz")  # round 0's ensemble on the test tiles
     assert saved["ids"].tolist() == test.ids.tolist()
@@ -72,8 +49,8 @@ def test_round_1_keeps_exactly_the_test_tiles_the_rule_passes(extended_run, tiny
     assert np.array_equal(labels.masks, expected.astype(np.uint8))
 
 
-def test_pseudo_tiles_are_trained_on_and_never_held_out(extended_run, tiny_data_root):
-    out, round_0, _ = extended_run
+def test_pseudo_tiles_are_trained_on_and_never_held_out(pseudo_run, tiny_data_root):
+    out, round_0, _ = pseudo_run
     train = load_split(tiny_data_root, "train")
     test_ids = set(load_split(tiny_data_root, "test").ids)
     folds = pd.read_csv(out / "folds.csv")
@@ -88,8 +65,8 @@ def test_pseudo_tiles_are_trained_on_and_never_held_out(extended_run, tiny_data_
         assert [epoch[f"train_tiles_fold{r}"] for r in range(3)] == [n + kept for n in train_part]
 
 
-def test_every_round_is_recorded_and_the_submission_is_the_chosen_rounds(extended_run):
-    out, _, result = extended_run
+def test_every_round_is_recorded_and_the_submission_is_the_chosen_rounds(pseudo_run):
+    out, _, result = pseudo_run
     rounds = json.loads((out / "rounds.json").read_text())
     assert json.loads((out / "cv.json").read_text())["pseudo"] == rounds
     assert [e["round"] for e in rounds["rounds"]] == [0, 1]
@@ -110,18 +87,23 @@ def test_every_round_is_recorded_and_the_submission_is_the_chosen_rounds(extende
 
 
 @pytest.mark.faults
+@pytest.mark.slow
 def test_a_run_killed_in_round_1_resumes_in_round_1(tiny_data_root, tmp_path):
     out = tmp_path / "run"
     args = tiny_args(tiny_data_root, out, "--epochs", "4", overrides=ROUND_1)
     round_1 = out / "round_1" / "progress.jsonl"
-    cmd = [sys.executable, "-m", "orchestrator.train", *args]
-    first = kill_when(start(cmd), lambda _: len(records(round_1)) >= 2)
-    time.sleep(STRAYS_S)
+    env = child_env()
+    proc = start([sys.executable, "-m", "orchestrator.train", *args], env)
+    try:
+        first = read_until(proc, lambda _: len(records(round_1)) >= 2)
+    finally:
+        stop(proc, env["RAY_TMPDIR"])  # the driver and every Ray process of its run: nothing writes after
     round_0, before = records(out / "progress.jsonl"), records(round_1)
     assert [p["epoch"] for p in round_0] == [1, 2, 3, 4], "".join(first[-30:])
     assert 2 <= len(before) < 4 and not (out / "round_1" / "cv.json").exists()
 
-    resumed = run(args)
+    resumed = run_entry("orchestrator.train", args, timeout=900)
+    check_run(resumed, "the resumed run")
     assert records(out / "progress.jsonl") == round_0, "round 0 was trained again"
     after = records(round_1)[len(before) :]
     assert [p["epoch"] for p in before + after] == [1, 2, 3, 4]  # no epoch of round 1 trained twice
@@ -131,19 +113,18 @@ def test_a_run_killed_in_round_1_resumes_in_round_1(tiny_data_root, tmp_path):
     assert (out / "round_1" / "cv.json").exists() and (out / "submission.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_search_draws_the_pseudo_rule_and_each_trial_trains_on_its_own_tiles(
-    extended_run, tiny_data_root, tmp_path
+    train_run, tiny_data_root, tmp_path
 ):
-    source, _, _ = extended_run  # a finished run: its ensemble pseudo-labels the trials' test tiles
+    source, _ = train_run  # a finished run: its ensemble pseudo-labels the trials' test tiles
     out = tmp_path / "search"
     space = ["search.pseudo=true", "search.pseudo_confidence_low=0.51", "search.pseudo_confidence_high=0.6"]
     overrides = [*SEARCH, "search.trials=2", "search.early_stopping=false", "pseudo.min_fraction=0.5", *space]
-    run(
-        [*tiny_args(tiny_data_root, out, overrides=overrides), "--pseudo-from", str(source)],
-        "orchestrator.tune",
-    )
+    args = [*tiny_args(tiny_data_root, out, overrides=overrides), "--pseudo-from", str(source)]
+    check_run(run_entry("orchestrator.tune", args, timeout=900), "orchestrator.tune --pseudo-from")
 
-    saved = np.load(source / "test_probs.npz")
+    saved = np.load(source / "test_probs.npz")  # written into RUN by the search
     empty = saved.get("empty", None)
     folds = pd.read_csv(out / "folds.csv")["fold"]
     train_part = [int((folds != r).sum()) for r in range(2)]

@@ -48,12 +48,12 @@ def fake_run(run: Path, search: bool) -> Path:
     rng = np.random.default_rng(0)
     with open(run / "progress.jsonl", "w") as f:
         for trial, epochs in (("a1", 4), ("b2", 2)):
-            for epoch in [1, 2, 2, 3, 4][: epochs + 1]:  # epoch 2 twice: a restarted fold group
+            for i, epoch in enumerate([1, 2, 2, 3, 4][: epochs + 1]):  # epoch 2 twice: a restarted fold group
                 m = {
                     "trial_id": trial,
                     "epoch": epoch,
                     "lr": 0.01 / epoch,
-                    "val_map": 0.3,
+                    "val_map": 0.3 + 0.01 * i,  # the two reports of epoch 2 differ
                     "best_val_map": 0.3 + epoch / 20,
                 }
                 for r in range(3):
@@ -140,6 +140,7 @@ def test_progress_keeps_the_last_report_of_a_repeated_epoch(tmp_path):
     run = fake_run(tmp_path / "run", search=False)
     progress = read_progress(run)
     assert list(progress["epoch"]) == [1, 2, 3, 4]
+    assert progress.set_index("epoch").loc[2, "val_map"] == pytest.approx(0.32)  # the second report, not 0.31
 
 
 def test_oof_tables_count_every_tile_once():

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import optuna
 import pandas as pd
@@ -12,17 +10,8 @@ import pytest
 
 from orchestrator.search import PruningOptunaSearch, define_space, params_to_overrides, trial_config
 from salt_model.config import load_config
-from tests.conftest import TINY, tiny_args
-
-SEARCH = [
-    *TINY,
-    "data.folds=2",
-    "train.epochs=3",
-    "search.trials=3",
-    "search.switch_low=1",
-    "search.grace_epochs=1",
-    "search.max_concurrent=1",
-]
+from tests.conftest import check_run, records
+from tests.processes import run_entry
 
 
 def sample(config, seed=0, n=30):
@@ -85,8 +74,14 @@ def test_trials_stopped_early_are_pruned_in_the_study_and_full_ones_complete():
     assert states["c"].state == optuna.trial.TrialState.FAIL
 
 
-def check_search_outputs(out, data_root, trials=3, epochs=3):
-    table = pd.read_csv(out / "trials.csv")
+def study_of(out) -> optuna.Study:
+    return optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{out / 'optuna.db'}")
+
+
+def check_search_outputs(out, data_root, trials=3, epochs=3, failed=()):
+    """trials.csv and the study agree trial by trial: every trial that ran all epochs is COMPLETE, every
+    one stopped early is PRUNED, except the study trials in `failed` (FAIL, with a reason)."""
+    table = pd.read_csv(out / "trials.csv", keep_default_na=False)
     assert len(table) == trials
     assert {
         "trial_id",
@@ -96,43 +91,96 @@ def check_search_outputs(out, data_root, trials=3, epochs=3):
         "param_schedule",
         "param_lr",
         "param_loss_switch_epoch",
+        "fail_reason",
     } <= set(table.columns)
-    study = optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{out / 'optuna.db'}")
+    study = study_of(out)
     assert len(study.trials) == trials
     for row in table.itertuples():
-        expected = "COMPLETE" if row.epochs_run == epochs else "PRUNED"
-        assert row.state == expected, f"trial {row.trial_id} ran {row.epochs_run} epochs but is {row.state}"
-    best = json.loads((out / "best_config.json").read_text())
-    assert best["train"]["loss_switch_epoch"] == int(table.iloc[0]["param_loss_switch_epoch"])
+        state = study.trials[int(row.param_study_trial)].state.name
+        if row.param_study_trial in failed:
+            expected = "FAIL"
+            assert row.fail_reason, f"trial {row.trial_id} FAILED without a reason"
+        else:
+            expected = "COMPLETE" if row.epochs_run == epochs else "PRUNED"
+        assert row.state == state == expected, f"trial {row.trial_id}: {row.epochs_run} epochs, {row.state}"
     cv = json.loads((out / "cv.json").read_text())
-    assert len(cv["fold_scores"]) == 2 and cv["best_trial"] == table.iloc[0]["trial_id"]
+    best = table[table["trial_id"] == cv["best_trial"]].iloc[0]
+    assert (
+        best["state"] == "COMPLETE"
+        and best["best_val_map"] == table[table["state"] == "COMPLETE"]["best_val_map"].max()
+    )
+    assert len(cv["fold_scores"]) == 2
     from salt_model.data import load_split
 
     sub = pd.read_csv(out / "submission.csv", keep_default_na=False)
     assert list(sub["id"]) == list(load_split(data_root, "test").ids)
+    return table, study
 
 
 @pytest.mark.ray
-def test_a_tiny_search_ends_with_a_submission(ray_cluster, tiny_data_root, tmp_path):
-    from orchestrator.tune import main
-
-    out = tmp_path / "search"
-    overrides = [*SEARCH, "schedule.name=cosine", "schedule.cycle_epochs=1", "train.snapshots=2"]
-    assert main(tiny_args(tiny_data_root, out, overrides=overrides)) == 0
-    check_search_outputs(out, tiny_data_root)
-    check_trials_keep_only_their_last_checkpoint(out, folds=2)
-    # best_config.json reproduces the best trial with orchestrator.train
-    config = load_config(out / "best_config.json")
-    assert config.train.epochs == 3 and config.data.folds == 2
+def test_the_search_records_complete_pruned_and_failed_trials_and_submits_the_best(
+    search_run, tiny_data_root
+):
+    out, _, _ = search_run
+    table, study = check_search_outputs(out, tiny_data_root, trials=4, failed={3})
+    states = [t.state.name for t in study.trials]
+    assert states[2] == "PRUNED" and set(study.trials[2].intermediate_values) == {1}  # stopped at rung 1
+    assert "COMPLETE" in states[:2]
+    check_trials_keep_only_their_last_checkpoint(out, folds=2, skip={3})
 
 
-def check_trials_keep_only_their_last_checkpoint(out, folds):
-    """Every stopped or finished trial: one checkpoint, members intact, no optimizer state."""
+@pytest.mark.ray
+def test_a_trial_with_a_nan_loss_fails_at_once_with_its_reason_and_the_search_goes_on(search_run):
+    out, _, markers = search_run
+    assert "NaN weights after 1 batches of epoch 2" in (markers / "fault-3").read_text()
+    failed = study_of(out).trials[3]
+    assert failed.state.name == "FAIL"
+    assert "fold 1: FloatingPointError: loss is nan" in failed.user_attrs["fail_reason"]
+    # not retried: a retry would find the fault spent (marker) and train the trial's 3 epochs
+    epochs = [p for p in records(out / "progress.jsonl") if p.get("study_trial") == 3]
+    assert [p["epoch"] for p in epochs] == [1]  # epoch 2 never reported
+    assert failed.intermediate_values == {1: pytest.approx(epochs[0]["best_val_map"])}
+    table = pd.read_csv(out / "trials.csv", keep_default_na=False)
+    row = table[table["param_study_trial"] == 3].iloc[0]
+    assert row["state"] == "FAIL" and "FloatingPointError" in row["fail_reason"]
+
+
+@pytest.mark.ray
+def test_best_config_is_the_best_trials_searched_parameters(search_run):
+    out, _, _ = search_run
+    cv = json.loads((out / "cv.json").read_text())
+    table = pd.read_csv(out / "trials.csv", keep_default_na=False)
+    number = int(table[table["trial_id"] == cv["best_trial"]].iloc[0]["param_study_trial"])
+    params = study_of(out).trials[number].params
+    best = load_config(out / "best_config.json")
+    assert best == trial_config(load_config(out / "config.json"), params)
+    assert best.schedule.name == params["schedule"] and best.schedule.lr == pytest.approx(params["lr"])
+    assert best.train.loss_switch_epoch == params["loss_switch_epoch"]
+    assert cv["best_params"]["study_trial"] == number
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_best_config_trains_with_orchestrator_train(search_run, tiny_data_root, tmp_path):
+    out, _, _ = search_run
+    run = tmp_path / "again"
+    args = ["--config", str(out / "best_config.json"), "--data", str(tiny_data_root), "--out", str(run)]
+    check_run(run_entry("orchestrator.train", args), "orchestrator.train --config best_config.json")
+    assert json.loads((run / "cv.json").read_text())["config"] == json.loads(
+        (out / "best_config.json").read_text()
+    )
+
+
+def check_trials_keep_only_their_last_checkpoint(out, folds, skip=()):
+    """Every stopped or finished trial: one checkpoint, members intact, no optimizer state. A failed
+    trial's checkpoints are left whole (--resume reads them)."""
     import torch
 
     runs = sorted((out / "trials").glob("trial-*"))
-    assert len(runs) == 3
+    assert len(runs) == len(study_of(out).trials)
     for run in runs:
+        if int(run.name.removeprefix("trial-")) in skip:
+            continue
         checkpoints = sorted(p for p in run.glob("checkpoint_*") if p.is_dir())  # not Ray's .json
         assert len(checkpoints) == 1, (run, checkpoints)
         for fold in range(folds):
@@ -171,19 +219,8 @@ def test_snapshots_are_capped_at_the_cycle_ends_of_each_trial_schedule():
 
 
 def test_resume_without_a_search_is_a_clear_error(tmp_path, tiny_data_root):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.tune",
-            "--data",
-            str(tiny_data_root),
-            "--out",
-            str(tmp_path / "none"),
-            "--resume",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_entry(
+        "orchestrator.tune", ["--data", str(tiny_data_root), "--out", str(tmp_path / "none"), "--resume"]
     )
     assert result.returncode == 2
     assert "no interrupted search" in result.stderr and "Traceback" not in result.stderr
