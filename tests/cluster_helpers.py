@@ -1,6 +1,7 @@
 """Real Ray clusters on this machine for the cluster tests: `ray start` heads in their own process
-group and a private RAY_TMPDIR (so no other Ray on the machine attaches to them, nor they to it),
-explicit free ports, and cleanup that stops only the processes the test started."""
+group and a private RAY_TMPDIR under the session's root (so no other Ray on the machine attaches to
+them, nor they to it), explicit free ports, and cleanup that stops only the processes the test
+started (tests/processes.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.processes import child_env, naming, private_tmpdir, run
 
 
 def free_port() -> int:
@@ -26,9 +26,7 @@ def free_port() -> int:
 
 
 def private_env(tmpdir: str, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    env.update(RAY_TMPDIR=tmpdir, PYTHONPATH=str(REPO), **extra)
-    return env
+    return child_env(RAY_TMPDIR=tmpdir, **extra)
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
@@ -48,18 +46,16 @@ def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
 def stop_tmpdir_processes(tmpdir: str) -> None:
     """Ray processes whose command line names this test's RAY_TMPDIR (daemonised raylets of fake
     autoscaled nodes leave the `ray start` process group)."""
-    out = subprocess.run(["pgrep", "-f", tmpdir], capture_output=True, text=True).stdout.split()
-    for pid in map(int, out):
-        if pid != os.getpid():
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    for pid in naming(tmpdir):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @contextmanager
 def ray_head(*args: str, port: int | None = None, env_extra: dict | None = None):
     """`ray start --head --block` with free ports and `env_extra`; yields (address, metrics port, the
     environment for drivers: the private RAY_TMPDIR, none of env_extra)."""
-    tmpdir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    tmpdir = private_tmpdir()
     port, metrics = port or free_port(), free_port()
     driver_env = private_env(tmpdir)  # without the head's own extras (RAY_AUTH_MODE, fake-cluster switches)
     env = {**driver_env, **(env_extra or {})}
@@ -88,14 +84,7 @@ def ray_head(*args: str, port: int | None = None, env_extra: dict | None = None)
 
 
 def run_cli(module: str, args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
+    proc = run([sys.executable, "-m", module, *args], env, timeout)
     if proc.returncode != 0:
         raise AssertionError(
             f"{module} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"

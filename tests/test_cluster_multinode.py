@@ -6,13 +6,13 @@ with no CUDA behind the fake GPUs they train on the CPU (worker_device)."""
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 
 import pytest
 
 from tests.cluster_helpers import read_jsonl, stop_tmpdir_processes
 from tests.conftest import TINY, tiny_args
+from tests.processes import private_tmpdir
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.slow]
 
@@ -24,7 +24,7 @@ def gpu_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    tmpdir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    tmpdir = private_tmpdir()
     mp = pytest.MonkeyPatch()
     mp.setenv("RAY_TMPDIR", tmpdir)
     mp.delenv("RAY_ADDRESS", raising=False)

@@ -9,14 +9,12 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
 import pytest
 
 from tests.cluster_helpers import (
-    REPO,
     free_port,
     private_env,
     read_jsonl,
@@ -25,6 +23,7 @@ from tests.cluster_helpers import (
     stop_tmpdir_processes,
 )
 from tests.conftest import TINY, tiny_args
+from tests.processes import REPO, private_tmpdir
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.slow]
 
@@ -71,7 +70,7 @@ def s3():
             aws_secret_access_key="testing",
         )
         client.create_bucket(Bucket="salt")
-        tmpdir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+        tmpdir = private_tmpdir()
         env = private_env(tmpdir, AWS_ENDPOINT_URL=endpoint, **creds)
         yield env, client, "salt"
         stop_tmpdir_processes(tmpdir)

@@ -9,7 +9,7 @@ import pytest
 import salt_model.synthetic as synthetic
 from salt_model.config import DataConfig
 from salt_model.data import DataError, SaltData, has_test, load_split, resolve_data
-from salt_model.rle import rle_decode
+from salt_model.rle import rle_decode, rle_encode
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "tgs"
 realdata = pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} not present")
@@ -246,3 +246,29 @@ def test_real_rle_matches_mask_pngs(real_train):
     assert len(frame) == 3200
     for tile_id, rle in zip(frame["id"], frame["rle_mask"], strict=True):
         np.testing.assert_array_equal(rle_decode(rle), real_train.masks[position[tile_id]], err_msg=tile_id)
+
+
+@pytest.mark.realdata
+@realdata
+def test_real_masks_encode_to_kaggles_train_csv_strings(real_train):
+    frame = pd.read_csv(REAL / "train.csv", dtype=str, keep_default_na=False).set_index("id")
+    for tile_id, mask in zip(real_train.ids, real_train.masks, strict=True):
+        assert rle_encode(mask) == frame.loc[tile_id, "rle_mask"], tile_id
+
+
+SUBMISSIONS = sorted((Path(__file__).resolve().parents[1] / "bench" / "submissions").glob("*.csv"))
+
+
+@pytest.mark.realdata
+@realdata
+@pytest.mark.parametrize("path", SUBMISSIONS, ids=[p.name for p in SUBMISSIONS])
+def test_committed_submissions_hold_the_samples_ids_in_order_and_valid_masks(path):
+    """Each submission made on ../shared/tgs/test: the sample's 1800 ids in its order, every mask a valid
+    RLE that round-trips, and not all of them empty."""
+    sample = pd.read_csv(REAL / "sample_submission.csv", dtype=str, keep_default_na=False)
+    sub = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert list(sub.columns) == ["id", "rle_mask"]
+    assert sub["id"].tolist() == sample["id"].tolist() and len(sub) == 1800
+    for tile_id, rle in zip(sub["id"], sub["rle_mask"], strict=True):
+        assert rle_encode(rle_decode(rle)) == rle, tile_id
+    assert 0.2 < (sub["rle_mask"] != "").mean() < 0.9, "nearly every mask is empty, or none is"
