@@ -93,16 +93,9 @@ def _types_from_gcs() -> list[NodeType]:
 
 
 def launcher_capacity(path: Path) -> Capacity:
-    """What a cluster launcher YAML (cluster.yaml) can hold: its node types, and the global
-    `max_workers` that caps the worker nodes of all types together."""
-    types = types_from_launcher_config(path)
-    cap = yaml.safe_load(Path(path).read_text()).get("max_workers")
-    return Capacity(tuple(types), str(path), -1 if cap is None else int(cap))
-
-
-def types_from_launcher_config(path: Path) -> list[NodeType]:
-    """Node types of a cluster launcher YAML (cluster.yaml): explicit `resources` per type, and
-    `max_workers` per type (else the global one); the head type counts once, outside max_workers."""
+    """What a cluster launcher YAML (cluster.yaml) can hold: explicit `resources` per node type and
+    `max_workers` per type (else the global one), the head type once, and the global `max_workers`
+    that caps the worker nodes of all types together."""
     try:
         config = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -116,7 +109,8 @@ def types_from_launcher_config(path: Path) -> list[NodeType]:
         resources = {k: float(v) for k, v in (spec.get("resources") or {}).items()}
         count = 1 if name == head else int(spec.get("max_workers", default_max))
         types.append(NodeType(name, resources, count, worker=name != head))
-    return types
+    cap = config.get("max_workers")
+    return Capacity(tuple(types), str(path), -1 if cap is None else int(cap))
 
 
 def _types_alive() -> list[NodeType]:

@@ -37,9 +37,15 @@ def run(config, root, out, failure, max_failures=2):
 def test_a_fold_worker_sigkilled_mid_epoch_resumes_from_the_latest_checkpoint(
     ray_cluster, tiny_config, tiny_data_root, tmp_path
 ):
-    config = tiny_config.with_overrides({"train.epochs": 3})
+    from orchestrator.runtime import fold_resources
+
+    # train.threads=2 too: a fold worker runs as many torch threads as its Ray CPU share, whatever
+    # train.threads says (4 logical CPUs / 3 folds: 1 thread each)
+    config = tiny_config.with_overrides({"train.epochs": 3, "train.threads": 2})
     out = tmp_path / "run"
     result = run(config, tiny_data_root, out, {"fold": 1, "epoch": 3, "mode": "sigkill", "batches": 2})
+    share = fold_resources(3, None, None).threads
+    assert share == 1 and [h["threads"] for h in result.histories[0]] == [share] * 3
 
     marker = (tmp_path / "fault-marker").read_text()
     assert "SIGKILL after 2 batches of epoch 3" in marker  # killed in the middle of epoch 3
@@ -57,6 +63,7 @@ def test_a_fold_worker_sigkilled_mid_epoch_resumes_from_the_latest_checkpoint(
         assert [h["epoch"] for h in history] == [1, 2, 3] and {h["fold"] for h in history} == {fold}
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_the_run_at_once_and_is_not_retried(
     ray_cluster, tiny_config, tiny_data_root, tmp_path
 ):
@@ -105,6 +112,7 @@ def test_the_local_dashboard_listens_on_localhost_only(ray_cluster):
     )
 
 
+@pytest.mark.slow
 def test_a_corrupted_checkpoint_on_resume_stops_the_run_naming_the_file(
     ray_cluster, tiny_config, tiny_data_root, tmp_path
 ):
