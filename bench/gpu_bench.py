@@ -111,8 +111,8 @@ def flops_per_image(config: Config, data: SaltData, device: torch.device, emit: 
     emit({"name": "flops_per_image", "train_step_gflop": counter.get_total_flops() / batch / 1e9})
 
 
-def profile_step(config: Config, data: SaltData, batch: int, timing: dict, emit: Emit) -> None:
-    """The kernels that take the most device time over 5 eager training steps (torch.profiler)."""
+def profile_step(config: Config, data: SaltData, batch: int, steps: int, timing: dict, emit: Emit) -> None:
+    """The kernels that take the most device time over `steps` eager training steps (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
     device = timing["device"]
@@ -121,17 +121,17 @@ def profile_step(config: Config, data: SaltData, batch: int, timing: dict, emit:
     images, masks = _device_batch(cfg, data, batch, device)
     optim = _optim(model, cfg)
     step = lambda: throughput._run_epoch(model, [(images, masks)], *optim, 0, cfg, device)  # noqa: E731
-    for _ in range(3):
+    for _ in range(min(3, steps)):
         step()
     throughput._sync(device)
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        for _ in range(5):
+        for _ in range(steps):
             step()
         throughput._sync(device)
     table = prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=15)
-    emit({"name": f"profile_b{batch}", "steps": 5, "table": table})
+    emit({"name": f"profile_b{batch}", "profiled_steps": steps, "table": table})
 
 
 def _device_batch(config: Config, data: SaltData, batch: int, device: torch.device):

@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-test", type=int, default=None, metavar="N", help="first N test tiles")
     parser.add_argument("--smoke", action="store_true", help="tiny model, 2 folds, 4 epochs, short bench")
     args = parser.parse_args(argv)
+    epochs, args.epochs = args.epochs, None  # the plan scales the recipe to them (fitted when None)
     if args.smoke:
         args.overrides = SMOKE + list(args.overrides)
-        args.epochs = 4 if args.epochs is None else args.epochs
+        epochs = epochs or 4
     budget = args.budget_s or (300.0 if args.smoke else 540.0)
     start = time.perf_counter()
     out = Path(args.out)
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_end = time.perf_counter() + BENCH_SHARE * budget
             figures["throughput"] = run_bench(config, data, root, device, args.smoke, work, bench_end, log, children)
         with stage("plan"):
-            figures["plan"] = make_plan(config, figures["throughput"], len(data), n_test, deadline, args.epochs)
+            figures["plan"] = make_plan(config, figures["throughput"], len(data), n_test, deadline, epochs)
             config = config.with_overrides(figures["plan"]["overrides"])
             config.save(work / "config.json")
             figures["config"] = config.to_dict()
@@ -231,16 +232,20 @@ def run_bench(config, data, root, device, smoke: bool, work: Path, end: float, l
     steps, seconds, warmup = (2, 0.0, 1) if smoke else (20, 2.0, 5)
     timing = gpu_bench.timing_for(device, steps, seconds, warmup)
     batch = config.train.batch_size
+    # the figures the plan needs come first; past `end` the rest are recorded as skipped
     settings = [
         ("model_steps", lambda: gpu_bench.model_steps(config, data, sizes, False, timing, end, emit)),
-        ("pipelines", lambda: gpu_bench.pipelines(config, data, workers, timing, end, emit)),
         ("inference", lambda: gpu_bench.inference(config, data, 64, timing, emit)),
-        ("augment", lambda: gpu_bench.augment(config, data, 100 if smoke else 2000, emit)),
         ("score_pass", lambda: gpu_bench.score_pass(data, emit)),
+        ("pipelines", lambda: gpu_bench.pipelines(config, data, workers, timing, end, emit)),
+        ("augment", lambda: gpu_bench.augment(config, data, 100 if smoke else 2000, emit)),
         ("flops", lambda: gpu_bench.flops_per_image(config, data, device, emit)),
-        ("profile", lambda: gpu_bench.profile_step(config, data, batch, timing, emit)),
+        ("profile", lambda: gpu_bench.profile_step(config, data, batch, 1 if smoke else 5, timing, emit)),
     ]
     for name, measure in settings:
+        if time.perf_counter() > end and name != "inference":  # the plan needs an inference figure
+            emit({"name": name, "skipped": "time budget"})
+            continue
         try:
             measure()
         except Exception as err:  # a figure that fails is recorded; the run goes on without it
@@ -253,6 +258,8 @@ def run_bench(config, data, root, device, smoke: bool, work: Path, end: float, l
     jsonl = work / "compile.jsonl"
     jsonl.unlink(missing_ok=True)
     left = end - time.perf_counter()
+    if left < 10:
+        return figures + [{"name": f"model_step_b{b}_compiled", "skipped": "time budget"} for b in sizes]
     cmd = [sys.executable, "-m", "bench.gpu_bench", "--data", str(root), "--compile"]
     cmd += ["--config", str(work / "bench_config.json"), "--device", str(device), "--out", str(jsonl)]
     cmd += ["--batch-sizes", ",".join(map(str, sizes)), "--deadline-s", f"{max(left - 15, 0):.0f}"]
@@ -348,6 +355,8 @@ def collect_folds(config, data, work: Path, device, log: Log) -> tuple[list, lis
     """(val_index, members) of every fold with a checkpoint. A fold stopped early contributes its
     last checkpoint's weights as its "last" member, scored on its held-out tiles (never chosen on them)."""
     folder = work / "folds"
+    if not (folder / "folds.csv").is_file():
+        raise RuntimeError(f"{folder}: no fold process got as far as writing folds.csv (see the fold lines)")
     folds = load_folds(folder / "folds.csv", data.ids)
     out, info = [], []
     for fold in range(config.data.folds):
