@@ -107,7 +107,9 @@ def flops_per_image(config: Config, data: SaltData, device: torch.device, emit: 
     model, _ = throughput._model(config, torch.device("cpu"), False)
     images, masks = _device_batch(config, data, batch, torch.device("cpu"))
     with FlopCounterMode(display=False) as counter:
-        throughput._run_epoch(model, [(images, masks)], *_optim(model, config), 0, config, torch.device("cpu"))
+        throughput._run_epoch(
+            model, [(images, masks)], *_optim(model, config), 0, config, torch.device("cpu")
+        )
     emit({"name": "flops_per_image", "train_step_gflop": counter.get_total_flops() / batch / 1e9})
 
 

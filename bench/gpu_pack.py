@@ -62,12 +62,16 @@ def reencode(src: Path, dest: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     train, test = load_split(src, "train"), load_split(src, "test")
     jobs = [(tmp / "train" / "images" / f"{i}.png", a) for i, a in zip(train.ids, train.images, strict=True)]
-    jobs += [(tmp / "train" / "masks" / f"{i}.png", a * 255) for i, a in zip(train.ids, train.masks, strict=True)]
+    jobs += [
+        (tmp / "train" / "masks" / f"{i}.png", a * 255) for i, a in zip(train.ids, train.masks, strict=True)
+    ]
     jobs += [(tmp / "test" / "images" / f"{i}.png", a) for i, a in zip(test.ids, test.images, strict=True)]
     for folder in {path.parent for path, _ in jobs}:
         folder.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(8) as pool:
-        ok = list(pool.map(lambda job: cv2.imwrite(str(job[0]), job[1], [cv2.IMWRITE_PNG_COMPRESSION, 9]), jobs))
+        ok = list(
+            pool.map(lambda job: cv2.imwrite(str(job[0]), job[1], [cv2.IMWRITE_PNG_COMPRESSION, 9]), jobs)
+        )
     if not all(ok):
         raise SystemExit(f"{tmp}: {ok.count(False)} tiles could not be written")
     for name in CSVS:
@@ -94,6 +98,7 @@ def size(paths) -> int:
 
 def travelling_bytes() -> dict:
     """Bytes per part of what a device call sends with carry [.whl, .tgs]."""
+
     def git_files(*args: str) -> list[Path]:
         out = subprocess.run(["git", "ls-files", "-z", *args], cwd=REPO, capture_output=True, check=True)
         return [REPO / name for name in out.stdout.decode().split("\0") if name]
@@ -107,10 +112,17 @@ def travelling_bytes() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_pack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "tgs"), metavar="DIR",
-                        help="the real data folder (default: ../shared/tgs)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu_pack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        default=str(REPO.parent / "shared" / "tgs"),
+        metavar="DIR",
+        help="the real data folder (default: ../shared/tgs)",
+    )
     args = parser.parse_args(argv)
     wheels, tgs = REPO / ".whl", REPO / ".tgs"
     wheels.mkdir(exist_ok=True)

@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"data {root}: {len(data)} labelled, {n_test} test tiles")
         with stage("bench"):
             bench_end = time.perf_counter() + BENCH_SHARE * budget
-            figures["throughput"] = run_bench(config, data, root, device, args.smoke, work, bench_end, log, children)
+            figures["throughput"] = run_bench(
+                config, data, root, device, args.smoke, work, bench_end, log, children
+            )
         with stage("plan"):
             figures["plan"] = make_plan(config, figures["throughput"], len(data), n_test, deadline, epochs)
             config = config.with_overrides(figures["plan"]["overrides"])
@@ -204,7 +206,9 @@ def prepare_data(spec: str, config, work: Path, n_train: int | None, n_test: int
     if has_test(root) and (n_test is None or n_test > 0):
         sample = root / "sample_submission.csv"
         listed = pd.read_csv(sample, dtype=str)["id"] if sample.is_file() else None
-        test_ids = list(listed if listed is not None else sorted(p.stem for p in (root / "test/images").glob("*.png")))
+        test_ids = list(
+            listed if listed is not None else sorted(p.stem for p in (root / "test/images").glob("*.png"))
+        )
         test_ids = test_ids[:n_test]
         (dest / "test" / "images").mkdir(parents=True)
         for i in test_ids:
@@ -217,7 +221,9 @@ def prepare_data(spec: str, config, work: Path, n_train: int | None, n_test: int
     return dest
 
 
-def run_bench(config, data, root, device, smoke: bool, work: Path, end: float, log: Log, children: list) -> list:
+def run_bench(
+    config, data, root, device, smoke: bool, work: Path, end: float, log: Log, children: list
+) -> list:
     """Eager settings here, then the compiled model steps in a child killed at `end`."""
     torch.backends.cudnn.benchmark = True
     figures: list[dict] = []
@@ -226,7 +232,7 @@ def run_bench(config, data, root, device, smoke: bool, work: Path, end: float, l
         figures.append(figure)
         log(gpu_bench.describe(figure))
 
-    k, cpus = config.data.folds, os.cpu_count() or 1
+    cpus = os.cpu_count() or 1
     sizes = (4, 8) if smoke else (32, 64, 128)
     workers = sorted({fold_workers(config, cpus), min(8, max(0, cpus - 2))})
     steps, seconds, warmup = (2, 0.0, 1) if smoke else (20, 2.0, 5)
@@ -281,7 +287,9 @@ def fold_workers(config, cpus: int) -> int:
     return max(0, min(config.train.loader_workers, (cpus - k) // k))
 
 
-def make_plan(config, throughput: list, n_tiles: int, n_test: int, deadline: float, epochs: int | None) -> dict:
+def make_plan(
+    config, throughput: list, n_tiles: int, n_test: int, deadline: float, epochs: int | None
+) -> dict:
     by_name = {f["name"]: f for f in throughput if "images_per_s" in f or "seconds" in f}
     k, cpus = config.data.folds, os.cpu_count() or 1
     workers = fold_workers(config, cpus)
@@ -295,7 +303,9 @@ def make_plan(config, throughput: list, n_tiles: int, n_test: int, deadline: flo
     epoch_s = gpu_plan.epoch_seconds(n_tiles, k, train_rate, infer)
     post_s = gpu_plan.post_seconds(config, n_test, score, infer)
     window = deadline - time.perf_counter() - post_s
-    fitted = gpu_plan.fit_epochs(window - gpu_plan.STARTUP_S, epoch_s, gpu_plan.cycles_of(config), config.train.epochs)
+    fitted = gpu_plan.fit_epochs(
+        window - gpu_plan.STARTUP_S, epoch_s, gpu_plan.cycles_of(config), config.train.epochs
+    )
     chosen = epochs or fitted
     overrides = gpu_plan.scaled_recipe(config, chosen)
     overrides["train.loader_workers"] = workers
@@ -433,9 +443,14 @@ def log_cv(cv: dict, log: Log) -> None:
 def submit(cv: dict, folds: list, config, root: Path, device, out: Path, deadline: float) -> dict:
     """The chosen variant's members, latest first, in rounds over the folds, until the deadline."""
     chosen = cv["variants"][cv["chosen"]]
-    lists = [[members[n] for n in reversed(names)] for (_, members), names in zip(folds, chosen.member_names, strict=True)]
+    lists = [
+        [members[n] for n in reversed(names)]
+        for (_, members), names in zip(folds, chosen.member_names, strict=True)
+    ]
     ordered = [m[j] for j in range(max(map(len, lists))) for m in lists if j < len(m)]
-    result = write_submission(out / "submission.csv", ordered, config, root, chosen.thresholds, device, deadline)
+    result = write_submission(
+        out / "submission.csv", ordered, config, root, chosen.thresholds, device, deadline
+    )
     result["members_available"] = len(ordered)
     result["thresholds"] = chosen.thresholds.to_dict()
     return result
@@ -446,7 +461,13 @@ def spawn(cmd: list[str], prefix: str, log: Log, children: list) -> subprocess.P
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     children.append(proc)
 

@@ -107,7 +107,13 @@ def oof_summary(probs: np.ndarray, empty: np.ndarray | None, truth: np.ndarray) 
 
 
 def write_submission(
-    path: Path, members: list[Member], config, root: Path, th: Thresholds, device, deadline: float | None = None
+    path: Path,
+    members: list[Member],
+    config,
+    root: Path,
+    th: Thresholds,
+    device,
+    deadline: float | None = None,
 ) -> dict:
     """Mean flip-TTA probabilities of `members` on the test tiles -> id,rle_mask; returns timings.
 
