@@ -50,7 +50,9 @@ def test_smoke_run_writes_submission_and_figures(tmp_path):
     assert {"model_step_b4_eager", "model_step_b8_eager", "inference_tta_b64"} <= names
     assert {"model_step_b4_compiled", "model_step_b8_compiled"} <= names  # measured or skipped
     assert f["plan"]["epochs"] == 4 and f["config"]["train"]["snapshots"] == 3
-    assert [fold["status"] for fold in f["folds"]] == ["finished", "finished"]
+    # on a loaded machine the window can close first: a stopped fold joins from its last checkpoint
+    for fold in f["folds"]:
+        assert fold["status"] in ("finished", "partial") and "last" in fold["members"], fold["status"]
 
     cv = f["cv"]
     chosen = cv["variants"][cv["chosen"]]
