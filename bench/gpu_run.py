@@ -241,7 +241,7 @@ def run_bench(
     # the figures the plan needs come first; past `end` the rest are recorded as skipped
     settings = [
         ("model_steps", lambda: gpu_bench.model_steps(config, data, sizes, False, timing, end, emit)),
-        ("inference", lambda: gpu_bench.inference(config, data, 64, timing, emit)),
+        ("inference", lambda: gpu_bench.inference(config, data, 8 if smoke else 64, timing, emit)),
         ("score_pass", lambda: gpu_bench.score_pass(data, emit)),
         ("pipelines", lambda: gpu_bench.pipelines(config, data, workers, timing, end, emit)),
         ("augment", lambda: gpu_bench.augment(config, data, 100 if smoke else 2000, emit)),

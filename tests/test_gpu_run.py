@@ -34,8 +34,9 @@ def test_smoke_run_writes_submission_and_figures(tmp_path):
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "bench.gpu_run", "--smoke", "--data", str(data), "--out", str(out)]
-    cmd += ["--device", "cpu", "--budget-s", "150", "--epochs", "4"]
-    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # the budget only caps the run (the epochs are fixed): ~80 s on 2 idle cores, more beside other runs
+    cmd += ["--device", "cpu", "--budget-s", "400", "--epochs", "4"]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     sub = pd.read_csv(out / "submission.csv", dtype=str, keep_default_na=False)
@@ -47,7 +48,7 @@ def test_smoke_run_writes_submission_and_figures(tmp_path):
         assert key in f, key
     assert set(f["stages"]) == {"gpu", "data", "bench", "plan", "train", "cv", "submit"}
     names = {t["name"] for t in f["throughput"]}
-    assert {"model_step_b4_eager", "model_step_b8_eager", "inference_tta_b64"} <= names
+    assert {"model_step_b4_eager", "model_step_b8_eager", "inference_tta_b8"} <= names
     assert {"model_step_b4_compiled", "model_step_b8_compiled"} <= names  # measured or skipped
     assert f["plan"]["epochs"] == 4 and f["config"]["train"]["snapshots"] == 3
     # on a loaded machine the window can close first: a stopped fold joins from its last checkpoint
