@@ -302,7 +302,8 @@ def make_plan(
     train_rate = gpu_plan.training_rate(pipe, best_step, k)
     epoch_s = gpu_plan.epoch_seconds(n_tiles, k, train_rate, infer)
     post_s = gpu_plan.post_seconds(config, n_test, score, infer)
-    window = deadline - time.perf_counter() - post_s
+    left = deadline - time.perf_counter()
+    window = max(left - post_s, 0.5 * left)  # an overestimated post stage never starves the training
     fitted = gpu_plan.fit_epochs(
         window - gpu_plan.STARTUP_S, epoch_s, gpu_plan.cycles_of(config), config.train.epochs
     )
