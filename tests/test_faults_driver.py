@@ -50,7 +50,7 @@ def killed(cmd: list[str], ready, **env: str) -> list[str]:
     env = child_env(AWS_SECRET_ACCESS_KEY=SECRET, **env)
     proc = start(cmd, env)
     try:
-        lines = read_until(proc, ready)
+        lines = read_until(proc, ready, timeout=900)
     finally:
         stop(proc, env["RAY_TMPDIR"])
     assert ready(lines), "the kill point never came:\n" + "".join(lines[-40:])

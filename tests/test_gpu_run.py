@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from bench import gpu_plan
 from salt_model.config import load_config
 from salt_model.data import resolve_data
+from tests import processes
+from tests.processes import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,16 +28,16 @@ def test_scaled_recipe_keeps_the_cycles_and_snapshots():
     config.with_overrides(out)  # a valid config
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_submission_and_figures(tmp_path):
     cfg = load_config(None, ["data.synthetic_train=96", "data.synthetic_test=20"])
     data = resolve_data("synthetic", cfg.data, cache_dir=tmp_path / "cache")
     out = tmp_path / "out"
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env = child_env(NO_ALBUMENTATIONS_UPDATE="1")
     cmd = [sys.executable, "-m", "bench.gpu_run", "--smoke", "--data", str(data), "--out", str(out)]
     # the budget only caps the run (the epochs are fixed): ~80 s on 2 idle cores, more beside other runs
     cmd += ["--device", "cpu", "--budget-s", "400", "--epochs", "4"]
-    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    run = processes.run(cmd, env, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     sub = pd.read_csv(out / "submission.csv", dtype=str, keep_default_na=False)
