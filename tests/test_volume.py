@@ -27,10 +27,10 @@ TINY = [
     "model.encoder=resnet18",
     "model.width=0.125",
     "train.batch_size=8",
-    "train.epochs=3",
-    "train.loss_switch_epoch=3",
+    "train.epochs=5",
+    "train.loss_switch_epoch=5",
     "schedule.name=constant",
-    "schedule.lr=0.003",
+    "schedule.lr=0.01",
     "data.folds=3",
 ]
 
@@ -72,7 +72,7 @@ def random_members(tiny_config):
 
 @pytest.fixture(scope="module")
 def trained_member(tiny_config):
-    """A tiny model trained for 3 epochs on 101x101 tiles cut from a synthetic cube (another seed)."""
+    """A tiny model trained for 5 epochs on 101x101 tiles cut from a synthetic cube (another seed)."""
     from salt_model.data import SaltData
     from salt_model.engine import train_fold
     from salt_model.predict import model_from_payload
