@@ -52,8 +52,12 @@ class SectionPredictor:
 
     def predict(self, batch: list[tuple]) -> list[tuple]:
         return [
-            (key, predict_section(self.members, section, None, self.stride, self.blend, self.device,
-                                  self.batch_size, live))
+            (
+                key,
+                predict_section(
+                    self.members, section, None, self.stride, self.blend, self.device, self.batch_size, live
+                ),
+            )
             for key, section, live in batch
         ]
 
@@ -99,7 +103,9 @@ def run_volume(
         with SegyReader(geometry) as reader:
             for p, direction in enumerate(directions):
                 t0 = time.perf_counter()
-                n_dead = stream_pass(actors, reader, scaling, direction, store, batch_sections, p > 0, slice_raw, k)
+                n_dead = stream_pass(
+                    actors, reader, scaling, direction, store, batch_sections, p > 0, slice_raw, k
+                )
                 dead = n_dead if p == 0 else dead
                 timings[f"predict_{direction}_s"] = time.perf_counter() - t0
             for actor in actors:
@@ -116,7 +122,9 @@ def run_volume(
                 "file": "salt_probability.npy",
                 "dtype": "float32",
                 "shape": list(geometry.shape),
-                "axes": ["inline", "crossline", "sample"] if geometry.kind == "3d" else ["line", "trace", "sample"],
+                "axes": ["inline", "crossline", "sample"]
+                if geometry.kind == "3d"
+                else ["line", "trace", "sample"],
                 "nan": "missing or dead traces",
             },
             "dead_traces": dead,
@@ -130,10 +138,13 @@ def run_volume(
             },
             "directions": directions,
             "combine": "mean of the passes" if len(directions) > 1 else "single pass",
-            "members": [
-                {k: p.get(k) for k in ("fold", "member", "epoch", "score")} for p in payloads
-            ],
-            "actors": {"count": count, "gpus_each": gpus, "cpus_each": cpus, "sections_per_batch": batch_sections},
+            "members": [{k: p.get(k) for k in ("fold", "member", "epoch", "score")} for p in payloads],
+            "actors": {
+                "count": count,
+                "gpus_each": gpus,
+                "cpus_each": cpus,
+                "sections_per_batch": batch_sections,
+            },
             "warnings": [SCALING_WARNING],
         }
         if truth is not None:
@@ -141,8 +152,10 @@ def run_volume(
         store.close()
         timings["total_s"] = time.perf_counter() - start
         summary["timings"] = timings
-        summary["traces_per_s"] = geometry.n_traces * len(directions) / max(
-            sum(v for key, v in timings.items() if key.startswith("predict_")), 1e-9
+        summary["traces_per_s"] = (
+            geometry.n_traces
+            * len(directions)
+            / max(sum(v for key, v in timings.items() if key.startswith("predict_")), 1e-9)
         )
         report_html(tmp / "report.html", summary, pictures)
         atomic_write_text(tmp / "volume.json", json.dumps(summary, indent=2) + "\n")
@@ -172,7 +185,12 @@ def stream_pass(actors, reader, scaling, direction, store, batch_sections, avera
         batch = []
         for i in range(first, min(first + batch_sections, n)):
             raw, live = reader.section(direction, i)
-            dead += int(((reader.geometry.grid[i] if direction == "inline" else reader.geometry.grid[:, i]) >= 0).sum() - live.sum())
+            dead += int(
+                (
+                    (reader.geometry.grid[i] if direction == "inline" else reader.geometry.grid[:, i]) >= 0
+                ).sum()
+                - live.sum()
+            )
             if direction == "inline":
                 slice_raw[i] = raw[:, k]
             else:
@@ -205,8 +223,14 @@ def qc_pictures(geometry, reader, store, scaling, slice_raw, k, folder: Path) ->
         pictures.append((name, f"{title}: depth/time down, probability overlay, 0.5 contour"))
     if geometry.kind == "3d":
         probs_slice = np.array([[store.trace(i, x)[k] for x in range(n_xl)] for i in range(n_il)])
-        qc_png(folder / "qc_slice.png", slice_raw, probs_slice, f"slice at sample {k} ({k * dt_ms:g} ms or m)",
-               "crossline", "inline")
+        qc_png(
+            folder / "qc_slice.png",
+            slice_raw,
+            probs_slice,
+            f"slice at sample {k} ({k * dt_ms:g} ms or m)",
+            "crossline",
+            "inline",
+        )
         pictures.append(("qc_slice.png", f"time/depth slice at sample {k}"))
     return pictures
 

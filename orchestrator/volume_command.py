@@ -18,26 +18,62 @@ MIN_SAMPLES = 51  # half the 101-sample window: fewer is more mirror padding tha
 
 def add_volume_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("whole volumes (--segy)")
-    g.add_argument("--segy", default=None, metavar="IN.sgy",
-                   help="SEG-Y file to predict, or 'synthetic' (a generated cube with salt and known truth); "
-                   "--out is then the output folder (default: none)")
-    g.add_argument("--direction", default="inline", choices=["inline", "crossline", "both"],
-                   help="sections to predict along; both averages the two passes (default: inline)")
-    g.add_argument("--iline-byte", type=int, default=189, metavar="BYTE", help="inline number byte (default: 189)")
-    g.add_argument("--xline-byte", type=int, default=193, metavar="BYTE", help="crossline number byte (default: 193)")
-    g.add_argument("--endian", default="auto", choices=ENDIANS,
-                   help="byte order of the file (default: auto, from its binary header)")
-    g.add_argument("--stride", type=int, default=None, metavar="N",
-                   help="window stride in samples/traces, 1..101 (default: 51, about half a tile)")
+    g.add_argument(
+        "--segy",
+        default=None,
+        metavar="IN.sgy",
+        help="SEG-Y file to predict, or 'synthetic' (a generated cube with salt and known truth); "
+        "--out is then the output folder (default: none)",
+    )
+    g.add_argument(
+        "--direction",
+        default="inline",
+        choices=["inline", "crossline", "both"],
+        help="sections to predict along; both averages the two passes (default: inline)",
+    )
+    g.add_argument(
+        "--iline-byte", type=int, default=189, metavar="BYTE", help="inline number byte (default: 189)"
+    )
+    g.add_argument(
+        "--xline-byte", type=int, default=193, metavar="BYTE", help="crossline number byte (default: 193)"
+    )
+    g.add_argument(
+        "--endian",
+        default="auto",
+        choices=ENDIANS,
+        help="byte order of the file (default: auto, from its binary header)",
+    )
+    g.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        metavar="N",
+        help="window stride in samples/traces, 1..101 (default: 51, about half a tile)",
+    )
     g.add_argument("--blend", default="gaussian", choices=BLENDS, help="window weights (default: gaussian)")
-    g.add_argument("--clip-percentile", type=float, default=1.0, metavar="P",
-                   help="amplitudes clipped to the P-th and (100-P)-th percentiles (default: 1.0)")
-    g.add_argument("--actors", type=int, default=None, metavar="N",
-                   help="prediction actors (default: one per GPU, else one per 2 CPUs)")
-    g.add_argument("--sections-per-batch", type=int, default=4, metavar="N",
-                   help="sections per actor call (default: 4)")
-    g.add_argument("--synthetic-shape", default="64,64,200", metavar="IL,XL,NS",
-                   help="size of the --segy synthetic cube (default: 64,64,200)")
+    g.add_argument(
+        "--clip-percentile",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="amplitudes clipped to the P-th and (100-P)-th percentiles (default: 1.0)",
+    )
+    g.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        metavar="N",
+        help="prediction actors (default: one per GPU, else one per 2 CPUs)",
+    )
+    g.add_argument(
+        "--sections-per-batch", type=int, default=4, metavar="N", help="sections per actor call (default: 4)"
+    )
+    g.add_argument(
+        "--synthetic-shape",
+        default="64,64,200",
+        metavar="IL,XL,NS",
+        help="size of the --segy synthetic cube (default: 64,64,200)",
+    )
     g.add_argument("--synthetic-seed", type=int, default=0, metavar="S", help="its seed (default: 0)")
 
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from salt_model.augment import SIZE, _NP_MODE
+from salt_model.augment import _NP_MODE, SIZE
 from salt_model.predict import ensemble_probs, pick_device
 
 BLENDS = ("gaussian", "hann")
@@ -78,7 +78,9 @@ def window_starts(length: int, window: int = SIZE, stride: int | None = None) ->
     """Start positions covering 0..length with windows of `window`; the last one ends at `length`."""
     stride = default_stride(window) if stride is None else stride
     if not 1 <= stride <= window:
-        raise ValueError(f"stride={stride}: expected 1..{window} (the window size) so windows overlap or touch")
+        raise ValueError(
+            f"stride={stride}: expected 1..{window} (the window size) so windows overlap or touch"
+        )
     if length <= window:
         return [0]
     starts = list(range(0, length - window + 1, stride))

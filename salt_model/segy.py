@@ -105,7 +105,9 @@ def read_geometry(
     path = Path(path)
     for name, byte in (("--iline-byte", iline_byte), ("--xline-byte", xline_byte)):
         if not 1 <= byte <= TRACE_HEADER_BYTES - 3:
-            raise SegyError(f"{name} {byte}: expected a trace header byte position 1..{TRACE_HEADER_BYTES - 3}")
+            raise SegyError(
+                f"{name} {byte}: expected a trace header byte position 1..{TRACE_HEADER_BYTES - 3}"
+            )
     if endian not in ENDIANS:
         raise SegyError(f"endian {endian!r}: expected one of {', '.join(ENDIANS)}")
     if not path.is_file():

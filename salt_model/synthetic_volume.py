@@ -27,7 +27,9 @@ def blur3d(volume: np.ndarray, sigma: float | tuple[float, float, float]) -> np.
         kernel = cv2.getGaussianKernel(2 * int(np.ceil(3 * s)) + 1, s).astype(np.float32)
         moved = np.moveaxis(out, axis, 0)
         flat = np.ascontiguousarray(moved.reshape(moved.shape[0], -1))
-        blurred = cv2.sepFilter2D(flat, -1, np.ones((1, 1), np.float32), kernel, borderType=cv2.BORDER_REFLECT_101)
+        blurred = cv2.sepFilter2D(
+            flat, -1, np.ones((1, 1), np.float32), kernel, borderType=cv2.BORDER_REFLECT_101
+        )
         out = np.ascontiguousarray(np.moveaxis(blurred.reshape(moved.shape), 0, axis))
     return out
 
@@ -39,7 +41,9 @@ def make_cube(shape: tuple[int, int, int], seed: int = 0, salt_fraction: float =
         raise ValueError(f"make_cube: shape {shape}; expected at least 2 along every axis")
     rng = np.random.default_rng(seed)
     il, xl, z = np.meshgrid(
-        np.arange(n_il, dtype=np.float32), np.arange(n_xl, dtype=np.float32), np.arange(ns, dtype=np.float32),
+        np.arange(n_il, dtype=np.float32),
+        np.arange(n_xl, dtype=np.float32),
+        np.arange(ns, dtype=np.float32),
         indexing="ij",
     )
     # sediment: sinusoids of depth along a dipping, folded surface
@@ -70,7 +74,9 @@ def write_cube_segy(path: Path, amplitudes: np.ndarray, sample_interval_us: int 
     import segyio
 
     def write(tmp: Path) -> None:
-        segyio.tools.from_array3D(str(tmp), amplitudes, format=segyio.SegySampleFormat.IEEE_FLOAT_4_BYTE, dt=sample_interval_us)
+        segyio.tools.from_array3D(
+            str(tmp), amplitudes, format=segyio.SegySampleFormat.IEEE_FLOAT_4_BYTE, dt=sample_interval_us
+        )
 
     atomic_write(Path(path), write)
     return Path(path)

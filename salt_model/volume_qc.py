@@ -16,7 +16,9 @@ import numpy as np  # noqa: E402
 from salt_model.io import atomic_write, atomic_write_text  # noqa: E402
 
 
-def qc_png(path: Path, amplitudes: np.ndarray, probs: np.ndarray, title: str, xlabel: str, ylabel: str) -> Path:
+def qc_png(
+    path: Path, amplitudes: np.ndarray, probs: np.ndarray, title: str, xlabel: str, ylabel: str
+) -> Path:
     """amplitudes and probs (rows, cols) as displayed (depth down the rows for sections); NaN probs
     (dead or missing traces) are left uncoloured."""
     amplitudes = np.asarray(amplitudes, np.float32)

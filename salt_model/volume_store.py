@@ -38,7 +38,9 @@ class ProbabilityStore:
         """(traces, samples) of inline i or crossline i."""
         n_il, n_xl, ns = self.shape
         if direction == "inline":
-            return np.frombuffer(os.pread(self._fd, n_xl * ns * 4, self._at(i, 0)), np.float32).reshape(n_xl, ns)
+            return np.frombuffer(os.pread(self._fd, n_xl * ns * 4, self._at(i, 0)), np.float32).reshape(
+                n_xl, ns
+            )
         return np.stack([self.trace(j, i) for j in range(n_il)])
 
     def put(self, direction: str, i: int, probs: np.ndarray, average_with_existing: bool = False) -> None:

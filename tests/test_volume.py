@@ -13,7 +13,6 @@ import torch
 
 from salt_model.config import Config, load_config
 from salt_model.model import build_model
-from salt_model.predict import save_fold_model
 from salt_model.sections import fit_scaling, predict_section, window_starts
 from salt_model.segy import SegyError, SegyReader, read_geometry, write_probability_segy
 from salt_model.synthetic_volume import make_cube, write_cube_segy
@@ -95,7 +94,13 @@ def trained_member(tiny_config):
 def test_pointwise_stitching_is_exact_for_sizes_not_divisible_by_the_stride():
     members = [(Pointwise(), Config())]
     rng = np.random.default_rng(0)
-    for traces, samples, stride in [(130, 157, 51), (240, 333, 51), (187, 211, 37), (60, 75, 51), (101, 260, 50)]:
+    for traces, samples, stride in [
+        (130, 157, 51),
+        (240, 333, 51),
+        (187, 211, 37),
+        (60, 75, 51),
+        (101, 260, 50),
+    ]:
         section = rng.normal(0, 1000, (traces, samples)).astype(np.float32)
         scaling = fit_scaling(section)
         got = predict_section(members, section, scaling, stride=stride)
@@ -164,9 +169,10 @@ def test_headers_trace_count_and_dead_traces_preserved(tmp_path):
     assert int.from_bytes(binary_out[24:26], "little") == 5
     binary_in[24:26] = binary_out[24:26]
     assert binary_in == binary_out
-    with segyio.open(path, ignore_geometry=True, endian="little") as a, segyio.open(
-        tmp_path / "out.sgy", ignore_geometry=True, endian="little"
-    ) as b:
+    with (
+        segyio.open(path, ignore_geometry=True, endian="little") as a,
+        segyio.open(tmp_path / "out.sgy", ignore_geometry=True, endian="little") as b,
+    ):
         assert a.tracecount == b.tracecount == 10
         assert all(a.header[k].buf == b.header[k].buf for k in range(10))
         assert np.all(b.trace[3] == 0)  # the dead trace stays as it was
@@ -183,7 +189,11 @@ def test_real_files_read_scaled_and_written(tmp_path, name):
     if not path.is_file():
         pytest.skip(f"{path} not found")
     geometry = read_geometry(path)
-    expected = {"f3.sgy": ("3d", 414, 0), "f3-withdead.sgy": ("3d", 239, 175), "volve-il10117-depth.sgy": ("2d", 202, 0)}
+    expected = {
+        "f3.sgy": ("3d", 414, 0),
+        "f3-withdead.sgy": ("3d", 239, 175),
+        "volve-il10117-depth.sgy": ("2d", 202, 0),
+    }
     assert (geometry.kind, geometry.n_traces, geometry.missing) == expected[name]
     members = [(Pointwise(), Config())]
     store = ProbabilityStore(tmp_path / "p.npy", geometry.shape)
@@ -196,7 +206,10 @@ def test_real_files_read_scaled_and_written(tmp_path, name):
             store.put("inline", i, predict_section(members, section, scaling, live=live))
         write_probability_segy(geometry, tmp_path / "out.sgy", store, reader)
     store.close()
-    with segyio.open(path, ignore_geometry=True) as a, segyio.open(tmp_path / "out.sgy", ignore_geometry=True) as b:
+    with (
+        segyio.open(path, ignore_geometry=True) as a,
+        segyio.open(tmp_path / "out.sgy", ignore_geometry=True) as b,
+    ):
         assert b.tracecount == a.tracecount and b.bin[segyio.BinField.Format] == 5
         assert bytes(a.text[0]) == bytes(b.text[0])
         assert all(a.header[k].buf == b.header[k].buf for k in range(a.tracecount))
@@ -224,7 +237,17 @@ def test_bad_input_is_one_error_line_exit_2_before_any_model(tmp_path):
     ]
     for source, out, message in cases:
         proc = subprocess.run(
-            [sys.executable, "-m", "orchestrator.predict", "--run", str(run), "--segy", str(source), "--out", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.predict",
+                "--run",
+                str(run),
+                "--segy",
+                str(source),
+                "--out",
+                str(out),
+            ],
             capture_output=True,
             text=True,
             cwd=REPO,
@@ -275,14 +298,29 @@ def test_ray_actors_match_one_process(tmp_path, ray_local, random_members, tiny_
         scaling = fit_scaling(reader.sample_traces())
     out = tmp_path / "out"
     out.mkdir()
-    summary = run_volume(geometry, payloads, scaling, out, ["inline", "crossline"], (0.0, 1.0, 3),
-                         batch_sections=2, truth=truth)
+    summary = run_volume(
+        geometry,
+        payloads,
+        scaling,
+        out,
+        ["inline", "crossline"],
+        (0.0, 1.0, 3),
+        batch_sections=2,
+        truth=truth,
+    )
     got = np.load(out / "salt_probability.npy")
     local = np.stack([predict_section(random_members, amplitudes[i], scaling) for i in range(7)])
     across = np.stack([predict_section(random_members, amplitudes[:, j], scaling) for j in range(30)], axis=1)
     np.testing.assert_allclose(got, (local + across) / 2, atol=1e-5)
     assert summary["actors"]["count"] == 3 and 0 <= summary["truth_iou"] <= 1
-    for name in ("salt_probability.sgy", "volume.json", "report.html", "qc_inline.png", "qc_crossline.png", "qc_slice.png"):
+    for name in (
+        "salt_probability.sgy",
+        "volume.json",
+        "report.html",
+        "qc_inline.png",
+        "qc_crossline.png",
+        "qc_slice.png",
+    ):
         assert (out / name).is_file(), name
     assert json.loads((out / "volume.json").read_text())["geometry"]["traces"] == 210
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
