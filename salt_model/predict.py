@@ -73,7 +73,8 @@ def predict_probs(
 
 
 def ensemble_probs(models: list, images: np.ndarray, device, batch_size: int = 64):
-    """(N, 101, 101) uint8 tiles -> the mean over all members (k folds x s) of the flip-TTA probabilities, in float32."""
+    """(N, 101, 101) uint8 tiles -> the mean over all members (k folds x s) of the flip-TTA
+    probabilities, in float32."""
     probs_sum = np.zeros(images.shape, dtype=np.float32)
     empty_sum = None
     for model, config in models:
