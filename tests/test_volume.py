@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,6 @@ from salt_model.volume_store import ProbabilityStore
 
 segyio = pytest.importorskip("segyio")
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_SEGY = Path(__file__).resolve().parents[2] / "shared" / "segy"
 TINY = [
     "model.encoder=resnet18",
@@ -217,7 +214,10 @@ def test_real_files_read_scaled_and_written(tmp_path, name):
         np.testing.assert_allclose(b.trace[k], expected_pointwise(a.trace[k][None], scaling)[0], atol=2e-6)
 
 
-def test_bad_input_is_one_error_line_exit_2_before_any_model(tmp_path):
+def test_bad_input_is_one_error_line_exit_2_before_any_model(tmp_path, capsys):
+    from orchestrator.predict import main as predict_main
+    from salt_model.cli import run_cli
+
     bad = tmp_path / "bad.sgy"
     bad.write_bytes(b"not seismic" * 500)
     good = write_cube_segy(tmp_path / "good.sgy", make_cube((3, 4, 80), 0)[0])
@@ -236,24 +236,11 @@ def test_bad_input_is_one_error_line_exit_2_before_any_model(tmp_path):
         (good, blocker / "sub", "not writable"),
     ]
     for source, out, message in cases:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "orchestrator.predict",
-                "--run",
-                str(run),
-                "--segy",
-                str(source),
-                "--out",
-                str(out),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-        )
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2, proc.stderr
+        argv = ["--run", str(run), "--segy", str(source), "--out", str(out)]
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(predict_main, argv)  # in-process: what `python -m orchestrator.predict` runs
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2, lines
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
         assert not out.exists() or not any(out.iterdir())
 
