@@ -1,6 +1,7 @@
 """Aggregation: all ensemble members of all folds averaged on the test tiles, as submission.csv.
 
 `python -m orchestrator.predict --run DIR --data DIR --out FILE`
+`python -m orchestrator.predict --run DIR --segy IN.sgy --out DIR` (whole volumes: orchestrator.volume)
 
 RUN/models holds the members the run chose (cv.json "submission_variant"): k folds x s members
 (the last epoch, the cycle-end snapshots and/or SWA; salt_model.ensemble). Ray Data streams the test
@@ -24,13 +25,14 @@ import ray
 from orchestrator import console
 from orchestrator.capacity import Capacity, cluster_capacity
 from orchestrator.runtime import init_ray
+from orchestrator.volume_command import add_volume_args, predict_segy
 from salt_model.cli import make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data import DataError, SaltData, load_split, resolve_data
 from salt_model.io import atomic_savez, atomic_write
 from salt_model.metric import competition_metric
 from salt_model.postprocess import Thresholds, binarize, choose_thresholds, default_thresholds
-from salt_model.predict import model_from_payload, pick_device, predict_probs, read_fold_model
+from salt_model.predict import ensemble_probs, model_from_payload, pick_device, read_fold_model
 from salt_model.rle import rle_encode
 
 
@@ -64,19 +66,6 @@ class EnsemblePredictor:
             rows["probs"] = probs
             rows["empty"] = np.full(len(probs), np.nan, np.float32) if empty is None else empty
         return rows
-
-
-def ensemble_probs(models: list, images: np.ndarray, device, batch_size: int = 64):
-    """Mean over all members (k folds x s) of the flip-TTA probabilities, in float32."""
-    probs_sum = np.zeros(images.shape, dtype=np.float32)
-    empty_sum = None
-    for model, config in models:
-        probs, empty = predict_probs(model, images, config, device, batch_size=batch_size, tta=True)
-        probs_sum += probs
-        if empty is not None:
-            empty_sum = empty if empty_sum is None else empty_sum + empty
-    n = len(models)
-    return probs_sum / n, (None if empty_sum is None else empty_sum / n)
 
 
 def choose_oof_thresholds(oof_probs: np.ndarray, oof_empty: np.ndarray | None, truth: np.ndarray) -> dict:
@@ -203,12 +192,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--run", required=True, help="output folder of orchestrator.train or orchestrator.tune"
     )
-    parser.add_argument("--data", required=True, help="Kaggle-layout folder with test/images, or 'synthetic'")
-    parser.add_argument("--out", default=None, help="submission file (default: RUN/submission.csv)")
+    parser.add_argument(
+        "--data", default=None, help="Kaggle-layout folder with test/images, or 'synthetic' (or --segy)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="submission file (default: RUN/submission.csv); with --segy a folder"
+    )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     parser.add_argument("--batch-size", type=int, default=64)
     console.add_verbose_arg(parser)
+    add_volume_args(parser)
     args = parser.parse_args(argv)
+    if args.segy is not None:
+        return predict_segy(args)
+    if args.data is None:
+        raise ValueError("give --data DIR (the test tiles) or --segy IN.sgy (a seismic volume)")
     run = Path(args.run)
     if not run.is_dir():
         raise ValueError(f"--run {run}: no such folder")

@@ -75,6 +75,20 @@ def predict_probs(
     return probs, (empty / len(views) if has_empty_head else None)
 
 
+def ensemble_probs(models: list, images: np.ndarray, device, batch_size: int = 64):
+    """(N, 101, 101) uint8 tiles -> the mean over all members (k folds x s) of the flip-TTA
+    probabilities, in float32."""
+    probs_sum = np.zeros(images.shape, dtype=np.float32)
+    empty_sum = None
+    for model, config in models:
+        probs, empty = predict_probs(model, images, config, device, batch_size=batch_size, tta=True)
+        probs_sum += probs
+        if empty is not None:
+            empty_sum = empty if empty_sum is None else empty_sum + empty
+    n = len(models)
+    return probs_sum / n, (None if empty_sum is None else empty_sum / n)
+
+
 def _predict_view(model, padded: np.ndarray, config: Config, device: torch.device, batch_size: int):
     """(N, P, P) padded uint8 -> unpadded (N, 101, 101) probabilities and (N,) empty probs or None."""
     dtype = autocast_dtype(config.train.precision, device)
