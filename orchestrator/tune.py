@@ -73,6 +73,7 @@ from orchestrator.storage import (
 from orchestrator.storage import exists as storage_exists
 from orchestrator.tensorboard import FoldCurves
 from orchestrator.train import add_cluster_args, finalize, prepare_run
+from salt_model.cadence import asha_grace, asha_rungs
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config, load_config
 from salt_model.data import SaltData, has_test, load_split, resolve_data
@@ -87,10 +88,12 @@ INTERNAL = ["params", "checkpoint_path"]  # trial-table columns kept out of tria
 
 
 class TrialReport(TuneReportCallback):
-    """Forwards rank 0's epoch reports to Tune, except a deterministic failure's (FatalReason keeps it)."""
+    """Forwards rank 0's evaluated epoch reports to Tune. Not forwarded: a deterministic failure's
+    (FatalReason keeps it) and an epoch without evaluation (train.eval_every): Tune requires the metric
+    in every result, and ASHA's rungs are always evaluated (the trial passes them to its folds)."""
 
     def after_report(self, run_context, metrics, checkpoint):
-        if "fatal_error" not in metrics[0]:
+        if "fatal_error" not in metrics[0] and "val_map" in metrics[0]:
             super().after_report(run_context, metrics, checkpoint)
 
 
@@ -163,6 +166,7 @@ def kfold_trial(
         callbacks=[TrialReport(), FailureNotice(), FatalReason(str(failed))],
         inject_failure=fault,
         trial=tune.get_context().get_trial_id(),
+        eval_at=tuple(asha_rungs(config.search, config.train.epochs)),  # ASHA compares trials there
         pseudo_ref=None if pseudo_refs is None else ray.put(ray.get(pseudo_refs[0]).labels(config).data),
     )
     result = trainer.fit()
@@ -300,11 +304,10 @@ def make_scheduler(config: Config) -> ASHAScheduler | None:
     search, epochs = config.search, config.train.epochs
     if not search.early_stopping or epochs < 3:
         return None
-    grace = search.grace_epochs or search.switch_low + 2  # let the Lovasz switch pay off first
     return ASHAScheduler(
         time_attr="epoch",
         max_t=epochs,
-        grace_period=max(1, min(grace, epochs - 1)),
+        grace_period=asha_grace(search, epochs),  # let the Lovasz switch pay off first
         reduction_factor=search.reduction_factor,
     )
 
