@@ -39,13 +39,13 @@ if __package__ in (None, ""):  # `python bench/quality.py`: make the repository 
 from bench.machine import cpu_model  # noqa: E402
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.cv import cross_validate
-from salt_model.oof_stats import emptiness
 from salt_model.data import has_test, load_split, resolve_data
 from salt_model.engine import train_fold
 from salt_model.ensemble import Member
 from salt_model.folds import make_folds
 from salt_model.io import atomic_write, atomic_write_text
 from salt_model.metric import image_scores
+from salt_model.oof_stats import emptiness
 from salt_model.postprocess import Thresholds, binarize, choose_thresholds, default_thresholds
 from salt_model.predict import model_from_payload, pick_device, predict_probs
 from salt_model.rle import rle_encode

@@ -162,7 +162,12 @@ def rounds_html(rounds: dict) -> str:
                 "round": e["round"],
                 "OOF (labelled tiles)": e["oof_score"],
                 "variant": e["submission_variant"],
-                "pseudo-labelled tiles": f"{p['kept']} of {p['offered']}" if p else "-",
+                "teacher": p.get("teacher", "ensemble") if p else "-",
+                "pseudo-labelled tiles": (
+                    f"{'/'.join(map(str, p.get('kept_per_fold', [p['kept']])))} of {p['offered']}"
+                    if p
+                    else "-"
+                ),
                 "kept fraction": f"{p['kept_fraction']:.1%}" if p else "-",
                 "with salt": p.get("kept_with_salt", "-") if p else "-",
                 "report": f"{e['folder']}/report/index.html" if e["round"] else "this page",
@@ -267,7 +272,8 @@ def emptiness_html(truth: np.ndarray, pred: np.ndarray) -> str:
     return (
         f"<p>{e['salt_pred_empty']} of {e['salt_tiles']} salt tiles predicted empty "
         f"(<b>{e['false_empty_rate']:.1%}</b>); {e['empty_pred_salt']} of {e['empty_tiles']} empty tiles "
-        f"given salt (<b>{e['false_salt_rate']:.1%}</b>). Each scores 0.</p>" + table(rows, {"rate": "{:.1%}"})
+        f"given salt (<b>{e['false_salt_rate']:.1%}</b>). Each scores 0.</p>"
+        + table(rows, {"rate": "{:.1%}"})
     )
 
 

@@ -462,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         source = PseudoSource(test, probs, empty, pseudo_summary["thresholds"])
         pseudo_refs = [ray.put(source)]
         print(f"pseudo-labels: the test tiles {pseudo_from}'s ensemble is confident about, per trial's rule")
+        if config.pseudo.teacher == "fold":
+            print(
+                "note: pseudo.teacher=fold applies to orchestrator.train's rounds; a search labels every "
+                "fold's tiles with RUN's ensemble (pseudo.teacher=ensemble)"
+            )
 
     trainable = tune.with_resources(
         tune.with_parameters(

@@ -24,7 +24,9 @@ from salt_model.predict import save_fold_model
 
 
 def format_epoch(m: dict) -> str:
-    head = f"fold {m['fold']} epoch {m['epoch']:>3} | {m['loss']:>6} loss {m['train_loss']:.4f} lr {m['lr']:.2e}"
+    head = (
+        f"fold {m['fold']} epoch {m['epoch']:>3} | {m['loss']:>6} loss {m['train_loss']:.4f} lr {m['lr']:.2e}"
+    )
     if "val_map" not in m:  # not evaluated (train.eval_every)
         return f"{head} | not evaluated | {m['epoch_s']:.1f}s"
     return (

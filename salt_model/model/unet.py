@@ -60,7 +60,9 @@ class SaltUNet(nn.Module):
         if cfg.empty_head:
             # one Linear, or the 1st-place classifier GAP -> Linear(c4, N) -> ELU -> Linear(N, 1)
             n = cfg.empty_hidden
-            classifier = [nn.Linear(c4, n), nn.ELU(inplace=True), nn.Linear(n, 1)] if n else [nn.Linear(c4, 1)]
+            classifier = (
+                [nn.Linear(c4, n), nn.ELU(inplace=True), nn.Linear(n, 1)] if n else [nn.Linear(c4, 1)]
+            )
             self.empty_head = nn.Sequential(
                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout), *classifier
             )
