@@ -131,7 +131,10 @@ def recount(truth: np.ndarray, pred: np.ndarray) -> list[dict]:
     for label, sel, wrong in [
         ("empty", truly_empty, ~predicted_empty),
         ("0 (<5%)", (classes == 0) & ~truly_empty, predicted_empty),
-        *[(f"{c} ({c * 10 - 5}-{min(100, c * 10 + 5)}%)", classes == c, predicted_empty) for c in range(1, 11)],
+        *[
+            (f"{c} ({c * 10 - 5}-{min(100, c * 10 + 5)}%)", classes == c, predicted_empty)
+            for c in range(1, 11)
+        ],
     ]:
         if sel.sum():
             rows.append({"class": label, "tiles": int(sel.sum()), "wrong": int((sel & wrong).sum())})

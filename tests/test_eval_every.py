@@ -59,7 +59,13 @@ def runs(tiny_config, tiny_data_root, monkeypatch_module):
         reports = []
         calls.clear()
         result = train_fold(
-            config, data, 0, folds=folds, device=CPU, eval_at=(2,), report=lambda m, save: reports.append(m)
+            config,
+            data,
+            0,
+            folds=folds,
+            device=CPU,
+            eval_at=(2,),
+            report=lambda m, save, reports=reports: reports.append(m),
         )
         out[name] = (result, reports, list(calls))
     return out

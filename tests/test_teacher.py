@@ -70,8 +70,10 @@ def test_fold_r_pseudo_masks_are_fold_r_own_models_thresholded_prediction(round_
             empty.append(e)
         probs, empty = np.mean(probs, axis=0, dtype=np.float32), np.mean(empty, axis=0, dtype=np.float32)
         np.testing.assert_allclose(saved["fold_probs"][:, fold], probs, atol=1e-5)
-        keep = confident_tiles(probs, empty, config.pseudo.low, config.pseudo.high, config.pseudo.min_fraction)
-        assert got.ids.tolist() == test.ids[keep].tolist() and 0 < keep.sum()
+        keep = confident_tiles(
+            probs, empty, config.pseudo.low, config.pseudo.high, config.pseudo.min_fraction
+        )
+        assert got.ids.tolist() == test.ids[keep].tolist() and keep.sum() > 0
         expected = binarize(probs[keep], empty[keep], thresholds)
         near = np.abs(probs[keep] - thresholds.pixel) < 1e-5  # a last-bit difference may flip these only
         assert np.array_equal(got.masks.astype(bool) | near, expected | near)
@@ -89,7 +91,9 @@ def test_each_fold_trains_on_its_own_pseudo_tiles(round_0, fold_labels, tmp_path
     config, _, labels = fold_labels
     resources = fold_resources(3, None, 0)
     run_kfold(config, data, folds, tmp_path / "round_1", resources, pseudo=rounds.training_tiles(labels))
-    progress = [json.loads(line) for line in (tmp_path / "round_1" / "progress.jsonl").read_text().splitlines()]
+    progress = [
+        json.loads(line) for line in (tmp_path / "round_1" / "progress.jsonl").read_text().splitlines()
+    ]
     train_part = [int((folds != r).sum()) for r in range(3)]
     expected = [n + len(one.ids) for n, one in zip(train_part, labels, strict=True)]
     for epoch in progress:
