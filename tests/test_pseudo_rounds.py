@@ -30,7 +30,13 @@ pytestmark = pytest.mark.ray
 # A loose rule, so that the tiny 2-epoch model (its probabilities are within ~0.3 of 0.5) keeps some
 # of the 12 test tiles and drops others (the test asserts both)
 RULE = {"low": 0.45, "high": 0.55, "min_fraction": 0.5}
-ROUND_1 = [*TINY, "pseudo.rounds=1", *(f"pseudo.{k}={v}" for k, v in RULE.items()), "pseudo.weight=0.5"]
+ROUND_1 = [
+    *TINY,
+    "pseudo.rounds=1",
+    *(f"pseudo.{k}={v}" for k, v in RULE.items()),
+    "pseudo.weight=0.5",
+    "pseudo.teacher=ensemble",  # one set of tiles for every fold (tests/test_teacher.py: the fold teacher)
+]
 
 
 def run(args: list[str], module: str = "orchestrator.train") -> subprocess.CompletedProcess:
