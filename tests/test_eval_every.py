@@ -100,8 +100,8 @@ def test_evaluation_cadence_never_changes_the_training(runs):
 
 
 @pytest.mark.ray
-def test_a_tiny_search_with_eval_every_still_prunes_at_the_rungs(tiny_data_root, tmp_path):
-    from tests.test_console import run_entry
+def test_a_tiny_search_with_eval_every_still_prunes_at_the_rungs(ray_cluster, tiny_data_root, tmp_path):
+    from orchestrator.tune import main
 
     out = tmp_path / "search"
     overrides = [
@@ -114,8 +114,7 @@ def test_a_tiny_search_with_eval_every_still_prunes_at_the_rungs(tiny_data_root,
         "search.grace_epochs=1",  # rungs at epochs 1, 2 and 4; epoch 3 is never evaluated
         "search.max_concurrent=1",
     ]
-    result = run_entry("orchestrator.tune", tiny_args(tiny_data_root, out, overrides=overrides), timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert main(tiny_args(tiny_data_root, out, overrides=overrides)) == 0
     study = optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{out / 'optuna.db'}")
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.PRUNED in states, [(t.state, t.intermediate_values) for t in study.trials]
