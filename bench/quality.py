@@ -45,6 +45,7 @@ from salt_model.ensemble import Member
 from salt_model.folds import make_folds
 from salt_model.io import atomic_write, atomic_write_text
 from salt_model.metric import image_scores
+from salt_model.oof_stats import emptiness
 from salt_model.postprocess import Thresholds, binarize, choose_thresholds, default_thresholds
 from salt_model.predict import model_from_payload, pick_device, predict_probs
 from salt_model.rle import rle_encode
@@ -75,13 +76,12 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_model()} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
 
 
-def oof_summary(probs: np.ndarray, empty: np.ndarray | None, truth: np.ndarray) -> dict:
-    """Competition metric, empty-image accuracy and the all-empty baseline of OOF probabilities.
-
-    probs (N, 101, 101) float, empty (N,) or None, truth (N, 101, 101) bool.
-    """
-    default = default_thresholds(empty)  # what engine.evaluate scores val_map with
-    chosen, chosen_score = choose_thresholds(probs, empty, truth)
+def oof_summary(probs: np.ndarray, empty: np.ndarray | None, truth: np.ndarray, rule: str = "gate") -> dict:
+    """Competition metric, empty-image accuracy, the false-empty breakdown and the all-empty baseline
+    of OOF probabilities. probs (N, 101, 101) float, empty (N,) or None, truth (N, 101, 101) bool;
+    `rule`: decode.empty_rule."""
+    default = default_thresholds(empty, rule)  # what engine.evaluate scores val_map with
+    chosen, chosen_score = choose_thresholds(probs, empty, truth, rule=rule)
     truly_empty = ~truth.any(axis=(1, 2))  # (N,)
 
     def scored(th: Thresholds) -> dict:
@@ -91,6 +91,7 @@ def oof_summary(probs: np.ndarray, empty: np.ndarray | None, truth: np.ndarray) 
             "thresholds": th.to_dict(),
             "metric": float(image_scores(truth, pred).mean()),
             "empty_accuracy": float((predicted_empty == truly_empty).mean()),
+            "emptiness": emptiness(truth, pred),  # salt tiles called empty, per coverage class
         }
 
     out = {
@@ -193,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         results.append((result, wall))
     total = time.perf_counter() - start
 
-    cv = cross_validate([(r.val_index, r.members) for r, _ in results], data.masks)
+    rule = config.decode.empty_rule
+    cv = cross_validate([(r.val_index, r.members) for r, _ in results], data.masks, rule=rule)
     truth = data.masks[cv["index"]].astype(bool)
     chosen = cv["variants"][cv["chosen"]]
-    oof = oof_summary(chosen.probs, chosen.empty, truth)
+    oof = oof_summary(chosen.probs, chosen.empty, truth, rule)
     best = cv["variants"]["best"]
     submission = None
     if args.submission and has_test(root):
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "submission_variant": chosen.name,
         "variants": {name: v.summary() for name, v in cv["variants"].items()},
         "oof": oof,  # of the submission variant
-        "oof_best_epoch": oof_summary(best.probs, best.empty, truth),  # optimistic
+        "oof_best_epoch": oof_summary(best.probs, best.empty, truth, rule),  # optimistic
         "submission": submission,
         "wall_s_total": total,
         "config": config.to_dict(),
@@ -248,6 +250,13 @@ def main(argv: list[str] | None = None) -> int:
         f"* {chosen.name}: OOF over {oof['tiles']} tiles of folds {run_folds}: metric {d['metric']:.4f} at default thresholds "
         f"(empty acc {d['empty_accuracy']:.3f}) | {c['metric']:.4f} at chosen {c['thresholds']} "
         f"(empty acc {c['empty_accuracy']:.3f}) | all-empty baseline {oof['all_empty_baseline']:.4f}"
+    )
+    e = c["emptiness"]
+    print(
+        f"  at chosen thresholds: {e['salt_pred_empty']} of {e['salt_tiles']} salt tiles predicted empty "
+        f"({e['false_empty_rate']:.1%}), {e['empty_pred_salt']} of {e['empty_tiles']} empty tiles given salt "
+        f"({e['false_salt_rate']:.1%}); by class: "
+        + ", ".join(f"{row['class']} {row['wrong']}/{row['tiles']}" for row in e["by_coverage"])
     )
     if submission:
         print(

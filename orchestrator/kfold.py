@@ -3,7 +3,8 @@
 Folds are independent models, so no gradients are synchronised; the process group (gloo, which
 works with and without CUDA) is used only to gather the folds' epoch metrics to rank 0, because Ray
 keeps only rank 0's metrics in the Result. `ray.train.report` is a barrier: every fold reports every
-epoch, and each fold writes its own `fold_{r}.pt` into the shared checkpoint (Ray merges the ranks'
+epoch (an epoch that salt_model.cadence does not evaluate reports its training metrics only, so the
+count of reports never depends on the cadence), and each fold writes its own `fold_{r}.pt` into the shared checkpoint (Ray merges the ranks'
 files into one folder). A fold worker that dies restarts the group from the latest checkpoint
 (FailureConfig), and re-running with the same output folder resumes a run whose driver died.
 """
@@ -86,6 +87,8 @@ def fold_worker(loop_config: dict) -> None:
     set_cpu_threads(loop_config["threads"])  # torch and OpenCV, sized to this worker's Ray CPU share
     data: SaltData = ray.get(loop_config["data_ref"])  # one copy per node, from the object store
     extra = ray.get(loop_config["pseudo_ref"]) if loop_config.get("pseudo_ref") is not None else None
+    if isinstance(extra, list):  # pseudo.teacher=fold: each fold has its own pseudo-labelled tiles
+        extra = extra[fold]
     init_states = ray.get(loop_config["init_ref"]) if loop_config.get("init_ref") is not None else None
     folds = np.asarray(loop_config["folds"])
 
@@ -129,7 +132,8 @@ def fold_worker(loop_config: dict) -> None:
         epoch = metrics["epoch"]
         metrics = fault(epoch, metrics)
         reports += 1
-        gauge.set(metrics["val_map"], tags=tags)
+        if "val_map" in metrics:  # an evaluated epoch
+            gauge.set(metrics["val_map"], tags=tags)
         # the run's own record of resumes: the epoch each fold's current attempt started after
         merged = merge_fold_metrics(gather({**metrics, "node": node, "resumed_after": resumed_after}))
         if save is not None and (epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs):
@@ -153,6 +157,7 @@ def fold_worker(loop_config: dict) -> None:
             threads=loop_config["threads"],  # the worker's Ray share wins over config.train.threads
             extra=extra,  # a pseudo round's tiles, in this fold's training part only
             init_state=None if init_states is None else init_states[fold],
+            eval_at=tuple(loop_config.get("eval_at") or ()),  # a search's ASHA rungs
         )
         if reports == 0:
             # The run was already complete in the checkpoint it resumed from (the driver died after the
@@ -252,9 +257,11 @@ def make_trainer(
     trial: str | None = None,
     pseudo_ref=None,
     init_ref=None,
+    eval_at: tuple[int, ...] = (),
 ) -> TorchTrainer:
-    """One TorchTrainer whose k workers are the k folds (`pseudo_ref`: a pseudo round's tiles;
-    `init_ref`: per-fold start weights, both ObjectRefs or None)."""
+    """One TorchTrainer whose k workers are the k folds (`pseudo_ref`: a pseudo round's tiles, one
+    SaltData for every fold or a list of k; `init_ref`: per-fold start weights, both ObjectRefs or
+    None; `eval_at`: epochs every fold evaluates besides its config's cadence, e.g. ASHA's rungs)."""
     k = config.data.folds
     loop_config = {
         "config": config.to_dict(),
@@ -266,6 +273,7 @@ def make_trainer(
         "inject_failure": inject_failure,
         "pseudo_ref": pseudo_ref,
         "init_ref": init_ref,
+        "eval_at": list(eval_at),
     }
     return TorchTrainer(
         fold_worker,
@@ -299,7 +307,8 @@ def collect_folds(
             scores.append(float(ckpt["best_score"]))
             epochs.append(int(ckpt["best_epoch"]))
             histories.append(ckpt["history"])
-    cv = cross_validate([(val, members) for val, members, _ in per_fold], data.masks)
+    rule = Config.from_dict(per_fold[0][2]["config"], source="checkpoint").decode.empty_rule
+    cv = cross_validate([(val, members) for val, members, _ in per_fold], data.masks, rule=rule)
     chosen = cv["variants"][cv["chosen"]]
     models = out / "models"
     for stale in models.glob("fold_*.pt"):  # a rerun may choose another variant
@@ -361,14 +370,14 @@ def run_kfold(
     inject_failure: dict | None = None,
     run_name: str | None = None,
     storage: str | None = None,
-    pseudo: SaltData | None = None,
+    pseudo: SaltData | list[SaltData] | None = None,
     init_states: list[dict] | None = None,
 ) -> KFoldResult:
     """Trains all k folds in parallel on Ray (resuming a previous run in `out`) and collects them.
 
     `storage` is where Ray keeps checkpoints (default OUT/ray); on a multi-node cluster it must be
     reachable from every node (s3://bucket/path or a shared mount). `pseudo`: pseudo-labelled tiles
-    every fold adds to its training part; `init_states`: each fold's start weights (a pseudo round).
+    every fold adds to its training part (a list: fold r's own tiles at r); `init_states`: each fold's start weights (a pseudo round).
     """
     check_folds_trainable(folds, config.data.folds, config.train.batch_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -415,6 +424,8 @@ def write_cv(out: Path, result: KFoldResult, config: Config, extra: dict) -> dic
         "oof_score": chosen.oof_score,
         "oof_score_default_thresholds": chosen.oof_score_default_thresholds,
         "thresholds": chosen.thresholds.to_dict(),
+        # salt tiles predicted empty and empty tiles given salt, per coverage class (salt_model.oof_stats)
+        "emptiness": chosen.extra.get("emptiness"),
         "best_epoch_fold_scores": result.scores,  # optimistic: each chosen on its own held-out fold
         "best_epochs": result.best_epochs,
         "variants": {name: v.summary() for name, v in result.cv["variants"].items()},

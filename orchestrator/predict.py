@@ -10,6 +10,9 @@ tiles once through actors that each hold every member (measured here: one actor 
 horizontally-flip-TTA'd probabilities in float32 (float16 flipped masks near the threshold), applies
 the thresholds chosen on the OOF of the same member average (salt_model.cv), and returns RLE strings,
 so only text travels back. Rows come back in any order, so every row carries its id.
+
+For a pseudo-label round the actors can also return the mean probabilities, and with `per_fold` each
+fold's own members' mean (pseudo.teacher=fold: fold r's tiles are labelled by fold r's models only).
 """
 
 from __future__ import annotations
@@ -39,7 +42,14 @@ from salt_model.rle import rle_encode
 class EnsemblePredictor:
     """A Ray Data actor holding every member of every fold; batch of tiles in, ids and RLE masks out."""
 
-    def __init__(self, payloads_ref: list, thresholds: dict, batch_size: int, with_probs: bool = False):
+    def __init__(
+        self,
+        payloads_ref: list,
+        thresholds: dict,
+        batch_size: int,
+        with_probs: bool = False,
+        per_fold: bool = False,
+    ):
         import torch
 
         payloads = ray.get(payloads_ref[0])  # the ref travels inside a list so Ray does not inline it
@@ -49,13 +59,16 @@ class EnsemblePredictor:
                 max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
             )
         self.models = [model_from_payload(p, self.device) for p in payloads]
+        self.folds = [int(p["fold"]) for p in payloads]
         self.thresholds = Thresholds(**thresholds)
         self.batch_size = batch_size
         self.with_probs = with_probs  # also return the mean probabilities (pseudo-label rounds)
+        self.per_fold = per_fold  # and each fold's own mean
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = np.stack(batch["image"]).astype(np.uint8)  # (B, 101, 101)
-        probs, empty = ensemble_probs(self.models, images, self.device, self.batch_size)
+        folds = self.folds if self.per_fold else None
+        probs, empty, *by_fold = ensemble_probs(self.models, images, self.device, self.batch_size, folds)
         masks = binarize(probs, empty, self.thresholds)
         rows = {
             "id": np.asarray(batch["id"]),
@@ -65,6 +78,12 @@ class EnsemblePredictor:
         if self.with_probs:
             rows["probs"] = probs
             rows["empty"] = np.full(len(probs), np.nan, np.float32) if empty is None else empty
+        if by_fold:
+            fold_probs, fold_empty = by_fold
+            rows["fold_probs"] = fold_probs  # (B, k, 101, 101)
+            rows["fold_empty"] = (
+                np.full(fold_probs.shape[:2], np.nan, np.float32) if fold_empty is None else fold_empty
+            )
         return rows
 
 
@@ -125,17 +144,19 @@ def predict_submission(
     batch_size: int = 64,
     concurrency: int | None = None,
     probs_out: Path | None = None,
+    per_fold: bool = False,
 ) -> pd.DataFrame:
     """Runs the ensemble over the test tiles on Ray and writes `out` (id,rle_mask) atomically.
 
     `probs_out`: also an .npz of the ensemble's float32 test probabilities (ids, probs, empty), in the
-    test split's order (what a pseudo-label round chooses its tiles from)."""
+    test split's order (what a pseudo-label round chooses its tiles from); with `per_fold` also each
+    fold's own members' mean (fold_probs (N, k, 101, 101), fold_empty (N, k))."""
     payloads = load_models(run)
     gpus, cpus_per_actor, concurrency = actor_resources(concurrency)
     items = [{"id": i, "image": img} for i, img in zip(test.ids.tolist(), test.images, strict=True)]
     ds = ray.data.from_items(items).map_batches(
         EnsemblePredictor,
-        fn_constructor_args=([ray.put(payloads)], thresholds, batch_size, probs_out is not None),
+        fn_constructor_args=([ray.put(payloads)], thresholds, batch_size, probs_out is not None, per_fold),
         batch_size=max(batch_size, 256),
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_gpus=gpus,
@@ -155,6 +176,11 @@ def predict_submission(
         arrays = {"ids": test.ids, "probs": np.stack(rows["probs"].to_list()).astype(np.float32)}
         if not np.isnan(empty_probs).all():
             arrays["empty"] = empty_probs
+        if per_fold:
+            arrays["fold_probs"] = np.stack(rows["fold_probs"].to_list()).astype(np.float32)
+            fold_empty = np.stack(rows["fold_empty"].to_list()).astype(np.float32)
+            if not np.isnan(fold_empty).all():
+                arrays["fold_empty"] = fold_empty
         atomic_savez(probs_out, **arrays)
     atomic_write(out, lambda tmp: submission.to_csv(tmp, index=False))
     empty = int((rows["area"] == 0).sum())

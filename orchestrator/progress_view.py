@@ -19,6 +19,11 @@ def clock(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
+def score(value, digits: int = 4) -> str:
+    """A metric, or "-" on an epoch that was not evaluated (train.eval_every)."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def bar(done: int, total: int) -> str:
     filled = round(BAR * done / max(total, 1))
     return "█" * filled + "·" * (BAR - filled)
@@ -78,7 +83,7 @@ class ProgressView:
         return elapsed, eta
 
     def fold_text(self, m: dict, r: int) -> str:
-        return f"{m.get(f'val_map_fold{r}', float('nan')):.3f}/{m.get(f'best_val_map_fold{r}', float('nan')):.3f}"
+        return f"{score(m.get(f'val_map_fold{r}'), 3)}/{score(m.get(f'best_val_map_fold{r}'), 3)}"
 
     def plain_line(self, run: str) -> str:
         state, m = self.runs[run], self.runs[run]["metrics"]
@@ -87,7 +92,7 @@ class ProgressView:
         folds = " ".join(self.fold_text(m, r) for r in range(self.folds))
         return (
             f"{name}{state['label']}epoch {m['epoch']}/{self.epochs} | {m.get('loss', '')} val_map "
-            f"{m['val_map']:.4f} best {m['best_val_map']:.4f} | folds now/best {folds} | "
+            f"{score(m.get('val_map'))} best {score(m.get('best_val_map'))} | folds now/best {folds} | "
             f"{clock(elapsed)} elapsed, ETA {clock(eta) if eta is not None else '?'}"
         )
 
@@ -103,13 +108,12 @@ class ProgressView:
             name = f"trial {run} {state['label']}" if run != "run" else f"{state['label']}folds mean "
             lines.append(
                 f"{name}{bar(m['epoch'], self.epochs)} {m['epoch']}/{self.epochs} val_map "
-                f"{m['val_map']:.4f} best {m['best_val_map']:.4f}  {clock(elapsed)} ETA {eta_text}"
+                f"{score(m.get('val_map'))} best {score(m.get('best_val_map'))}  {clock(elapsed)} ETA {eta_text}"
             )
             for r in range(self.folds):
                 lines.append(
                     f"  fold {r} {bar(m['epoch'], self.epochs)} {m['epoch']}/{self.epochs} val_map "
-                    f"{m.get(f'val_map_fold{r}', float('nan')):.4f} best "
-                    f"{m.get(f'best_val_map_fold{r}', float('nan')):.4f}"
+                    f"{score(m.get(f'val_map_fold{r}'))} best {score(m.get(f'best_val_map_fold{r}'))}"
                 )
         return lines
 

@@ -162,7 +162,12 @@ def rounds_html(rounds: dict) -> str:
                 "round": e["round"],
                 "OOF (labelled tiles)": e["oof_score"],
                 "variant": e["submission_variant"],
-                "pseudo-labelled tiles": f"{p['kept']} of {p['offered']}" if p else "-",
+                "teacher": p.get("teacher", "ensemble") if p else "-",
+                "pseudo-labelled tiles": (
+                    f"{'/'.join(map(str, p.get('kept_per_fold', [p['kept']])))} of {p['offered']}"
+                    if p
+                    else "-"
+                ),
                 "kept fraction": f"{p['kept_fraction']:.1%}" if p else "-",
                 "with salt": p.get("kept_with_salt", "-") if p else "-",
                 "report": f"{e['folder']}/report/index.html" if e["round"] else "this page",
@@ -244,9 +249,31 @@ def oof_html(run: Path, report: Path, cv: dict) -> str:
         )
         + "<div class=row><div><h3>By salt coverage class</h3>"
         f"{table(oof_stats.by_coverage(truth, pred), {'score': '{:.4f}'})}</div>"
+        f"<div><h3>Emptiness called wrong, by coverage class</h3>{emptiness_html(truth, pred)}</div>"
         "<div><h3>By per-image score</h3>"
         f"{table(oof_stats.by_score_bucket(truth, pred), {'share': '{:.1%}'})}</div>"
         f"<div><h3>Empty-image confusion</h3>{confusion}</div></div>"
+    )
+
+
+def emptiness_html(truth: np.ndarray, pred: np.ndarray) -> str:
+    """Salt tiles predicted empty (false-empty rate) per coverage class, and empty tiles given salt."""
+    e = oof_stats.emptiness(truth, pred)
+    rows = [
+        {
+            "class": r["class"],
+            "tiles": r["tiles"],
+            "called wrong": r["wrong"],
+            "rate": r["rate"],
+            "wrong means": "given salt" if r["class"] == "empty" else "predicted empty",
+        }
+        for r in e["by_coverage"]
+    ]
+    return (
+        f"<p>{e['salt_pred_empty']} of {e['salt_tiles']} salt tiles predicted empty "
+        f"(<b>{e['false_empty_rate']:.1%}</b>); {e['empty_pred_salt']} of {e['empty_tiles']} empty tiles "
+        f"given salt (<b>{e['false_salt_rate']:.1%}</b>). Each scores 0.</p>"
+        + table(rows, {"rate": "{:.1%}"})
     )
 
 
@@ -283,15 +310,11 @@ def search_html(run: Path, report: Path, progress: pd.DataFrame, base: dict) -> 
 
 def asha_rungs(config: dict) -> list[int]:
     """The epochs at which ASHA compares trials (orchestrator.tune.make_scheduler's settings)."""
-    search, epochs = config["search"], config["train"]["epochs"]
-    if not search["early_stopping"] or epochs < 3:
-        return []
-    grace = max(1, min(search["grace_epochs"] or search["switch_low"] + 2, epochs - 1))
-    rungs, rung = [], grace
-    while rung < epochs:
-        rungs.append(int(rung))
-        rung *= search["reduction_factor"]
-    return rungs
+    from salt_model import cadence
+    from salt_model.config import Config
+
+    parsed = Config.from_dict(config, source="run config")
+    return cadence.asha_rungs(parsed.search, parsed.train.epochs)
 
 
 PAGE = """<!doctype html>

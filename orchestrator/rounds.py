@@ -5,9 +5,15 @@ given more rounds later: the same command with `--set pseudo.rounds=1` keeps rou
 Round r > 0 lives in `OUT/round_{r}/`:
 
 1. round r-1's ensemble predicts the test tiles (the aggregation step on Ray) into its
-   `test_probs.npz`, unless it already did;
-2. the confident tiles, with the masks round r-1 would submit, go to `round_{r}/pseudo.npz`;
-3. all k folds train again on the same split with those tiles added to every fold's training part
+   `test_probs.npz`, unless it already did; with `pseudo.teacher: fold` (the default) each fold's own
+   members' mean is saved too;
+2. the confident tiles, with the masks round r-1 would submit, go to `round_{r}/pseudo.npz`: with
+   `pseudo.teacher: ensemble` chosen and labelled by the mean of all k folds, the same tiles for every
+   fold; with `fold`, fold r's tiles (`round_{r}/pseudo_fold_{f}.npz`) by fold r's own members only.
+   The ensemble teacher lets fold r learn from models that trained on fold r's held-out tiles, which
+   makes round r's OOF optimistic; the fold teacher never does (only the three OOF-chosen thresholds
+   saw every fold);
+3. all k folds train again on the same split with those tiles added to each fold's training part
    (never to a held-out fold: OOF stays a score on the real labels), from scratch or from round r-1's
    weights (`pseudo.init`), with their own Ray run name and checkpoints, so a killed round resumes
    in the epoch where it stopped;
@@ -36,6 +42,8 @@ from salt_model.postprocess import Thresholds
 from salt_model.predict import read_fold_model
 from salt_model.pseudo import PSEUDO_FILE, PseudoLabels, select_pseudo_labels
 
+RoundLabels = PseudoLabels | list[PseudoLabels]  # one set for every fold, or fold r's at r
+
 TEST_PROBS = "test_probs.npz"
 # a fold's member whose weights a round started with pseudo.init=previous takes, in this order
 INIT_MEMBERS = ("last", "swa")
@@ -58,44 +66,107 @@ def finished(folder: Path, config: Config) -> dict | None:
     if not cv_path.exists() or not (folder / "submission.csv").exists():
         return None
     summary = json.loads(cv_path.read_text())
-    if config_changes(Config.from_dict(summary["config"], source=str(cv_path)), config):
+    raw = summary["config"]
+    if raw.get("pseudo", {}).get("rounds") and "teacher" not in raw["pseudo"]:
+        raw = {**raw, "pseudo": {**raw["pseudo"], "teacher": "ensemble"}}  # before pseudo.teacher existed
+    if config_changes(Config.from_dict(raw, source=str(cv_path)), config):
         return None  # trained with another config: run_kfold's resume check says what differs
     return summary
 
 
-def test_probabilities(folder: Path, test: SaltData, summary: dict) -> tuple[np.ndarray, np.ndarray | None]:
-    """Round `folder`'s ensemble probabilities on the test tiles; predicted now (and its submission
-    written again, the same rows) when the round has not saved them yet."""
+def test_probabilities(
+    folder: Path, test: SaltData, summary: dict, per_fold: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Round `folder`'s ensemble probabilities on the test tiles ((N, 101, 101), (N,) or None); with
+    `per_fold` each fold's own members' mean instead ((N, k, 101, 101), (N, k) or None). Predicted now
+    (and its submission written again, the same rows) when the round has not saved them yet."""
     path = folder / TEST_PROBS
+    if path.exists() and per_fold:
+        with np.load(path, allow_pickle=False) as saved:
+            missing = "fold_probs" not in saved.files
+        if missing:  # saved for the ensemble teacher only
+            path.unlink()
     if not path.exists():
         print(f"{folder}: predicting the test tiles for the next round's pseudo-labels")
-        predict_submission(folder, test, summary["thresholds"], folder / "submission.csv", probs_out=path)
+        predict_submission(
+            folder, test, summary["thresholds"], folder / "submission.csv", probs_out=path, per_fold=per_fold
+        )
     with np.load(path, allow_pickle=False) as saved:
         if not np.array_equal(saved["ids"], test.ids):
             raise ValueError(f"{path}: its ids are not the test split's; delete it to predict again")
+        if per_fold:
+            return saved["fold_probs"], saved.get("fold_empty", None)
         return saved["probs"], saved.get("empty", None)
 
 
-def pseudo_labels(out: Path, r: int, config: Config, test: SaltData, previous: dict) -> PseudoLabels:
-    """Round r's pseudo-labelled tiles: kept from an interrupted attempt, else chosen now."""
-    path = round_dir(out, r) / PSEUDO_FILE
-    p = config.pseudo
-    if path.exists():
-        labels = PseudoLabels.load(path)
-        rule = {k: labels.rule[k] for k in ("low", "high", "min_fraction")}
-        if rule != {"low": p.low, "high": p.high, "min_fraction": p.min_fraction}:
+def fold_pseudo_file(fold: int) -> str:
+    return f"pseudo_fold_{fold}.npz"
+
+
+def pseudo_labels(out: Path, r: int, config: Config, test: SaltData, previous: dict) -> RoundLabels:
+    """Round r's pseudo-labelled tiles (pseudo.teacher=fold: a list, fold f's at f): kept from an
+    interrupted attempt, else chosen now."""
+    p, k = config.pseudo, config.data.folds
+    names = [PSEUDO_FILE] if p.teacher == "ensemble" else [fold_pseudo_file(f) for f in range(k)]
+    paths = [round_dir(out, r) / name for name in names]
+    if all(path.exists() for path in paths):
+        labels = [PseudoLabels.load(path) for path in paths]
+        for path, one in zip(paths, labels, strict=True):
+            _check_rule(path, one, p, r)
+        return labels[0] if p.teacher == "ensemble" else labels
+    thresholds = Thresholds(**previous["thresholds"])
+    rule = (p.low, p.high, p.min_fraction)
+    if p.teacher == "ensemble":
+        probs, empty = test_probabilities(round_dir(out, r - 1), test, previous)
+        labels = [select_pseudo_labels(test, probs, empty, thresholds, *rule, teacher="ensemble")]
+    else:
+        probs, empty = test_probabilities(round_dir(out, r - 1), test, previous, per_fold=True)
+        if probs.shape[1] != k:
             raise ValueError(
-                f"{path} was chosen with {rule}, but the config says low={p.low}, high={p.high}, "
-                f"min_fraction={p.min_fraction}; use a new --out (or delete {path.parent} to redo round {r})"
+                f"{round_dir(out, r - 1)}: {probs.shape[1]} folds' test probabilities, expected {k}"
             )
-        return labels
-    probs, empty = test_probabilities(round_dir(out, r - 1), test, previous)
-    labels = select_pseudo_labels(
-        test, probs, empty, Thresholds(**previous["thresholds"]), p.low, p.high, p.min_fraction
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labels.save(path)
-    return labels
+        labels = [
+            select_pseudo_labels(
+                test, probs[:, f], None if empty is None else empty[:, f], thresholds, *rule, teacher="fold"
+            )
+            for f in range(k)
+        ]
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    for path, one in zip(paths, labels, strict=True):
+        one.save(path)
+    return labels[0] if p.teacher == "ensemble" else labels
+
+
+def _check_rule(path: Path, labels: PseudoLabels, p: PseudoConfig, r: int) -> None:
+    """A pseudo file kept from an interrupted attempt must have been chosen with this config's rule."""
+    rule = {k: labels.rule.get(k, "ensemble") for k in ("low", "high", "min_fraction", "teacher")}
+    expected = {"low": p.low, "high": p.high, "min_fraction": p.min_fraction, "teacher": p.teacher}
+    if rule != expected:
+        raise ValueError(
+            f"{path} was chosen with {rule}, but the config says {expected}; use a new --out "
+            f"(or delete {path.parent} to redo round {r})"
+        )
+
+
+def labels_summary(labels: RoundLabels) -> dict:
+    """What rounds.json says about a round's pseudo-labels; with the fold teacher the per-fold counts
+    and their means (`kept`, `kept_with_salt`, `kept_fraction`)."""
+    if isinstance(labels, PseudoLabels):
+        return labels.summary()
+    per_fold = [one.summary() for one in labels]
+    return {
+        **per_fold[0],
+        "kept": round(float(np.mean([s["kept"] for s in per_fold]))),
+        "kept_fraction": float(np.mean([s["kept_fraction"] for s in per_fold])),
+        "kept_with_salt": round(float(np.mean([s["kept_with_salt"] for s in per_fold]))),
+        "kept_per_fold": [s["kept"] for s in per_fold],
+        "kept_with_salt_per_fold": [s["kept_with_salt"] for s in per_fold],
+    }
+
+
+def training_tiles(labels: RoundLabels) -> SaltData | list[SaltData]:
+    """What run_kfold adds to the folds' training parts: one SaltData, or fold r's at r."""
+    return labels.data if isinstance(labels, PseudoLabels) else [one.data for one in labels]
 
 
 def previous_weights(folder: Path, k: int) -> list[dict]:
@@ -111,7 +182,7 @@ def previous_weights(folder: Path, k: int) -> list[dict]:
     return states
 
 
-def round_entry(r: int, summary: dict, labels: PseudoLabels | None) -> dict:
+def round_entry(r: int, summary: dict, labels: RoundLabels | None) -> dict:
     return {
         "round": r,
         "folder": "." if r == 0 else f"round_{r}",
@@ -119,7 +190,7 @@ def round_entry(r: int, summary: dict, labels: PseudoLabels | None) -> dict:
         "oof_score_default_thresholds": summary["oof_score_default_thresholds"],
         "submission_variant": summary["submission_variant"],
         "thresholds": summary["thresholds"],
-        "pseudo": None if labels is None else labels.summary(),
+        "pseudo": None if labels is None else labels_summary(labels),
     }
 
 

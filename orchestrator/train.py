@@ -99,11 +99,13 @@ def finalize(
     root: Path,
     extra: dict | None = None,
     probs_out: Path | None = None,
+    per_fold: bool = False,
 ) -> dict:
     """cv.json, a score table, oof_gallery.png, and submission.csv when there are test tiles.
 
     The submission uses the variant collect_folds chose and the thresholds chosen on its own OOF;
-    `probs_out` also keeps the ensemble's test probabilities (for the next pseudo-label round)."""
+    `probs_out` also keeps the ensemble's test probabilities (for the next pseudo-label round), and with
+    `per_fold` each fold's own (pseudo.teacher=fold)."""
     truth = data.masks.astype(bool)
     summary = write_cv(out, result, config, extra or {})
     save_oof_truth(out, data.ids, data.images, truth)
@@ -114,8 +116,9 @@ def finalize(
     )
     if has_test(root):
         predict_submission(
-            out, load_split(root, "test"), summary["thresholds"], out / "submission.csv", probs_out=probs_out
-        )
+            out, load_split(root, "test"), summary["thresholds"], out / "submission.csv",
+            probs_out=probs_out, per_fold=per_fold,
+        )  # fmt: skip
     write_report(out)
     return summary
 
@@ -169,10 +172,12 @@ def run_rounds(
         labels = None
         if r > 0:
             labels = rounds.pseudo_labels(out, r, config, test, summary)
-            kept = labels.summary()
+            kept = rounds.labels_summary(labels)
+            per_fold = f" (per fold {kept['kept_per_fold']})" if "kept_per_fold" in kept else ""
             print(
-                f"round {r}/{config.pseudo.rounds}: {kept['kept']} of {kept['offered']} test tiles "
-                f"pseudo-labelled ({kept['kept_fraction']:.0%}, {kept['kept_with_salt']} with salt; "
+                f"round {r}/{config.pseudo.rounds}: {kept['kept']} of {kept['offered']} test tiles{per_fold} "
+                f"pseudo-labelled by the {config.pseudo.teacher} teacher "
+                f"({kept['kept_fraction']:.0%}, {kept['kept_with_salt']} with salt; "
                 f">= {config.pseudo.min_fraction:.0%} of pixels < {config.pseudo.low} or > {config.pseudo.high}), "
                 f"weight {config.pseudo.weight}, start: {config.pseudo.init}"
             )
@@ -190,13 +195,14 @@ def run_rounds(
             console.restart_live_view(f"round {r} " if r else "")
             result = run_kfold(
                 cfg, data, folds, folder, resources, max_failures=max_failures, storage=storage,
-                pseudo=None if labels is None else labels.data, init_states=init,
+                pseudo=None if labels is None else rounds.training_tiles(labels), init_states=init,
             )  # fmt: skip
             console.end_live_view(final_epoch=config.train.epochs)
             more = r < config.pseudo.rounds
             summary = finalize(
                 result, folder, cfg, data, root, extra={"round": r},
                 probs_out=folder / rounds.TEST_PROBS if more else None,
+                per_fold=more and config.pseudo.teacher == "fold",
             )  # fmt: skip
         entries.append(rounds.round_entry(r, summary, labels))
     chosen = rounds.write_rounds(out, entries, config)

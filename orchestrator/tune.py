@@ -72,6 +72,7 @@ from orchestrator.storage import (
 from orchestrator.storage import exists as storage_exists
 from orchestrator.tensorboard import FoldCurves
 from orchestrator.train import add_cluster_args, finalize, prepare_run
+from salt_model.cadence import asha_grace, asha_rungs
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config, load_config
 from salt_model.data import SaltData, has_test, load_split, resolve_data
@@ -86,10 +87,12 @@ INTERNAL = ["params", "checkpoint_path"]  # trial-table columns kept out of tria
 
 
 class TrialReport(TuneReportCallback):
-    """Forwards rank 0's epoch reports to Tune, except a deterministic failure's (FatalReason keeps it)."""
+    """Forwards rank 0's evaluated epoch reports to Tune. Not forwarded: a deterministic failure's
+    (FatalReason keeps it) and an epoch without evaluation (train.eval_every): Tune requires the metric
+    in every result, and ASHA's rungs are always evaluated (the trial passes them to its folds)."""
 
     def after_report(self, run_context, metrics, checkpoint):
-        if "fatal_error" not in metrics[0]:
+        if "fatal_error" not in metrics[0] and "val_map" in metrics[0]:
             super().after_report(run_context, metrics, checkpoint)
 
 
@@ -159,6 +162,7 @@ def kfold_trial(
         callbacks=[TrialReport(), FailureNotice(), FatalReason(str(failed))],
         inject_failure=trial_fault(number),  # test hook (tests/conftest.py, test_faults_driver.py)
         trial=tune.get_context().get_trial_id(),
+        eval_at=tuple(asha_rungs(config.search, config.train.epochs)),  # ASHA compares trials there
         pseudo_ref=None if pseudo_refs is None else ray.put(ray.get(pseudo_refs[0]).labels(config).data),
     )
     result = trainer.fit()
@@ -301,11 +305,10 @@ def make_scheduler(config: Config) -> ASHAScheduler | None:
     search, epochs = config.search, config.train.epochs
     if not search.early_stopping or epochs < 3:
         return None
-    grace = search.grace_epochs or search.switch_low + 2  # let the Lovasz switch pay off first
     return ASHAScheduler(
         time_attr="epoch",
         max_t=epochs,
-        grace_period=max(1, min(grace, epochs - 1)),
+        grace_period=asha_grace(search, epochs),  # let the Lovasz switch pay off first
         reduction_factor=search.reduction_factor,
     )
 
@@ -460,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
         source = PseudoSource(test, probs, empty, pseudo_summary["thresholds"])
         pseudo_refs = [ray.put(source)]
         print(f"pseudo-labels: the test tiles {pseudo_from}'s ensemble is confident about, per trial's rule")
+        if config.pseudo.teacher == "fold":
+            print(
+                "note: pseudo.teacher=fold applies to orchestrator.train's rounds; a search labels every "
+                "fold's tiles with RUN's ensemble (pseudo.teacher=ensemble)"
+            )
 
     trainable = tune.with_resources(
         tune.with_parameters(

@@ -28,6 +28,8 @@ OPTIMIZERS = ("adam", "sgd")
 PAD_MODES = ("reflect", "replicate")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 STEMS = ("imagenet", "full")
+HEAD_KERNELS = (1, 3)
+EMPTY_RULES = ("gate", "product")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class ModelConfig:
     hypercolumn: bool = True  # concatenate every upsampled decoder output before the final conv
     empty_head: bool = True  # image-level "mask is empty" classifier on the deepest features
     deep_supervision: bool = False  # extra BCE on each decoder stage's own logits
+    # empty head: 0 = one Linear on the pooled deepest features; N = GAP -> Linear(N) -> ELU -> Linear
+    # (the 1st-place TGS classifier used N = 64)
+    empty_hidden: int = 0
+    head_kernel: int = 3  # kernel of the head's first conv over the hypercolumn: 3 | 1 (fewer MACs)
     dropout: float = 0.0  # before the final conv and in the empty head
     encoder_weights: str | None = None  # local torchvision ResNet state_dict file; never downloaded
 
@@ -47,6 +53,8 @@ class ModelConfig:
         _choice("model.stem", self.stem, STEMS)
         _check("model.width", self.width, 0 < self.width <= 4, "a multiplier in (0, 4]")
         _check("model.dropout", self.dropout, 0 <= self.dropout < 1, "a probability in [0, 1)")
+        _check("model.empty_hidden", self.empty_hidden, self.empty_hidden >= 0, ">= 0 (0 = one Linear)")
+        _choice("model.head_kernel", self.head_kernel, HEAD_KERNELS)
         if self.encoder_weights is not None and not Path(self.encoder_weights).is_file():
             raise ValueError(
                 f"model.encoder_weights={self.encoder_weights!r}: no such file; expected a local "
@@ -95,6 +103,12 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
     channels_last: bool = True  # CUDA only
     eval_tta: bool = True  # horizontal-flip TTA when evaluating and predicting
+    # evaluate the held-out fold every N epochs; the last epoch, snapshot epochs and (in a search)
+    # ASHA's rungs are always evaluated (salt_model/cadence.py)
+    eval_every: int = 1
+    # flip TTA only in the evaluations that score an ensemble member (last, snapshots, SWA); the others
+    # (the best-epoch watch, ASHA's rungs) run one forward pass. Off: eval_tta everywhere
+    tta_members_only: bool = False
     loader_workers: int = 0  # DataLoader worker processes (0 = augment in the training process)
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
@@ -126,6 +140,7 @@ class TrainConfig:
         _check("train.loader_workers", self.loader_workers, self.loader_workers >= 0, ">= 0")
         _check("train.threads", self.threads, self.threads >= 0, ">= 0")
         _check("train.checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, ">= 1")
+        _check("train.eval_every", self.eval_every, self.eval_every >= 1, ">= 1 (1 = every epoch)")
         _check("train.snapshots", self.snapshots, self.snapshots >= 0, ">= 0")
         _check(
             "train.swa_epochs",
@@ -257,8 +272,21 @@ class ClusterConfig:
         _check("cluster.cpus_per_fold", self.cpus_per_fold, self.cpus_per_fold >= 0, ">= 0 (0 = auto)")
 
 
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How probabilities become masks (salt_model/postprocess.py); the thresholds are chosen on OOF."""
+
+    # gate: a pixel is salt when p > pixel and the head's p_empty <= empty | product: when
+    # p x (1 - p_empty) > pixel (the head and the pixel map decide together), then the same gate
+    empty_rule: str = "gate"
+
+    def validate(self) -> None:
+        _choice("decode.empty_rule", self.empty_rule, EMPTY_RULES)
+
+
 PSEUDO_INITS = ("scratch", "previous")
 PSEUDO_SUBMITS = ("best", "last")
+PSEUDO_TEACHERS = ("fold", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -272,6 +300,9 @@ class PseudoConfig:
     weight: float = 1.0  # loss weight of a pseudo-labelled tile (a labelled tile weighs 1)
     init: str = "scratch"  # scratch | previous: a round starts from the previous round's fold weights
     submit: str = "best"  # best: the round with the best OOF (labelled tiles) | last: the last round
+    # fold: fold r's tiles are labelled by fold r's own previous-round members, which never saw fold r's
+    # held-out tiles | ensemble: every fold's tiles by the mean of all k folds' members
+    teacher: str = "fold"
 
     def validate(self) -> None:
         _check("pseudo.rounds", self.rounds, self.rounds >= 0, ">= 0 (0 = off)")
@@ -281,6 +312,7 @@ class PseudoConfig:
         _check("pseudo.weight", self.weight, self.weight > 0, "> 0")
         _choice("pseudo.init", self.init, PSEUDO_INITS)
         _choice("pseudo.submit", self.submit, PSEUDO_SUBMITS)
+        _choice("pseudo.teacher", self.teacher, PSEUDO_TEACHERS)
 
 
 @dataclass(frozen=True)
@@ -292,6 +324,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def __post_init__(self) -> None:
         for section in SECTIONS:
@@ -366,6 +399,8 @@ RUNTIME_KEYS = frozenset(
         "train.eval_tta",
         "train.channels_last",
         "train.keep_checkpoints",
+        "train.eval_every",  # which epochs are scored, never the weights
+        "train.tta_members_only",
         "pseudo.rounds",  # how many rounds follow, not what one round trains
         "pseudo.submit",
     }
@@ -392,6 +427,7 @@ SECTIONS: dict[str, type] = {
     "search": SearchConfig,
     "cluster": ClusterConfig,
     "pseudo": PseudoConfig,
+    "decode": DecodeConfig,
 }
 
 

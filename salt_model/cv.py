@@ -17,7 +17,8 @@ import numpy as np
 
 from salt_model.ensemble import HONEST, Member, fold_variants, mean_probs
 from salt_model.metric import image_scores
-from salt_model.postprocess import Thresholds, binarize, choose_thresholds, default_thresholds
+from salt_model.oof_stats import emptiness
+from salt_model.postprocess import RULES, Thresholds, at_edge, binarize, choose_thresholds, default_thresholds
 
 
 @dataclass
@@ -48,11 +49,15 @@ class VariantCV:
         }
 
 
-def cross_validate(folds: list[tuple[np.ndarray, dict[str, Member]]], masks: np.ndarray) -> dict:
+def cross_validate(
+    folds: list[tuple[np.ndarray, dict[str, Member]]], masks: np.ndarray, rule: str = "gate"
+) -> dict:
     """Scores every variant present in all `folds` ((val_index, members) each) against `masks`.
 
     masks: (N_all, 101, 101) truth of the whole training split; the variants' stitched OOF arrays follow
-    the concatenated val_index order, returned as "index". Returns {"index", "variants", "chosen"}.
+    the concatenated val_index order, returned as "index". `rule`: decode.empty_rule, the rule every
+    variant's thresholds are chosen for (the chosen variant also reports the other rule's best score).
+    Returns {"index", "variants", "chosen"}.
     """
     index = np.concatenate([val for val, _ in folds])
     truth = masks[index].astype(bool)
@@ -67,10 +72,10 @@ def cross_validate(folds: list[tuple[np.ndarray, dict[str, Member]]], masks: np.
         probs = np.concatenate([p for p, _ in stacked])
         has_empty = all(e is not None for _, e in stacked)
         empty = np.concatenate([e for _, e in stacked]) if has_empty else None
-        default = default_thresholds(empty)
+        default = default_thresholds(empty, rule)
         pred = binarize(probs, empty, default)
         scores = image_scores(truth, pred)
-        thresholds, score = choose_thresholds(probs, empty, truth)
+        thresholds, score = choose_thresholds(probs, empty, truth, rule=rule)
         variants[name] = VariantCV(
             name=name,
             honest=name in HONEST,
@@ -84,7 +89,9 @@ def cross_validate(folds: list[tuple[np.ndarray, dict[str, Member]]], masks: np.
             empty=empty,
         )
     _single_model_thresholds_effect(variants, truth)
-    return {"index": index, "variants": variants, "chosen": choose_variant(variants)}
+    chosen = choose_variant(variants)
+    _emptiness_figures(variants[chosen], truth, rule)
+    return {"index": index, "variants": variants, "chosen": chosen}
 
 
 def choose_variant(variants: dict[str, VariantCV]) -> str:
@@ -108,3 +115,17 @@ def _single_model_thresholds_effect(variants: dict[str, VariantCV], truth: np.nd
             continue
         pred = binarize(v.probs, v.empty, single.thresholds)
         v.extra["oof_score_at_single_model_thresholds"] = float(image_scores(truth, pred).mean())
+
+
+def _emptiness_figures(v: VariantCV, truth: np.ndarray, rule: str) -> None:
+    """The submission variant's salt tiles called empty and empty tiles given salt, per coverage class
+    (at its chosen thresholds), which thresholds sit at a grid edge, and the other empty rule's best."""
+    v.extra["emptiness"] = emptiness(truth, binarize(v.probs, v.empty, v.thresholds))
+    v.extra["thresholds_at_grid_edge"] = at_edge(v.thresholds, v.empty is not None)
+    if v.empty is None:
+        return
+    by_rule = {rule: {"oof_score": v.oof_score, "thresholds": v.thresholds.to_dict()}}
+    for other in (r for r in RULES if r != rule):
+        th, score = choose_thresholds(v.probs, v.empty, truth, rule=other)
+        by_rule[other] = {"oof_score": score, "thresholds": th.to_dict()}
+    v.extra["oof_score_by_empty_rule"] = by_rule

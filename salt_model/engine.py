@@ -1,7 +1,8 @@
 """Training one fold: `train_one_epoch`, `evaluate` and `train_fold`, kept apart as in torchvision's
 references/segmentation/train.py.
 
-`train_fold` evaluates on the held-out fold every epoch, collects the fold's ensemble members with their
+`train_fold` evaluates on the held-out fold at the epochs salt_model.cadence names (every epoch by
+default; always the last and the snapshot epochs), collects the fold's ensemble members with their
 out-of-fold probabilities (salt_model.ensemble: cycle-end snapshots, SWA, the last epoch, and the best
 epoch's OOF), and hands every epoch to one `report` hook: the CLI uses it to print and checkpoint, the
 Ray orchestrator to gather the folds' metrics and write the shared checkpoint.
@@ -21,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from salt_model.augment import SaltDataset, loader_worker_init, train_transform
+from salt_model.cadence import eval_epochs, eval_tta
 from salt_model.checkpoint import (  # noqa: F401  (checkpoint_name & co. are part of this API)
     checkpoint_name,
     load_checkpoint,
@@ -120,12 +122,14 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch, step, config, devic
 
 @torch.no_grad()
 def evaluate(
-    model, data: SaltData, epoch: int, config: Config, device
+    model, data: SaltData, epoch: int, config: Config, device, tta: bool | None = None
 ) -> tuple[dict, np.ndarray, np.ndarray | None]:
-    """Held-out metrics at the default thresholds, plus the probabilities behind them."""
-    probs, empty = predict_probs(model, data.images, config, device, tta=config.train.eval_tta)
+    """Held-out metrics at the default thresholds, plus the probabilities behind them.
+    `tta`: flip TTA (None: config.train.eval_tta)."""
+    tta = config.train.eval_tta if tta is None else tta
+    probs, empty = predict_probs(model, data.images, config, device, tta=tta)
     truth = data.masks.astype(bool)
-    pred = binarize(probs, empty, default_thresholds(empty))
+    pred = binarize(probs, empty, default_thresholds(empty, config.decode.empty_rule))
     metrics = {
         "val_map": float(image_scores(truth, pred).mean()),
         "val_iou": float(iou(truth, pred).mean()),
@@ -148,6 +152,7 @@ def train_fold(
     allow_changed: tuple[str, ...] = (),
     extra: SaltData | None = None,
     init_state: dict | None = None,
+    eval_at: tuple[int, ...] = (),
 ) -> FoldResult:
     """Trains `fold` of the k-fold split to config.train.epochs and returns its result.
 
@@ -163,6 +168,9 @@ def train_fold(
     `extra`: pseudo-labelled tiles (salt_model.pseudo) added to this fold's training part only, each
     weighing config.pseudo.weight in the loss; the held-out fold stays real labels. `init_state`: model
     weights to start from (a pseudo round with pseudo.init=previous), ignored when resuming.
+    `eval_at`: 1-based epochs evaluated besides salt_model.cadence's (a search passes ASHA's rungs).
+    An epoch that is not evaluated reports its training metrics only (no val_* keys; best_val_map
+    once some epoch was evaluated).
     """
     device = pick_device(device)
     set_cpu_threads(config.train.threads if threads is None else threads)
@@ -206,6 +214,7 @@ def train_fold(
     if resume is not None:
         state = restore(resume, model, optimizer, scaler, config, fold, members, allow_changed)
 
+    evaluated = eval_epochs(config, eval_at)
     for epoch in range(state["epoch"], config.train.epochs):
         start = time.perf_counter()
         # The same epoch after a resume: torch's shuffling and every tile's augmentation (seeded from
@@ -216,9 +225,14 @@ def train_fold(
         train_loss, state["step"] = train_one_epoch(
             model, loader, optimizer, scaler, epoch, state["step"], config, device
         )
-        metrics, probs, empty = evaluate(model, val_set, epoch, config, device)
         state["epoch"] = epoch + 1
-        members.after_epoch(epoch + 1, model, metrics["val_map"], probs, empty)  # float32 OOF
+        if epoch + 1 in evaluated:
+            tta = eval_tta(config, epoch + 1)
+            metrics, probs, empty = evaluate(model, val_set, epoch, config, device, tta=tta)
+            members.after_epoch(epoch + 1, model, metrics["val_map"], probs, empty)  # float32 OOF
+        else:
+            metrics = {}
+            members.after_epoch(epoch + 1, model, None, None, None)  # the SWA average only
         if epoch + 1 == config.train.epochs and members.swa_state is not None:  # the SWA member
             evaluate_swa = lambda m, epoch=epoch: evaluate(m, val_set, epoch, config, device)  # noqa: E731
             metrics["swa_val_map"] = members.finish_swa(model, train_set.images, evaluate_swa, config, device)
@@ -229,10 +243,11 @@ def train_fold(
             train_loss=train_loss,
             loss=loss_name(epoch, config.train),
             lr=optimizer.param_groups[0]["lr"],
-            best_val_map=members.best.score,
             train_tiles=len(train_set),  # the fold's training part, pseudo-labelled tiles included
             epoch_s=time.perf_counter() - start,
         )
+        if "best" in members.members:
+            metrics["best_val_map"] = members.best.score
         state["history"].append(metrics)
         if report is not None:
             report(

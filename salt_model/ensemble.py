@@ -69,12 +69,16 @@ class FoldMembers:
     def best(self) -> Member:
         return self.members["best"]
 
-    def after_epoch(self, epoch: int, model: torch.nn.Module, score: float, probs, empty) -> None:
-        """Takes the members of `epoch` (1-based count of epochs trained) after its evaluation."""
-        if "best" not in self.members or score > self.best.score:
+    def after_epoch(self, epoch: int, model: torch.nn.Module, score: float | None, probs, empty) -> None:
+        """Takes the members of `epoch` (1-based count of epochs trained) after its evaluation.
+        An epoch that was not evaluated (score None) only joins the SWA average; it cannot be a
+        snapshot or the last epoch (salt_model.cadence always evaluates those)."""
+        if score is None:
+            assert epoch not in self.snapshot_epochs and epoch != self.epochs, f"epoch {epoch} unscored"
+        elif "best" not in self.members or score > self.best.score:
             self._put(Member("best", epoch, score, probs, empty))
         weights = None
-        if epoch in self.snapshot_epochs or epoch == self.epochs:
+        if score is not None and (epoch in self.snapshot_epochs or epoch == self.epochs):
             weights = cpu_copy(model.state_dict())  # one copy shared by a snapshot and "last"
         if epoch in self.snapshot_epochs:
             self._put(Member(f"snap{epoch}", epoch, score, probs, empty, weights))

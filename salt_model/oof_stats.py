@@ -42,25 +42,46 @@ def coverage_classes(truth: np.ndarray) -> np.ndarray:
     return np.round(truth.reshape(len(truth), -1).mean(axis=1) * 10).astype(int)
 
 
+def coverage_groups(truth: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(label, (N,) bool selector) of every non-empty coverage group: "empty", "0 (<5%)" (class 0
+    mixes empty tiles with tiny salt: split, they fail differently), then "c (lo-hi%)" for c = 1..10."""
+    classes = coverage_classes(truth)
+    empty = ~truth.any(axis=(1, 2))
+    groups = [("empty", (classes == 0) & empty), ("0 (<5%)", (classes == 0) & ~empty)]
+    groups += [(f"{c} ({c * 10 - 5}-{min(100, c * 10 + 5)}%)", classes == c) for c in range(1, 11)]
+    return [(label, sel) for label, sel in groups if sel.any()]
+
+
 def by_coverage(truth: np.ndarray, pred: np.ndarray) -> list[dict]:
     """Rows: coverage class, tiles, mean OOF score."""
     scores = image_scores(truth, pred)
-    classes = coverage_classes(truth)
-    empty = ~truth.any(axis=(1, 2))
+    return [
+        {"class": label, "tiles": int(sel.sum()), "score": float(scores[sel].mean())}
+        for label, sel in coverage_groups(truth)
+    ]
+
+
+def emptiness(truth: np.ndarray, pred: np.ndarray) -> dict:
+    """How often emptiness is called wrong: salt tiles predicted empty (each scores 0) and empty tiles
+    given salt (each scores 0), overall and per coverage class. In each class row `wrong` counts the
+    salt tiles predicted empty (the "empty" row: empty tiles given salt) and `rate` is wrong / tiles."""
+    t_empty = ~truth.any(axis=(1, 2))
+    p_empty = ~pred.any(axis=(1, 2))
     rows = []
-    for c in range(11):
-        sel = classes == c
-        if c == 0:  # class 0 mixes empty tiles with tiny salt: split them, they fail differently
-            for name, part in (("empty", sel & empty), ("0 (<5%)", sel & ~empty)):
-                if part.any():
-                    rows.append(
-                        {"class": name, "tiles": int(part.sum()), "score": float(scores[part].mean())}
-                    )
-            continue
-        if sel.any():
-            label = f"{c} ({c * 10 - 5}-{min(100, c * 10 + 5)}%)"
-            rows.append({"class": label, "tiles": int(sel.sum()), "score": float(scores[sel].mean())})
-    return rows
+    for label, sel in coverage_groups(truth):
+        wrong = int((sel & (p_empty if label != "empty" else ~p_empty)).sum())
+        rows.append({"class": label, "tiles": int(sel.sum()), "wrong": wrong, "rate": wrong / int(sel.sum())})
+    salt, empty = int((~t_empty).sum()), int(t_empty.sum())
+    salt_pred_empty, empty_pred_salt = int((~t_empty & p_empty).sum()), int((t_empty & ~p_empty).sum())
+    return {
+        "salt_tiles": salt,
+        "salt_pred_empty": salt_pred_empty,
+        "false_empty_rate": salt_pred_empty / max(salt, 1),
+        "empty_tiles": empty,
+        "empty_pred_salt": empty_pred_salt,
+        "false_salt_rate": empty_pred_salt / max(empty, 1),
+        "by_coverage": rows,
+    }
 
 
 def by_score_bucket(truth: np.ndarray, pred: np.ndarray) -> list[dict]:

@@ -75,18 +75,36 @@ def predict_probs(
     return probs, (empty / len(views) if has_empty_head else None)
 
 
-def ensemble_probs(models: list, images: np.ndarray, device, batch_size: int = 64):
+def ensemble_probs(
+    models: list, images: np.ndarray, device, batch_size: int = 64, folds: list[int] | None = None
+):
     """(N, 101, 101) uint8 tiles -> the mean over all members (k folds x s) of the flip-TTA
-    probabilities, in float32."""
+    probabilities, in float32.
+
+    With `folds` (each member's fold) also each fold's own mean: (B, k, 101, 101) and (B, k) or None,
+    fold r at index r. The overall mean is summed in member order either way (the same floats)."""
     probs_sum = np.zeros(images.shape, dtype=np.float32)
     empty_sum = None
-    for model, config in models:
+    fold_sums: dict[int, list] = {}
+    for i, (model, config) in enumerate(models):
         probs, empty = predict_probs(model, images, config, device, batch_size=batch_size, tta=True)
         probs_sum += probs
         if empty is not None:
             empty_sum = empty if empty_sum is None else empty_sum + empty
+        if folds is not None:
+            entry = fold_sums.setdefault(folds[i], [np.zeros_like(probs_sum), None, 0])
+            entry[0] += probs
+            entry[1] = None if empty is None else (empty if entry[1] is None else entry[1] + empty)
+            entry[2] += 1
     n = len(models)
-    return probs_sum / n, (None if empty_sum is None else empty_sum / n)
+    mean = (probs_sum / n, None if empty_sum is None else empty_sum / n)
+    if folds is None:
+        return mean
+    order = sorted(fold_sums)
+    fold_probs = np.stack([fold_sums[f][0] / fold_sums[f][2] for f in order], axis=1)
+    has_empty = all(fold_sums[f][1] is not None for f in order)
+    fold_empty = np.stack([fold_sums[f][1] / fold_sums[f][2] for f in order], axis=1) if has_empty else None
+    return (*mean, fold_probs, fold_empty)
 
 
 def _predict_view(model, padded: np.ndarray, config: Config, device: torch.device, batch_size: int):

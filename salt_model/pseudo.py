@@ -97,11 +97,19 @@ def select_pseudo_labels(
     low: float,
     high: float,
     min_fraction: float,
+    teacher: str = "ensemble",
 ) -> PseudoLabels:
-    """The confident test tiles with the masks the thresholds give them."""
+    """The confident test tiles with the masks the thresholds give them. `teacher` (pseudo.teacher:
+    whose probabilities these are) is recorded in the rule."""
     if probs.shape != test.images.shape:
         raise ValueError(f"test probabilities {probs.shape} do not match the test tiles {test.images.shape}")
     keep = confident_tiles(probs, empty, low, high, min_fraction)
     masks = binarize(probs[keep], None if empty is None else empty[keep], thresholds).astype(np.uint8)
-    rule = {"low": low, "high": high, "min_fraction": min_fraction, "thresholds": thresholds.to_dict()}
+    rule = {
+        "low": low,
+        "high": high,
+        "min_fraction": min_fraction,
+        "teacher": teacher,
+        "thresholds": thresholds.to_dict(),
+    }
     return PseudoLabels(test.ids[keep], test.images[keep], masks, len(test), rule)

@@ -24,9 +24,13 @@ from salt_model.predict import save_fold_model
 
 
 def format_epoch(m: dict) -> str:
+    head = (
+        f"fold {m['fold']} epoch {m['epoch']:>3} | {m['loss']:>6} loss {m['train_loss']:.4f} lr {m['lr']:.2e}"
+    )
+    if "val_map" not in m:  # not evaluated (train.eval_every)
+        return f"{head} | not evaluated | {m['epoch_s']:.1f}s"
     return (
-        f"fold {m['fold']} epoch {m['epoch']:>3} | {m['loss']:>6} loss {m['train_loss']:.4f} "
-        f"lr {m['lr']:.2e} | val_map {m['val_map']:.4f} iou {m['val_iou']:.4f} "
+        f"{head} | val_map {m['val_map']:.4f} iou {m['val_iou']:.4f} "
         f"loss {m['val_loss']:.4f} | best {m['best_val_map']:.4f} | {m['epoch_s']:.1f}s"
     )
 

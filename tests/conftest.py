@@ -51,7 +51,13 @@ SEARCH = [
 # A loose pseudo-label rule, so that the tiny 2-epoch model (its probabilities are within ~0.3 of 0.5)
 # keeps some of the 12 test tiles and drops others (tests/test_pseudo_rounds.py asserts both)
 RULE = {"low": 0.45, "high": 0.55, "min_fraction": 0.5}
-ROUND_1 = [*MEMBERS, "pseudo.rounds=1", *(f"pseudo.{k}={v}" for k, v in RULE.items()), "pseudo.weight=0.5"]
+ROUND_1 = [
+    *MEMBERS,
+    "pseudo.rounds=1",
+    *(f"pseudo.{k}={v}" for k, v in RULE.items()),
+    "pseudo.weight=0.5",
+    "pseudo.teacher=ensemble",  # one set of tiles for every fold (tests/test_teacher.py: the fold teacher)
+]
 
 
 @pytest.fixture(scope="session", autouse=True)

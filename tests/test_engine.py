@@ -148,8 +148,8 @@ def test_members_are_deep_copies_and_best_keeps_only_its_oof(tiny_config, tiny_d
         models.append(real_build(cfg))
         return models[-1]
 
-    def evaluate(model, data, epoch, config, device):
-        metrics, probs, empty = real_evaluate(model, data, epoch, config, device)
+    def evaluate(model, data, epoch, config, device, tta=None):
+        metrics, probs, empty = real_evaluate(model, data, epoch, config, device, tta=tta)
         epoch_probs.append(probs.copy())
         return {**metrics, "val_map": [0.9, 0.1][epoch]}, probs, empty
 

@@ -39,8 +39,8 @@ def run(tiny_config, tiny_data, tmp_path_factory):
     probs, saved = [], []
     real_evaluate = engine.evaluate
 
-    def evaluate(model, data, epoch, config, device):
-        out = real_evaluate(model, data, epoch, config, device)
+    def evaluate(model, data, epoch, config, device, tta=None):
+        out = real_evaluate(model, data, epoch, config, device, tta=tta)
         probs.append(out[1].copy())
         return out
 

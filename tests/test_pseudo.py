@@ -62,7 +62,7 @@ def test_pseudo_masks_are_what_the_submission_would_hold():
     assert labels.masks[2][:, :49].all() and not labels.masks[2][:, 49:].any()
     summary = labels.summary()
     assert (summary["kept"], summary["offered"], summary["kept_with_salt"]) == (3, 4, 2)
-    assert summary["thresholds"] == {"pixel": 0.5, "min_area": 10, "empty": 0.9}
+    assert summary["thresholds"] == {"pixel": 0.5, "min_area": 10, "empty": 0.9, "rule": "gate"}
 
 
 def test_pseudo_labels_round_trip_through_their_file(tmp_path):

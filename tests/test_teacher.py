@@ -1,0 +1,102 @@
+"""pseudo.teacher=fold: fold r's pseudo-labelled tiles come from fold r's own round-0 members only
+(they never saw fold r's held-out tiles), unlike the ensemble teacher's; and each fold trains on its own
+tiles (Ray: the aggregation actors and one k-fold round)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ray.train import Checkpoint
+
+from salt_model.data import load_split
+from salt_model.engine import train_fold
+from salt_model.folds import make_folds
+from salt_model.postprocess import Thresholds, binarize
+from salt_model.predict import load_fold_model, predict_probs
+from salt_model.pseudo import PseudoLabels, confident_tiles
+
+pytestmark = pytest.mark.ray
+CPU = torch.device("cpu")
+RULE = ["pseudo.low=0.45", "pseudo.high=0.55", "pseudo.min_fraction=0.3"]  # loose: most tiles kept
+
+
+@pytest.fixture(scope="module")
+def round_0(tiny_config, tiny_data_root, tmp_path_factory):
+    """A finished round 0 without Ray's training: 3 folds x 2 epochs collected into models/ and cv.json."""
+    from orchestrator.kfold import collect_folds, write_cv
+
+    data = load_split(tiny_data_root, "train")
+    folds = make_folds(data.masks, 3, tiny_config.data.fold_seed)
+    root = tmp_path_factory.mktemp("ckpt")
+    for fold in range(3):
+        save = lambda m, save: save(root / f"checkpoint_{m['epoch']}")  # noqa: E731
+        train_fold(tiny_config, data, fold, folds=folds, report=save, device=CPU)
+    out = tmp_path_factory.mktemp("run")
+    result = collect_folds(Checkpoint.from_directory(str(root / "checkpoint_2")), out, data, folds, 3)
+    summary = write_cv(out, result, tiny_config, {})
+    return out, data, folds, summary
+
+
+@pytest.fixture(scope="module")
+def fold_labels(round_0, tiny_config, tiny_data_root, ray_cluster):
+    from orchestrator import rounds
+
+    out, _, _, summary = round_0
+    config = tiny_config.with_overrides([*RULE, "pseudo.rounds=1", "pseudo.teacher=fold"])
+    test = load_split(tiny_data_root, "test")
+    return config, test, rounds.pseudo_labels(out, 1, config, test, summary)
+
+
+def test_fold_r_pseudo_masks_are_fold_r_own_models_thresholded_prediction(round_0, fold_labels):
+    out, _, _, summary = round_0
+    config, test, labels = fold_labels
+    thresholds = Thresholds(**summary["thresholds"])
+    assert isinstance(labels, list) and len(labels) == 3
+    saved = np.load(out / "test_probs.npz")
+    ensemble_differs = 0
+    for fold, got in enumerate(labels):
+        assert got.rule["teacher"] == "fold"
+        assert PseudoLabels.load(out / "round_1" / f"pseudo_fold_{fold}.npz").ids.tolist() == got.ids.tolist()
+        members = sorted((out / "models").glob(f"fold_{fold}_*.pt"))
+        assert members, "no member of this fold"
+        probs, empty = [], []
+        for path in members:
+            model, cfg = load_fold_model(path, CPU)
+            p, e = predict_probs(model, test.images, cfg, CPU, tta=True)
+            probs.append(p)
+            empty.append(e)
+        probs, empty = np.mean(probs, axis=0, dtype=np.float32), np.mean(empty, axis=0, dtype=np.float32)
+        np.testing.assert_allclose(saved["fold_probs"][:, fold], probs, atol=1e-5)
+        keep = confident_tiles(
+            probs, empty, config.pseudo.low, config.pseudo.high, config.pseudo.min_fraction
+        )
+        assert got.ids.tolist() == test.ids[keep].tolist() and keep.sum() > 0
+        expected = binarize(probs[keep], empty[keep], thresholds)
+        near = np.abs(probs[keep] - thresholds.pixel) < 1e-5  # a last-bit difference may flip these only
+        assert np.array_equal(got.masks.astype(bool) | near, expected | near)
+        ensemble = binarize(saved["probs"][keep], saved["empty"][keep], thresholds)
+        ensemble_differs += int((ensemble != expected).any(axis=(1, 2)).sum())
+    assert ensemble_differs >= 1, "the fold teacher labelled every tile as the ensemble does"
+
+
+def test_each_fold_trains_on_its_own_pseudo_tiles(round_0, fold_labels, tmp_path):
+    from orchestrator import rounds
+    from orchestrator.kfold import run_kfold
+    from orchestrator.runtime import fold_resources
+
+    _, data, folds, _ = round_0
+    config, _, labels = fold_labels
+    resources = fold_resources(3, None, 0)
+    run_kfold(config, data, folds, tmp_path / "round_1", resources, pseudo=rounds.training_tiles(labels))
+    progress = [
+        json.loads(line) for line in (tmp_path / "round_1" / "progress.jsonl").read_text().splitlines()
+    ]
+    train_part = [int((folds != r).sum()) for r in range(3)]
+    expected = [n + len(one.ids) for n, one in zip(train_part, labels, strict=True)]
+    for epoch in progress:
+        assert [epoch[f"train_tiles_fold{r}"] for r in range(3)] == expected
+    summary = rounds.labels_summary(labels)
+    assert summary["teacher"] == "fold" and summary["kept_per_fold"] == [len(one.ids) for one in labels]
