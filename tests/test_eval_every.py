@@ -100,6 +100,7 @@ def test_evaluation_cadence_never_changes_the_training(runs):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_a_tiny_search_with_eval_every_still_prunes_at_the_rungs(ray_cluster, tiny_data_root, tmp_path):
     from orchestrator.tune import main
 
