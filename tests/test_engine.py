@@ -54,6 +54,7 @@ def _tiny(tiny_config, *overrides):
     return tiny_config.with_overrides(["train.eval_tta=false", "train.seed=0", *overrides])
 
 
+@pytest.mark.slow
 def test_learnability_on_generated_data(tmp_path_factory):
     """A short CPU run must score well above predicting every tile empty on the held-out fold."""
     config = load_config(None, LEARN)

@@ -232,6 +232,7 @@ def test_cross_validate_scores_every_variant_and_chooses_an_honest_one():
     assert "oof_score_at_single_model_thresholds" in v["snapshots"].extra
 
 
+@pytest.mark.slow
 def test_quality_bench_scores_the_members_and_predicts_with_them(tiny_data_root, tmp_path):
     """bench/quality.py (no Ray): every variant in its JSON, and a submission from the chosen members."""
     import json

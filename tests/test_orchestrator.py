@@ -36,7 +36,7 @@ def test_kfold_train_ends_with_every_fold_and_a_valid_submission(train_run, tiny
     assert len(cv["fold_scores"]) == 3 and cv["fold_scores"] == variants[chosen]["fold_scores"]
     assert cv["mean_fold_score"] == pytest.approx(np.mean(cv["fold_scores"]))
     assert cv["best_epoch_fold_scores"] == variants["best"]["fold_scores"]  # val_map at the best epoch
-    assert set(cv["thresholds"]) == {"pixel", "min_area", "empty"}
+    assert set(cv["thresholds"]) == {"pixel", "min_area", "empty", "rule"}
     assert cv["oof_score"] >= cv["oof_score_default_thresholds"] - 1e-9
 
     # models/ holds the chosen variant's members of every fold, k x s of them, and the aggregation

@@ -82,6 +82,7 @@ def test_fold_r_pseudo_masks_are_fold_r_own_models_thresholded_prediction(round_
     assert ensemble_differs >= 1, "the fold teacher labelled every tile as the ensemble does"
 
 
+@pytest.mark.slow
 def test_each_fold_trains_on_its_own_pseudo_tiles(round_0, fold_labels, tmp_path):
     from orchestrator import rounds
     from orchestrator.kfold import run_kfold

@@ -245,6 +245,7 @@ def test_bad_input_is_one_error_line_exit_2_before_any_model(tmp_path, capsys):
         assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_synthetic_cube_iou_well_above_chance(trained_member):
     model_config, _ = trained_member
     amplitudes, truth = make_cube((4, 160, 200), seed=11)
