@@ -115,6 +115,29 @@ def ray_cluster():
     ray.shutdown()
 
 
+def collected_run(config, data_root: Path, tmp_path_factory):
+    """3 folds of `config` trained in-process (no Ray) with a checkpoint per epoch as Ray Train lays it
+    out, then collected into models/, cv.json and oof.npz as orchestrator.train does:
+    (run folder, data, folds, cv summary)."""
+    from ray.train import Checkpoint
+
+    from orchestrator.kfold import collect_folds, write_cv
+    from salt_model.data import load_split
+    from salt_model.engine import train_fold
+    from salt_model.folds import make_folds
+
+    data = load_split(data_root, "train")
+    folds = make_folds(data.masks, 3, config.data.fold_seed)
+    root = tmp_path_factory.mktemp("ckpt")
+    for fold in range(3):
+        save = lambda m, save: save(root / f"checkpoint_{m['epoch']}")  # noqa: E731
+        train_fold(config, data, fold, folds=folds, report=save, device="cpu")
+    out = tmp_path_factory.mktemp("run")
+    last = root / f"checkpoint_{config.train.epochs}"
+    result = collect_folds(Checkpoint.from_directory(str(last)), out, data, folds, 3)
+    return out, data, folds, write_cv(out, result, config, {})
+
+
 def tiny_args(root, out, *extra, overrides=TINY) -> list[str]:
     args = ["--data", str(root), "--out", str(out)]
     for item in overrides:

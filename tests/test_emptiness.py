@@ -8,16 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from ray.train import Checkpoint
 
 from salt_model.config import ModelConfig, load_config
-from salt_model.data import load_split
-from salt_model.engine import train_fold
-from salt_model.folds import make_folds
 from salt_model.losses import bce_loss
 from salt_model.metric import competition_metric
 from salt_model.model import build_model
 from salt_model.postprocess import EMPTY_GRID, Thresholds, at_edge, binarize, choose_thresholds
+from tests.conftest import collected_run
 
 CPU = torch.device("cpu")
 SMALL = {"encoder": "resnet18", "width": 0.125}
@@ -105,18 +102,9 @@ def test_the_empty_grid_reaches_below_0_4_so_the_chosen_value_is_inside_it():
 @pytest.fixture(scope="module")
 def collected(tiny_config, tiny_data_root, tmp_path_factory):
     """3 folds x 2 epochs (no Ray), collected into cv.json and oof.npz as orchestrator.train does."""
-    from orchestrator.kfold import collect_folds, write_cv
-
-    config = tiny_config.with_overrides(["model.empty_hidden=8"])
-    data = load_split(tiny_data_root, "train")
-    folds = make_folds(data.masks, 3, config.data.fold_seed)
-    root = tmp_path_factory.mktemp("ckpt")
-    for fold in range(3):
-        save = lambda m, save: save(root / f"checkpoint_{m['epoch']}")  # noqa: E731
-        train_fold(config, data, fold, folds=folds, report=save, device=CPU)
-    out = tmp_path_factory.mktemp("run")
-    result = collect_folds(Checkpoint.from_directory(str(root / "checkpoint_2")), out, data, folds, 3)
-    write_cv(out, result, config, {})
+    out, data, _, _ = collected_run(
+        tiny_config.with_overrides(["model.empty_hidden=8"]), tiny_data_root, tmp_path_factory
+    )
     return out, data
 
 

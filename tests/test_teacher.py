@@ -9,14 +9,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from ray.train import Checkpoint
 
 from salt_model.data import load_split
-from salt_model.engine import train_fold
-from salt_model.folds import make_folds
 from salt_model.postprocess import Thresholds, binarize
 from salt_model.predict import load_fold_model, predict_probs
 from salt_model.pseudo import PseudoLabels, confident_tiles
+from tests.conftest import collected_run
 
 pytestmark = pytest.mark.ray
 CPU = torch.device("cpu")
@@ -26,18 +24,7 @@ RULE = ["pseudo.low=0.45", "pseudo.high=0.55", "pseudo.min_fraction=0.3"]  # loo
 @pytest.fixture(scope="module")
 def round_0(tiny_config, tiny_data_root, tmp_path_factory):
     """A finished round 0 without Ray's training: 3 folds x 2 epochs collected into models/ and cv.json."""
-    from orchestrator.kfold import collect_folds, write_cv
-
-    data = load_split(tiny_data_root, "train")
-    folds = make_folds(data.masks, 3, tiny_config.data.fold_seed)
-    root = tmp_path_factory.mktemp("ckpt")
-    for fold in range(3):
-        save = lambda m, save: save(root / f"checkpoint_{m['epoch']}")  # noqa: E731
-        train_fold(tiny_config, data, fold, folds=folds, report=save, device=CPU)
-    out = tmp_path_factory.mktemp("run")
-    result = collect_folds(Checkpoint.from_directory(str(root / "checkpoint_2")), out, data, folds, 3)
-    summary = write_cv(out, result, tiny_config, {})
-    return out, data, folds, summary
+    return collected_run(tiny_config, tiny_data_root, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -15,20 +15,13 @@ from salt_model.sections import fit_scaling, predict_section, window_starts
 from salt_model.segy import SegyError, SegyReader, read_geometry, write_probability_segy
 from salt_model.synthetic_volume import make_cube, write_cube_segy
 from salt_model.volume_store import ProbabilityStore
+from tests.conftest import TINY
 
 segyio = pytest.importorskip("segyio")
 
 SHARED_SEGY = Path(__file__).resolve().parents[2] / "shared" / "segy"
-TINY = [
-    "model.encoder=resnet18",
-    "model.width=0.125",
-    "train.batch_size=8",
-    "train.epochs=5",
-    "train.loss_switch_epoch=5",
-    "schedule.name=constant",
-    "schedule.lr=0.01",
-    "data.folds=3",
-]
+# the suite's tiny model, trained longer and faster (the cube IoU test)
+VOLUME = [*TINY, "train.epochs=5", "train.loss_switch_epoch=5", "schedule.lr=0.01"]
 
 
 class Pointwise(torch.nn.Module):
@@ -54,7 +47,7 @@ def expected_pointwise(section, scaling):
 
 @pytest.fixture(scope="module")
 def tiny_config():
-    return load_config(None, TINY)
+    return load_config(None, VOLUME)
 
 
 @pytest.fixture(scope="module")
