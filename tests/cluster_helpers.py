@@ -84,7 +84,7 @@ def ray_head(*args: str, port: int | None = None, env_extra: dict | None = None)
 
 
 def run_cli(module: str, args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = run([sys.executable, "-m", module, *args], env, timeout)
+    proc = run([sys.executable, "-m", module, *args], env, timeout, own_tmpdir=False)  # the head lives on
     if proc.returncode != 0:
         raise AssertionError(
             f"{module} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"

@@ -101,20 +101,25 @@ def start(cmd: list[str], env: dict | None = None, merge_stderr: bool = True) ->
     )
 
 
-def run(cmd: list[str], env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs `cmd` to its end (or its timeout, a test failure) and stops whatever it left behind."""
+def run(
+    cmd: list[str], env: dict | None = None, timeout: float = 600, own_tmpdir: bool = True
+) -> subprocess.CompletedProcess:
+    """Runs `cmd` to its end (or its timeout, a test failure) and stops whatever it left behind:
+    with `own_tmpdir`, also every process naming its RAY_TMPDIR (False for a driver that attaches to
+    a test's `ray start` head, whose daemons name the same temp dir and must live on)."""
     env = env if env is not None else child_env()
+    tmpdir = env.get("RAY_TMPDIR") if own_tmpdir else None
     proc = start(cmd, env, merge_stderr=False)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        stop(proc, env.get("RAY_TMPDIR"))
+        stop(proc, tmpdir)
         stdout, stderr = proc.communicate()
         raise AssertionError(
             f"{cmd[:4]} ran past {timeout:.0f}s:\n{stdout[-3000:]}\n{stderr[-3000:]}"
         ) from None
     finally:
-        stop(proc, env.get("RAY_TMPDIR"))
+        stop(proc, tmpdir)
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
