@@ -146,10 +146,11 @@ def kfold_trial(
     except ValueError as err:  # a sampled value the config refuses: deterministic, recorded
         atomic_write_text(failed, json.dumps({"fatal_error": f"config: {err}"}) + "\n")
         raise RunFailed(f"trial {number}: config: {err}") from None
-    pruned_at = pruned_epoch(Path(out), number)
-    if pruned_at is not None:  # resumed after a kill, but ASHA had already stopped it: train no further
-        switch = min(config.train.loss_switch_epoch, pruned_at)  # only the epochs are cut
-        config = config.with_overrides({"train.epochs": pruned_at, "train.loss_switch_epoch": switch})
+    if pruned_epoch(Path(out), number) is not None:
+        # Resumed after a driver kill, but the study already has it PRUNED (ASHA stopped it after
+        # Tune's last save): it trains no further and keeps its results. Cutting train.epochs to the
+        # pruned epoch instead made the resume check refuse the checkpoint, and the trial FAILED.
+        return
     run_name = trial_run_name(number)
     trainer = make_trainer(
         config,
