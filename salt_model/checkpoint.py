@@ -90,8 +90,9 @@ def save(directory: Path, fold, model, optimizer, scaler, state, members: FoldMe
         "scaler": scaler.state_dict(),
         "swa": members.resume_state(),
         **{k: state[k] for k in ("epoch", "step", "history")},
-        "best_score": members.best.score,
-        "best_epoch": members.best.epoch,
+        # None until an epoch is evaluated (train.eval_every > 1 checkpoints unevaluated epochs too)
+        "best_score": members.best.score if "best" in members.members else None,
+        "best_epoch": members.best.epoch if "best" in members.members else None,
     }
     path = directory / checkpoint_name(fold)
     atomic_torch_save(path, payload)

@@ -127,3 +127,22 @@ def test_a_tiny_search_with_eval_every_still_prunes_at_the_rungs(ray_cluster, ti
             assert last in (1, 2, 4)  # stopped at a rung
     progress = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
     assert progress and all(p["epoch"] != 3 for p in progress)  # no unevaluated epoch reached Tune
+
+
+def test_an_unevaluated_epoch_is_checkpointed_and_resumed_from(tiny_config, tiny_data_root, tmp_path):
+    """eval_every > 1: epoch 1 is trained, not scored, and still checkpointed (every epoch reports)."""
+    from salt_model.checkpoint import load_checkpoint
+    from salt_model.engine import checkpoint_name
+
+    config = tiny_config.with_overrides(["train.epochs=2", "train.eval_every=2", "train.eval_tta=false"])
+    data = load_split(tiny_data_root, "train").subset(list(range(24)))
+    saved = []
+
+    def report(metrics, save):
+        saved.append(save(tmp_path / f"epoch_{metrics['epoch']}"))
+
+    train_fold(config, data, 0, report=report, device=CPU)
+    first = load_checkpoint(tmp_path / "epoch_1" / checkpoint_name(0))
+    assert first["epoch"] == 1 and first["best_score"] is None  # nothing scored yet
+    result = train_fold(config, data, 0, resume=first, device=CPU)
+    assert [h["epoch"] for h in result.history] == [1, 2] and result.best_epoch == 2
