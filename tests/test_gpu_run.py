@@ -59,7 +59,7 @@ def test_smoke_run_writes_submission_and_figures(tmp_path):
     cv = f["cv"]
     chosen = cv["variants"][cv["chosen"]]
     assert chosen["honest"] and cv["thresholds"] == chosen["thresholds"]  # chosen on that variant's OOF
-    assert set(cv["thresholds"]) == {"pixel", "min_area", "empty"}
+    assert set(cv["thresholds"]) == {"pixel", "min_area", "empty", "rule"}
     assert cv["oof_score"] == chosen["oof_score"] >= chosen["oof_score_default_thresholds"] - 1e-9
     assert f["submission"]["thresholds"] == cv["thresholds"] and f["submission"]["tiles"] == len(sample)
     assert (out / "gpu_run.log").read_text().count("== submit done") == 1
