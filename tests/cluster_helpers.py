@@ -13,10 +13,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
-from tests.processes import child_env, naming, private_tmpdir, run
+from tests.processes import child_env, kill_naming, private_tmpdir, run
 
 
 def free_port() -> int:
@@ -46,9 +46,7 @@ def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
 def stop_tmpdir_processes(tmpdir: str) -> None:
     """Ray processes whose command line names this test's RAY_TMPDIR (daemonised raylets of fake
     autoscaled nodes leave the `ray start` process group)."""
-    for pid in naming(tmpdir):
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_naming(tmpdir)
 
 
 @contextmanager

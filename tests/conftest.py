@@ -73,8 +73,7 @@ def private_temp_root():
     try:
         yield root
     finally:
-        for pid in processes.naming(root):
-            processes.os.kill(pid, 9)
+        processes.kill_naming(root)
         shutil.rmtree(root, ignore_errors=True)
         for key, value in saved.items():
             if value is None:

@@ -68,6 +68,13 @@ def naming(text: str) -> list[int]:
     return [int(p) for p in out if int(p) != os.getpid() and _alive(int(p))]
 
 
+def kill_naming(text: str) -> None:
+    """SIGKILLs the live processes whose command line contains `text` (a private temp dir)."""
+    for pid in naming(text):
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def stop(proc: subprocess.Popen, tmpdir: str | None = None, timeout: float = 60) -> None:
     """SIGKILLs what `proc` started: its process tree (read before anything dies), its process group
     and, with `tmpdir`, every process naming it; returns once all of them are gone."""
