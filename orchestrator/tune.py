@@ -105,8 +105,8 @@ def trial_failure_reason(out: Path, number: int) -> str | None:
     return fatal_reason(failure_file(out, number))
 
 
-def pruned_epoch(out: Path, number: int) -> int | None:
-    """The epoch at which the study already recorded trial `number` PRUNED, if it did.
+def pruned_at(out: Path, number: int) -> tuple[int, float] | None:
+    """(epoch, value) of the last report before the study recorded trial `number` PRUNED, if it did.
 
     The study lives in OUT/optuna.db beside the trial drivers (they run on the head node)."""
     study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
@@ -115,7 +115,8 @@ def pruned_epoch(out: Path, number: int) -> int | None:
     frozen = study.trials[number]
     if frozen.state != optuna.trial.TrialState.PRUNED or not frozen.intermediate_values:
         return None
-    return max(frozen.intermediate_values)
+    epoch = max(frozen.intermediate_values)
+    return epoch, frozen.intermediate_values[epoch]
 
 
 def kfold_trial(
@@ -146,10 +147,15 @@ def kfold_trial(
     except ValueError as err:  # a sampled value the config refuses: deterministic, recorded
         atomic_write_text(failed, json.dumps({"fatal_error": f"config: {err}"}) + "\n")
         raise RunFailed(f"trial {number}: config: {err}") from None
-    if pruned_epoch(Path(out), number) is not None:
+    pruned = pruned_at(Path(out), number)
+    if pruned is not None:
         # Resumed after a driver kill, but the study already has it PRUNED (ASHA stopped it after
         # Tune's last save): it trains no further and keeps its results. Cutting train.epochs to the
         # pruned epoch instead made the resume check refuse the checkpoint, and the trial FAILED.
+        # Its last report goes to Tune again (marked, like a finished run's): Tune refuses a trial that
+        # ends without its metric.
+        epoch, value = pruned
+        tune.report({METRIC: value, "epoch": epoch, "rereport": True})
         return
     run_name = trial_run_name(number)
     trainer = make_trainer(
