@@ -114,23 +114,46 @@ def ray_cluster():
     ray.shutdown()
 
 
-def collected_run(config, data_root: Path, tmp_path_factory):
-    """3 folds of `config` trained in-process (no Ray) with a checkpoint per epoch as Ray Train lays it
-    out, then collected into models/, cv.json and oof.npz as orchestrator.train does:
-    (run folder, data, folds, cv summary)."""
-    from ray.train import Checkpoint
+# In-process fold runs (tests/test_ensemble.py, the shared `fold_checkpoints`), on top of TINY: cosine
+# restarts every epoch, so 3 epochs end 3 cycles (at 1, 2, 3); keep the last 2, SWA over epochs 2-3.
+IN_PROCESS_MEMBERS = [
+    "train.eval_tta=false",
+    "train.seed=0",
+    "train.epochs=3",
+    "schedule.name=cosine",
+    "schedule.cycle_epochs=1",
+    "train.snapshots=2",
+    "train.swa_epochs=2",
+]
 
-    from orchestrator.kfold import collect_folds, write_cv
+
+@pytest.fixture(scope="session")
+def fold_checkpoints(tiny_config, tiny_data_root, tmp_path_factory):
+    """3 folds trained in-process (no Ray) with IN_PROCESS_MEMBERS and an empty head with a hidden layer,
+    a checkpoint per epoch as Ray Train lays it out (checkpoint_{epoch}/, every fold's files merged):
+    (config, data, folds, checkpoint root). Shared by the collection, emptiness and teacher tests."""
     from salt_model.data import load_split
     from salt_model.engine import train_fold
     from salt_model.folds import make_folds
 
-    data = load_split(data_root, "train")
+    config = tiny_config.with_overrides([*IN_PROCESS_MEMBERS, "model.empty_hidden=8"])
+    data = load_split(tiny_data_root, "train")
     folds = make_folds(data.masks, 3, config.data.fold_seed)
     root = tmp_path_factory.mktemp("ckpt")
     for fold in range(3):
         save = lambda m, save: save(root / f"checkpoint_{m['epoch']}")  # noqa: E731
         train_fold(config, data, fold, folds=folds, report=save, device="cpu")
+    return config, data, folds, root
+
+
+def collected_run(fold_checkpoints, tmp_path_factory):
+    """`fold_checkpoints` collected into a new run folder's models/, cv.json and oof.npz as
+    orchestrator.train does: (run folder, data, folds, cv summary)."""
+    from ray.train import Checkpoint
+
+    from orchestrator.kfold import collect_folds, write_cv
+
+    config, data, folds, root = fold_checkpoints
     out = tmp_path_factory.mktemp("run")
     last = root / f"checkpoint_{config.train.epochs}"
     result = collect_folds(Checkpoint.from_directory(str(last)), out, data, folds, 3)

@@ -11,31 +11,13 @@ import pytest
 import torch
 from ray.train import Checkpoint
 
-from salt_model.data import load_split
-from salt_model.engine import train_fold
-from salt_model.folds import make_folds
-from tests.test_ensemble import MEMBERS
-
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_config, tiny_data_root, tmp_path_factory):
+def run_dir(fold_checkpoints):
     """3 folds x 3 epochs, every epoch checkpointed into checkpoint_{epoch}/ as Ray Train lays it out."""
-    config = tiny_config.with_overrides(MEMBERS)
-    data = load_split(tiny_data_root, "train")
-    folds = make_folds(data.masks, 3, config.data.fold_seed)
-    root = tmp_path_factory.mktemp("kfold")
-    for fold in range(3):
-        train_fold(
-            config,
-            data,
-            fold,
-            folds=folds,
-            report=lambda m, save: save(root / f"checkpoint_{m['epoch']}"),
-            device=CPU,
-        )
-    return config, data, folds, root
+    return fold_checkpoints
 
 
 def test_collect_folds_writes_every_variant_and_the_chosen_members(run_dir, tmp_path, capsys):

@@ -100,11 +100,10 @@ def test_the_empty_grid_reaches_below_0_4_so_the_chosen_value_is_inside_it():
 
 
 @pytest.fixture(scope="module")
-def collected(tiny_config, tiny_data_root, tmp_path_factory):
-    """3 folds x 2 epochs (no Ray), collected into cv.json and oof.npz as orchestrator.train does."""
-    out, data, _, _ = collected_run(
-        tiny_config.with_overrides(["model.empty_hidden=8"]), tiny_data_root, tmp_path_factory
-    )
+def collected(fold_checkpoints, tmp_path_factory):
+    """3 folds (no Ray, empty head with a hidden layer), collected into cv.json and oof.npz as
+    orchestrator.train does."""
+    out, data, _, _ = collected_run(fold_checkpoints, tmp_path_factory)
     return out, data
 
 

@@ -12,18 +12,10 @@ from salt_model.data import load_split
 from salt_model.engine import fold_split, load_checkpoint, members_name, strip_resume_state, train_fold
 from salt_model.ensemble import Member, mean_probs
 from salt_model.postprocess import choose_thresholds
+from tests.conftest import IN_PROCESS_MEMBERS
 
 CPU = torch.device("cpu")
-# cosine restarts every epoch: 3 epochs end 3 cycles (at 1, 2, 3); keep the last 2, SWA over epochs 2-3
-MEMBERS = [
-    "train.eval_tta=false",
-    "train.seed=0",
-    "train.epochs=3",
-    "schedule.name=cosine",
-    "schedule.cycle_epochs=1",
-    "train.snapshots=2",
-    "train.swa_epochs=2",
-]
+MEMBERS = IN_PROCESS_MEMBERS
 
 
 @pytest.fixture(scope="module")

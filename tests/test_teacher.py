@@ -22,9 +22,9 @@ RULE = ["pseudo.low=0.45", "pseudo.high=0.55", "pseudo.min_fraction=0.3"]  # loo
 
 
 @pytest.fixture(scope="module")
-def round_0(tiny_config, tiny_data_root, tmp_path_factory):
-    """A finished round 0 without Ray's training: 3 folds x 2 epochs collected into models/ and cv.json."""
-    return collected_run(tiny_config, tiny_data_root, tmp_path_factory)
+def round_0(fold_checkpoints, tmp_path_factory):
+    """A finished round 0 without Ray's training: 3 folds collected into models/ and cv.json."""
+    return collected_run(fold_checkpoints, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
