@@ -9,6 +9,7 @@ command's process tree and group, and the processes whose command line names its
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -135,17 +136,37 @@ def run_entry(module: str, args: list[str], timeout: float = 600, **env: str) ->
     return run([sys.executable, "-m", module, *args], child_env(**env), timeout)
 
 
-def run_at_once(cases: dict[str, tuple[list[str], object]], timeout: float = 300) -> dict[str, tuple]:
-    """Starts every case's command (name -> (args, what the test expects)) at once: each spends most
-    of its time importing torch. Returns name -> (exit code, stdout, stderr)."""
-    envs = {name: child_env() for name in cases}
-    procs = {name: start(args, envs[name], merge_stderr=False) for name, (args, _) in cases.items()}
-    results = {}
-    try:
-        for name, proc in procs.items():
-            stdout, stderr = proc.communicate(timeout=timeout)
-            results[name] = (proc.returncode, stdout, stderr)
-    finally:
-        for name, proc in procs.items():
-            stop(proc, envs[name]["RAY_TMPDIR"])
-    return results
+# Runs each case's `python -m MODULE ARGS...` as that command would (runpy, as __main__), one case after
+# another in ONE child process, so torch and Ray are imported once, not once per case. argv[1] is a JSON
+# {name: [module, args]}; the last stdout line is {name: [exit code, stdout, stderr]}.
+_ONE_PROCESS = """
+import contextlib, io, json, runpy, sys, traceback, warnings
+seen = {}
+for name, (module, args) in json.loads(sys.argv[1]).items():
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = [module, *args]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.simplefilter("default")  # each case shows its own warnings, as its own process would
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    seen[name] = [code, out.getvalue(), err.getvalue()]
+print(json.dumps(seen))
+"""
+
+
+def run_in_one_process(cases: dict[str, tuple[list[str], object]], timeout: float = 300) -> dict[str, tuple]:
+    """Commands that end before any long work (--help, refused input), name -> ([python, -m, MODULE,
+    *args], what the test expects): every case runs in one child process, one after another.
+    Returns name -> (exit code, stdout, stderr)."""
+    modules = {}
+    for name, (args, _) in cases.items():
+        assert args[1] == "-m", f"{name}: not a `python -m MODULE` command: {args}"
+        modules[name] = [args[2], args[3:]]
+    result = run([sys.executable, "-c", _ONE_PROCESS, json.dumps(modules)], timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {name: tuple(v) for name, v in json.loads(result.stdout.splitlines()[-1]).items()}

@@ -17,7 +17,7 @@ from salt_model.data import DataError, load_split
 from salt_model.data_checks import DataWarning, check_data_folder
 from salt_model.folds import make_folds
 from tests.conftest import TINY
-from tests.processes import run_at_once
+from tests.processes import run_in_one_process
 
 
 def copy_data(root, tmp_path):
@@ -105,7 +105,7 @@ def test_the_training_commands_refuse_bad_data_and_bad_settings_before_training(
         orchestrator_train(root, file_not_dir / "run"),
         [str(file_not_dir / "run"), "not writable"],
     )
-    for name, (returncode, stdout, stderr) in run_at_once(cases).items():
+    for name, (returncode, stdout, stderr) in run_in_one_process(cases).items():
         lines = [line for line in stderr.strip().splitlines() if line.startswith("error: ")]
         assert returncode != 0, f"{name}: exit 0; stdout {stdout!r}"
         assert "Traceback" not in stderr, f"{name}: {stderr}"
@@ -167,7 +167,7 @@ def test_corrupted_or_foreign_model_files_are_refused_by_predict(tiny_data_root,
         else:
             path.write_bytes(content)
         cases[name] = (predict_args(run, tiny_data_root), [str(path)])
-    for name, (returncode, stdout, stderr) in run_at_once(cases).items():
+    for name, (returncode, stdout, stderr) in run_in_one_process(cases).items():
         assert returncode == 2 and "Traceback" not in stderr, f"{name}: {stderr}"
         assert stderr.startswith("error: fold model") and cases[name][1][0] in stderr, stderr
         assert "Ray dashboard" not in stdout

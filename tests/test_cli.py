@@ -12,7 +12,7 @@ import torch
 
 from salt_model.config import Config
 from tests.conftest import TINY
-from tests.processes import run, run_at_once
+from tests.processes import run, run_in_one_process
 
 OUTPUTS = (
     "config.json",
@@ -112,7 +112,7 @@ def test_bad_inputs_exit_with_one_clean_line(tiny_data_root, tmp_path):
             ["nope.yaml", "not found"],
         ),
     }
-    for name, (returncode, stdout, stderr) in run_at_once(cases).items():
+    for name, (returncode, stdout, stderr) in run_in_one_process(cases).items():
         lines = stderr.strip().splitlines()
         assert returncode != 0, f"{name}: exit 0; stdout {stdout!r}"
         assert "Traceback" not in stderr, f"{name}: {stderr}"

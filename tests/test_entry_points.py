@@ -3,7 +3,6 @@ autocast on a CPU (what GPU users run) and a real CUDA run where a GPU is at han
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 
@@ -17,7 +16,7 @@ from salt_model.engine import train_fold
 from salt_model.losses import compute_loss
 from salt_model.model import build_model
 from tests.conftest import TINY
-from tests.processes import REPO, run
+from tests.processes import REPO, run_in_one_process
 
 ENTRY_POINTS = [
     "orchestrator.train",
@@ -33,31 +32,9 @@ ENTRY_POINTS = [
 ]
 
 
-# Runs each command as `python -m MODULE --help` would (runpy, as __main__), all in one child process so
-# that torch and Ray are imported once, not once per command: {module: [exit code, stdout, stderr]}.
-HELP_ALL = """
-import contextlib, io, json, runpy, sys, traceback
-seen = {}
-for module in sys.argv[1:]:
-    out, err, code = io.StringIO(), io.StringIO(), None
-    sys.argv = [module, "--help"]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            runpy.run_module(module, run_name="__main__", alter_sys=True)
-        except SystemExit as stop:
-            code = stop.code or 0
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-    seen[module] = [code, out.getvalue(), err.getvalue()]
-print(json.dumps(seen))
-"""
-
-
 def test_every_command_prints_its_help_and_exits_0():
-    result = run([sys.executable, "-c", HELP_ALL, *ENTRY_POINTS], timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.splitlines()[-1])
+    cases = {module: ([sys.executable, "-m", module, "--help"], None) for module in ENTRY_POINTS}
+    seen = run_in_one_process(cases)
     assert sorted(seen) == sorted(ENTRY_POINTS)
     for module, (code, stdout, stderr) in seen.items():
         assert code == 0, f"{module} --help exited {code}: {stderr[-2000:]}"

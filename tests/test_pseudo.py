@@ -188,7 +188,7 @@ def test_a_pseudo_search_without_a_finished_run_is_refused_before_ray_starts(tin
     import sys
 
     from tests.conftest import tiny_args
-    from tests.processes import run_at_once
+    from tests.processes import run_in_one_process
 
     tune = [sys.executable, "-m", "orchestrator.tune"]
     cases = {
@@ -201,7 +201,7 @@ def test_a_pseudo_search_without_a_finished_run_is_refused_before_ray_starts(tin
             [str(tmp_path / "nope"), "not a finished orchestrator.train run folder"],
         ),
     }
-    for name, (returncode, stdout, stderr) in run_at_once(cases).items():
+    for name, (returncode, stdout, stderr) in run_in_one_process(cases).items():
         assert returncode == 2 and stderr.startswith("error: "), f"{name}: {stderr}"
         for piece in cases[name][1]:
             assert piece in stderr, f"{name}: {piece!r} not in {stderr!r}"
