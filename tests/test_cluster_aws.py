@@ -233,3 +233,88 @@ def test_a_pre_created_security_group_is_used_as_it_is(aws, tmp_path):
     ingress = ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"][0]["IpPermissions"]
     cidrs = [r["CidrIp"] for p in ingress for r in p.get("IpRanges", [])]
     assert cidrs == ["203.0.113.7/32"], ingress
+
+
+def scheduler_picks(config: dict, provider, head: str, summary) -> dict:
+    """The node types Ray's autoscaler v1 would launch for one 5-fold trial (5 x {GPU: 1, CPU: 4})
+    on a cluster of the head alone, given the launch record `summary`, with the scorer named in the
+    environment."""
+    from ray.autoscaler._private.resource_demand_scheduler import ResourceDemandScheduler
+
+    scheduler = ResourceDemandScheduler(
+        provider,
+        config["available_node_types"],
+        config["max_workers"],
+        config["head_node_type"],
+        config["upscaling_speed"],
+    )
+    to_launch, infeasible = scheduler.get_nodes_to_launch(
+        [head], {}, [{"GPU": 1, "CPU": 4}] * 5, {}, [], {}, [], summary
+    )
+    assert infeasible == []
+    return dict(to_launch)
+
+
+def test_a_spot_type_that_ec2_refuses_falls_back_to_on_demand_for_30_minutes(aws, tmp_path, monkeypatch):
+    """cluster/spot_first.py, loaded the way cluster.yaml's head starts Ray, in Ray's own scheduler; the
+    failed launch goes through Ray's NodeLauncher and AWS node provider (EC2 refusing spot capacity)."""
+    import time
+
+    import botocore.client
+    import botocore.exceptions
+    from ray.autoscaler._private.aws.node_provider import AWSNodeProvider
+    from ray.autoscaler._private.constants import AUTOSCALER_UTILIZATION_SCORER_KEY
+    from ray.autoscaler._private.event_summarizer import EventSummarizer
+    from ray.autoscaler._private.node_launcher import BaseNodeLauncher
+    from ray.autoscaler._private.node_provider_availability_tracker import NodeProviderAvailabilityTracker
+    from ray.autoscaler._private.util import ConcurrentCounter
+    from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
+
+    (start,) = [c for c in CONFIG["head_start_ray_commands"] if "ray start --head" in c]
+    scorer = re.search(rf"{AUTOSCALER_UTILIZATION_SCORER_KEY}=(\S+)", start)
+    assert scorer and "PYTHONPATH=$HOME/salt-orchestrator" in start, start
+    run_setup(tmp_path, aws)
+    config = bootstrap(copy.deepcopy(CONFIG))
+    register_amis(config)
+
+    real = botocore.client.BaseClient._make_api_call
+
+    def no_spot_capacity(self, operation, params):
+        if operation == "RunInstances" and "InstanceMarketOptions" in params:
+            error = {"Code": "InsufficientInstanceCapacity", "Message": "no spot g5.xlarge capacity"}
+            raise botocore.exceptions.ClientError({"Error": error}, operation)
+        return real(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", no_spot_capacity)
+    clock = [0.0]
+    tracker = NodeProviderAvailabilityTracker(timer=lambda: time.time() + clock[0])
+    pending = ConcurrentCounter()
+    provider = AWSNodeProvider(config["provider"], config["cluster_name"])
+    head_tags = {TAG_RAY_NODE_KIND: NODE_KIND_HEAD, TAG_RAY_USER_NODE_TYPE: config["head_node_type"]}
+    (head,) = provider.create_node(config["available_node_types"]["head"]["node_config"], head_tags, 1)
+    assert provider.non_terminated_nodes({}) == [head]  # as every autoscaler update starts (fills tags)
+    launcher = BaseNodeLauncher(
+        provider,
+        pending,
+        EventSummarizer(),
+        tracker,
+        node_types=config["available_node_types"],
+    )
+
+    # Ray's default scorer: spot first (the names tie-break it), and spot again after the refusal.
+    monkeypatch.delenv(AUTOSCALER_UTILIZATION_SCORER_KEY, raising=False)
+    assert scheduler_picks(config, provider, head, tracker.summary()) == {"gpu_spot": 5}
+    pending.inc("gpu_spot", 5)
+    assert launcher.launch_node(config, 5, "gpu_spot") == {}  # every subnet refused: recorded, no node
+    assert not tracker.summary().node_availabilities["gpu_spot"].is_available
+    assert scheduler_picks(config, provider, head, tracker.summary()) == {"gpu_spot": 5}
+
+    # cluster.yaml's scorer: on-demand while the refusal is fresh, which launches; spot after 30 minutes.
+    monkeypatch.setenv(AUTOSCALER_UTILIZATION_SCORER_KEY, scorer[1])
+    assert scheduler_picks(config, provider, head, tracker.summary()) == {"gpu_ondemand": 5}
+    pending.inc("gpu_ondemand", 5)
+    assert launcher.launch_node(config, 5, "gpu_ondemand")  # moto starts MinCount=1 of them
+    assert tracker.summary().node_availabilities["gpu_ondemand"].is_available
+    assert scheduler_picks(config, provider, head, tracker.summary()) == {"gpu_ondemand": 5}
+    clock[0] = 31 * 60
+    assert scheduler_picks(config, provider, head, tracker.summary()) == {"gpu_spot": 5}
