@@ -64,7 +64,9 @@ def allows(document: dict, action: str, resource: str) -> bool:
         if statement["Effect"] != "Allow":
             continue
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        resources = (
+            statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        )
         if any(fnmatch.fnmatchcase(action.lower(), a.lower()) for a in actions) and any(
             fnmatch.fnmatchcase(resource, r) for r in resources
         ):
@@ -174,7 +176,9 @@ def test_ray_up_bootstraps_cluster_yaml_with_its_own_profiles_and_one_ssh_rule(a
     # The head's role may pass the worker role (what EC2 checks when the head launches a worker) and
     # no other role; the worker role reaches the run bucket only, and no EC2.
     (head_role,) = iam.get_instance_profile(InstanceProfileName=head)["InstanceProfile"]["Roles"]
-    (worker_role,) = iam.get_instance_profile(InstanceProfileName="salt-ray-worker")["InstanceProfile"]["Roles"]
+    (worker_role,) = iam.get_instance_profile(InstanceProfileName="salt-ray-worker")["InstanceProfile"][
+        "Roles"
+    ]
     head_docs = role_documents(iam, head_role["RoleName"])
     worker_docs = role_documents(iam, worker_role["RoleName"])
     assert any(allows(d, "iam:PassRole", worker_role["Arn"]) for d in head_docs)
@@ -227,9 +231,9 @@ def test_a_pre_created_security_group_is_used_as_it_is(aws, tmp_path):
     sent: list = []
     resolved = bootstrap(config, sent)
     assert sent == []
-    assert {g for t in resolved["available_node_types"].values() for g in t["node_config"]["SecurityGroupIds"]} == {
-        group
-    }
+    assert {
+        g for t in resolved["available_node_types"].values() for g in t["node_config"]["SecurityGroupIds"]
+    } == {group}
     ingress = ec2.describe_security_groups(GroupIds=[group])["SecurityGroups"][0]["IpPermissions"]
     cidrs = [r["CidrIp"] for p in ingress for r in p.get("IpRanges", [])]
     assert cidrs == ["203.0.113.7/32"], ingress

@@ -43,8 +43,12 @@ def test_trial_drivers_go_to_the_head_and_folds_to_the_gpu_workers():
 def test_trial_drivers_without_a_head_resource_are_an_error_not_a_cpu_anywhere():
     from orchestrator.tune import trial_resources
 
-    hand_started = Capacity((NodeType("head", {"CPU": 8.0}, 1), NodeType("gpu", {"CPU": 4.0, "GPU": 1.0}, 2)), "test")
-    with pytest.raises(ValueError, match=r"\(test\) has no 'tune_driver' resource.*ray start --head --resources="):
+    hand_started = Capacity(
+        (NodeType("head", {"CPU": 8.0}, 1), NodeType("gpu", {"CPU": 4.0, "GPU": 1.0}, 2)), "test"
+    )
+    with pytest.raises(
+        ValueError, match=r"\(test\) has no 'tune_driver' resource.*ray start --head --resources="
+    ):
         trial_resources(hand_started)
     laptop = Capacity((NodeType("laptop", {"CPU": 2.0, "tune_driver": 64.0}, 1),), "test")  # init_ray's own
     assert trial_resources(laptop) == {"tune_driver": 1}
