@@ -322,3 +322,25 @@ def test_a_spot_type_that_ec2_refuses_falls_back_to_on_demand_for_30_minutes(aws
     assert scheduler_picks(config, provider, head, tracker.summary()) == {"gpu_ondemand": 5}
     clock[0] = 31 * 60
     assert scheduler_picks(config, provider, head, tracker.summary()) == {"gpu_spot": 5}
+
+
+def test_the_heads_monitor_can_load_the_scorer_from_the_project_folder(tmp_path):
+    """What the head's monitor does with cluster.yaml's start line: Ray's loader imports the scorer by
+    the name given, with only the project folder on PYTHONPATH (outside the folder, no editable install
+    of it needed)."""
+    import os
+    import subprocess
+    import sys
+
+    (start,) = [c for c in CONFIG["head_start_ray_commands"] if "ray start --head" in c]
+    path = re.search(r"RAY_AUTOSCALER_UTILIZATION_SCORER=(\S+)", start)[1]
+    code = (
+        "from ray.autoscaler._private.loader import load_function_or_class as load; "
+        f"f = load({path!r}); print(f.__module__, f.__code__.co_filename)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["cluster.spot_first", str(REPO / "cluster" / "spot_first.py")]
