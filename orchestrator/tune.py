@@ -279,15 +279,16 @@ def trials_per_wave(config: Config, one_run: FoldResources, capacity: Capacity) 
 
 
 def trial_resources(capacity: Capacity) -> dict:
-    """A trial driver holds one `tune_driver` (cluster.yaml's head type has them) and no CPU; without
-    that resource it takes 0.01 CPU, which fold_resources leaves aside so folds are not starved."""
+    """A trial driver holds one `tune_driver` and no CPU. Only the head has that resource (cluster.yaml's
+    head type; a local Ray declares it itself): the drivers share the head's disk, where optuna.db is."""
     if capacity.max_total(DRIVER_RESOURCE) >= 1:
         return {DRIVER_RESOURCE: 1}
-    print(
-        f"note: the cluster has no '{DRIVER_RESOURCE}' resource (cluster.yaml gives the head one); "
-        "trial drivers take 0.01 CPU each"
+    raise ValueError(
+        f"the Ray cluster ({capacity.source}) has no '{DRIVER_RESOURCE}' resource, which pins the trial "
+        f"drivers to the head node beside the Optuna study: give the head node type "
+        f"`resources: {{{DRIVER_RESOURCE}: 8}}` (as cluster.yaml does), or start the head with "
+        f"`ray start --head --resources='{{\"{DRIVER_RESOURCE}\": 8}}'`"
     )
-    return {"CPU": 0.01}
 
 
 def study_url(out: Path) -> str:
@@ -455,8 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus, cpus = requested(args, config.cluster)
     one_run = fold_resources(k, cpus, gpus, capacity=capacity)
     waves = trials_per_wave(config, one_run, capacity)
-    reserved = driver.get("CPU", 0.0) * waves
-    resources = fold_resources(k, cpus, one_run.gpus, waves, capacity=capacity, reserved_cpus=reserved)
+    resources = fold_resources(k, cpus, one_run.gpus, waves, capacity=capacity)
     check_storage_writable(storage)
     print(
         f"data {root}: {len(data)} tiles | {config.search.trials} trials x {config.data.folds} folds x "

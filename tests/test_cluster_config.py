@@ -1,6 +1,6 @@
 """cluster.yaml against Ray's own launcher schema, its pins against the project's; the fold and trial
 sizing against the node types and caps it declares (no Ray started). What `ray up` itself does with
-the file (security group, instance profiles) needs Ray's AWS bootstrap against moto: not here."""
+the file (security group, instance profiles, the spot fallback) is tests/test_cluster_aws.py."""
 
 from __future__ import annotations
 
@@ -38,6 +38,20 @@ def test_trial_drivers_go_to_the_head_and_folds_to_the_gpu_workers():
     head = [t for t in capacity.node_types if not t.worker]
     assert len(head) == 1 and head[0].resources.get("CPU") == 0 and "GPU" not in head[0].resources
     assert capacity.node_type_with("GPU").worker
+
+
+def test_trial_drivers_without_a_head_resource_are_an_error_not_a_cpu_anywhere():
+    from orchestrator.tune import trial_resources
+
+    hand_started = Capacity(
+        (NodeType("head", {"CPU": 8.0}, 1), NodeType("gpu", {"CPU": 4.0, "GPU": 1.0}, 2)), "test"
+    )
+    with pytest.raises(
+        ValueError, match=r"\(test\) has no 'tune_driver' resource.*ray start --head --resources="
+    ):
+        trial_resources(hand_started)
+    laptop = Capacity((NodeType("laptop", {"CPU": 2.0, "tune_driver": 64.0}, 1),), "test")  # init_ray's own
+    assert trial_resources(laptop) == {"tune_driver": 1}
 
 
 def test_image_python_and_pins_agree(cluster):
