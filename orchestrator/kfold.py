@@ -153,7 +153,7 @@ def fold_worker(loop_config: dict) -> None:
             report=report,
             folds=folds,
             resume=resume,
-            device=worker_device(),
+            device=worker_device(loop_config.get("gpus", 0.0)),  # refuses GPUs that CUDA cannot start
             threads=loop_config["threads"],  # the worker's Ray share wins over config.train.threads
             extra=extra,  # a pseudo round's tiles, in this fold's training part only
             init_state=None if init_states is None else init_states[fold],
@@ -268,6 +268,7 @@ def make_trainer(
         "data_ref": data_ref,
         "folds": folds.tolist(),
         "threads": resources.threads,
+        "gpus": resources.gpus,
         "run_name": run_name,
         "trial": trial,
         "inject_failure": inject_failure,

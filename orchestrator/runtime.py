@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # Read by the process that calls fit(): the driver for orchestrator.train, the trial actor for
 # orchestrator.tune, which inherits the job's runtime env and not the driver's shell.
 JOB_ENV = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
+# "1": GPU resources with no CUDA behind them (the tests' fake GPU nodes) train on the CPU. init_ray
+# forwards it to every worker of the job.
+FAKE_GPUS = "SALT_FAKE_GPUS"
 
 
 def existing_cluster(address: str | None) -> str | None:
@@ -98,7 +101,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, resources:
         return False
     os.environ.update(JOB_ENV)  # the driver: orchestrator.train calls fit() here
     target = existing_cluster(address)
-    runtime_env = {"env_vars": dict(JOB_ENV)}
+    runtime_env = {"env_vars": {**JOB_ENV, **{k: os.environ[k] for k in (FAKE_GPUS,) if k in os.environ}}}
     if target:
         use_token_auth_for(target)
         context = ray.init(address=target, runtime_env=runtime_env, log_to_driver=True)
@@ -119,13 +122,42 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, resources:
     return bool(target)
 
 
-def worker_device() -> torch.device:
-    """This Ray Train worker's device: Ray's choice, or the CPU when Ray assigned a GPU that CUDA
-    cannot see (fake GPU resources in tests, a driverless image)."""
-    device = ray.train.torch.get_device()
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return device
+class CudaUnavailable(ValueError):
+    """Ray placed a fold on GPUs but this node's CUDA cannot start: every retry on the node fails the
+    same way (faults.DETERMINISTIC), and training on the CPU would burn GPU-hours at CPU speed."""
+
+
+def cuda_error() -> str:
+    """Why CUDA cannot start here, in torch's words (torch.cuda.init raises what is_available hides)."""
+    try:
+        torch.cuda.init()
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return "torch.cuda.is_available() is False"
+
+
+def node_name() -> str:
+    """`hostname (IP)` of this node, for messages."""
+    return f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+
+
+def worker_device(gpus_per_fold: float = 0.0) -> torch.device:
+    """This Ray Train worker's device, as Ray assigned it (ray.train.torch.get_device).
+
+    A worker given GPUs (by Ray, or `gpus_per_fold` > 0) whose CUDA cannot start raises
+    CudaUnavailable naming the node and the CUDA error (a torch build without CUDA, a driver too old
+    for it), unless SALT_FAKE_GPUS=1 says the GPUs are fake: then it trains on the CPU.
+    """
+    gpu_ids = ray.get_gpu_ids()
+    if (gpu_ids or gpus_per_fold > 0) and not torch.cuda.is_available():
+        if os.environ.get(FAKE_GPUS) == "1":
+            return torch.device("cpu")
+        raise CudaUnavailable(
+            f"node {node_name()}: Ray gave this fold worker GPU {gpu_ids or gpus_per_fold} but CUDA cannot "
+            f"start ({cuda_error()}; torch {torch.__version__}, built for CUDA {torch.version.cuda}): "
+            "install the torch build that matches the node's NVIDIA driver, or run with --gpus-per-fold 0"
+        )
+    return ray.train.torch.get_device()
 
 
 @dataclass(frozen=True)
