@@ -25,6 +25,7 @@ import torch
 
 from orchestrator import console
 from orchestrator.capacity import Capacity, cluster_capacity
+from orchestrator.packing import plan_gpus
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,17 @@ def check_gpus_per_fold(gpus_per_fold: float) -> None:
         )
 
 
+def default_gpus_per_fold(k: int, runs: int, capacity: Capacity, cpus_per_fold: float | None = None) -> float:
+    """GPUs per fold when the user does not say: 0 on a cluster that can have no GPU node, else the
+    share of orchestrator.packing that keeps the most GPUs busy with up to `runs` k-fold runs at once
+    (1 when not even 0.25 fits: fold_resources then names what is missing)."""
+    gpu_type = capacity.node_type_with("GPU")
+    if gpu_type is None or gpu_type.resources["GPU"] < 1:
+        return 0.0
+    plan = plan_gpus(k, runs, capacity.max_total("GPU"), gpu_type.resources, cpus_per_fold)
+    return plan.share if plan is not None else 1.0
+
+
 def fold_resources(
     k: int,
     cpus_per_fold: float | None,
@@ -198,8 +210,9 @@ def fold_resources(
     """Resources of one fold worker so that `concurrent_runs` k-fold runs fit the cluster's capacity
     (its possible node types, so an autoscaling cluster is asked for GPU nodes it does not have yet).
 
-    GPUs: one per fold when the cluster can have GPUs, unless --gpus-per-fold says otherwise (0.25
-    packs four folds on a GPU). CPUs: what the user asked; on GPUs the GPU node's CPUs shared among
+    GPUs: --gpus-per-fold, else on a cluster that can have GPUs the share that keeps the most GPUs
+    busy with `concurrent_runs` runs (default_gpus_per_fold: 1, 0.5 or 0.25; 0.25 packs four folds on
+    a GPU). CPUs: what the user asked; on GPUs the GPU node's CPUs shared among
     its folds (at most 4); on CPUs the cluster's CPUs less `reserved_cpus` (trial drivers) shared
     among all fold workers (at most 4, at least a tenth, so k folds still run at once on a laptop).
     A request the cluster can never hold is an error here, before anything starts (Ray would retry
@@ -209,7 +222,7 @@ def fold_resources(
     workers = k * concurrent_runs
     gpu_type = capacity.node_type_with("GPU")
     if gpus_per_fold is None:
-        gpus_per_fold = 1.0 if gpu_type is not None and gpu_type.resources["GPU"] >= 1 else 0.0
+        gpus_per_fold = default_gpus_per_fold(k, concurrent_runs, capacity, cpus_per_fold)
     check_gpus_per_fold(gpus_per_fold)
     where = capacity.describe()
     if gpus_per_fold > 0:

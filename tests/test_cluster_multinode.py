@@ -69,6 +69,7 @@ def test_train_spreads_gpu_folds_over_the_nodes(gpu_cluster, tiny_data_root, tmp
     assert (out / "submission.csv").read_text().count("\n") == 12 + 1
     printed = capsys.readouterr().out
     assert "fold workers x {'CPU': 2.0, 'GPU': 1.0}" in printed
+    assert "1 run at once x 2 folds x 1 GPU = 2 of 2 GPUs busy" in printed  # the utilisation plan
     print(f"\nmulti-node train: placement {placement}, wall {wall:.0f}s")
 
 
