@@ -36,8 +36,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator import console
 from orchestrator.faults import DETERMINISTIC, RunFailed, inject
+from orchestrator.resume import ResumeFailed, pick_resume, read_fold
 from orchestrator.runtime import FoldResources, worker_device
-from orchestrator.storage import checkpoint_files, ray_storage
+from orchestrator.storage import checkpoints_before, ray_storage
 from orchestrator.tensorboard import FoldCurves
 from salt_model.config import Config
 from salt_model.cv import cross_validate
@@ -82,7 +83,7 @@ def fold_worker(loop_config: dict) -> None:
     returns, and the driver raises faults.RunFailed (see `FatalReason`).
     """
     context = ray.train.get_context()
-    fold, k = context.get_world_rank(), context.get_world_size()
+    fold = context.get_world_rank()
     config = Config.from_dict(loop_config["config"], source="train_loop_config")
     set_cpu_threads(loop_config["threads"])  # torch and OpenCV, sized to this worker's Ray CPU share
     data: SaltData = ray.get(loop_config["data_ref"])  # one copy per node, from the object store
@@ -92,15 +93,20 @@ def fold_worker(loop_config: dict) -> None:
     init_states = ray.get(loop_config["init_ref"]) if loop_config.get("init_ref") is not None else None
     folds = np.asarray(loop_config["folds"])
 
-    resume, resume_error = None, None
+    resume = None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint_files(checkpoint, [checkpoint_name(fold), members_name(fold)]) as directory:
-            path = Path(directory) / checkpoint_name(fold)
-            try:
-                resume = load_checkpoint(path) if path.exists() else None
-            except ValueError as err:  # corrupted or foreign: the same on every retry
-                resume_error = err
+    if checkpoint is not None:  # the newest kept checkpoint every fold can read (orchestrator.resume)
+        candidates = [checkpoint, *checkpoints_before(checkpoint)]
+        try:
+            resume, chosen, skipped = pick_resume(candidates, lambda c: read_fold(c, fold), all_folds)
+        except ResumeFailed as err:  # every fold has the same reason: each reports it once and stops
+            print(f"fold {fold}: {err} (deterministic: not retried)", flush=True)
+            ray.train.report({"fatal_error": str(err), "epoch": 0})
+            return
+        if skipped and fold == 0:
+            console.worker_say(
+                f"unreadable checkpoint skipped: {'; '.join(skipped)}; resuming from {chosen.path}"
+            )
     resumed_after = int(resume["epoch"]) if resume is not None else 0
     if resume is not None:
         console.worker_say(f"fold {fold}: worker restarted, resuming after epoch {resumed_after}")
@@ -119,8 +125,7 @@ def fold_worker(loop_config: dict) -> None:
     fault = inject(loop_config.get("inject_failure"), fold, lambda: resumed_after + reports)
 
     def gather(payload: dict) -> list[dict]:
-        gathered: list[dict] = [None] * k  # type: ignore[list-item]
-        dist.all_gather_object(gathered, payload)
+        gathered = all_folds(payload)
         fatal = [m["fatal_error"] for m in gathered if "fatal_error" in m]
         if fatal:  # every fold reports the reason once (report is a barrier) and stops
             ray.train.report({"fatal_error": "; ".join(fatal), "epoch": resumed_after + reports})
@@ -144,8 +149,6 @@ def fold_worker(loop_config: dict) -> None:
             ray.train.report(merged)
 
     try:
-        if resume_error is not None:
-            raise resume_error
         result = train_fold(
             config,
             data,
@@ -153,7 +156,7 @@ def fold_worker(loop_config: dict) -> None:
             report=report,
             folds=folds,
             resume=resume,
-            device=worker_device(),
+            device=worker_device(loop_config.get("gpus", 0.0)),  # refuses GPUs that CUDA cannot start
             threads=loop_config["threads"],  # the worker's Ray share wins over config.train.threads
             extra=extra,  # a pseudo round's tiles, in this fold's training part only
             init_state=None if init_states is None else init_states[fold],
@@ -173,6 +176,13 @@ def fold_worker(loop_config: dict) -> None:
             gather({"fatal_error": reason})
         except _Stop:
             return
+
+
+def all_folds(payload: dict) -> list[dict]:
+    """Every fold's `payload`, in rank order (gloo all-gather; every fold must call it)."""
+    gathered: list[dict] = [None] * ray.train.get_context().get_world_size()  # type: ignore[list-item]
+    dist.all_gather_object(gathered, payload)
+    return gathered
 
 
 class _Stop(Exception):
@@ -268,6 +278,7 @@ def make_trainer(
         "data_ref": data_ref,
         "folds": folds.tolist(),
         "threads": resources.threads,
+        "gpus": resources.gpus,
         "run_name": run_name,
         "trial": trial,
         "inject_failure": inject_failure,

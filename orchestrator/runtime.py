@@ -25,12 +25,16 @@ import torch
 
 from orchestrator import console
 from orchestrator.capacity import Capacity, cluster_capacity
+from orchestrator.packing import plan_gpus
 
 log = logging.getLogger(__name__)
 
 # Read by the process that calls fit(): the driver for orchestrator.train, the trial actor for
 # orchestrator.tune, which inherits the job's runtime env and not the driver's shell.
 JOB_ENV = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
+# "1": GPU resources with no CUDA behind them (the tests' fake GPU nodes) train on the CPU. init_ray
+# forwards it to every worker of the job.
+FAKE_GPUS = "SALT_FAKE_GPUS"
 
 
 def existing_cluster(address: str | None) -> str | None:
@@ -98,7 +102,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, resources:
         return False
     os.environ.update(JOB_ENV)  # the driver: orchestrator.train calls fit() here
     target = existing_cluster(address)
-    runtime_env = {"env_vars": dict(JOB_ENV)}
+    runtime_env = {"env_vars": {**JOB_ENV, **{k: os.environ[k] for k in (FAKE_GPUS,) if k in os.environ}}}
     if target:
         use_token_auth_for(target)
         context = ray.init(address=target, runtime_env=runtime_env, log_to_driver=True)
@@ -119,13 +123,42 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, resources:
     return bool(target)
 
 
-def worker_device() -> torch.device:
-    """This Ray Train worker's device: Ray's choice, or the CPU when Ray assigned a GPU that CUDA
-    cannot see (fake GPU resources in tests, a driverless image)."""
-    device = ray.train.torch.get_device()
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return device
+class CudaUnavailable(ValueError):
+    """Ray placed a fold on GPUs but this node's CUDA cannot start: every retry on the node fails the
+    same way (faults.DETERMINISTIC), and training on the CPU would burn GPU-hours at CPU speed."""
+
+
+def cuda_error() -> str:
+    """Why CUDA cannot start here, in torch's words (torch.cuda.init raises what is_available hides)."""
+    try:
+        torch.cuda.init()
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return "torch.cuda.is_available() is False"
+
+
+def node_name() -> str:
+    """`hostname (IP)` of this node, for messages."""
+    return f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+
+
+def worker_device(gpus_per_fold: float = 0.0) -> torch.device:
+    """This Ray Train worker's device, as Ray assigned it (ray.train.torch.get_device).
+
+    A worker given GPUs (by Ray, or `gpus_per_fold` > 0) whose CUDA cannot start raises
+    CudaUnavailable naming the node and the CUDA error (a torch build without CUDA, a driver too old
+    for it), unless SALT_FAKE_GPUS=1 says the GPUs are fake: then it trains on the CPU.
+    """
+    gpu_ids = ray.get_gpu_ids()
+    if (gpu_ids or gpus_per_fold > 0) and not torch.cuda.is_available():
+        if os.environ.get(FAKE_GPUS) == "1":
+            return torch.device("cpu")
+        raise CudaUnavailable(
+            f"node {node_name()}: Ray gave this fold worker GPU {gpu_ids or gpus_per_fold} but CUDA cannot "
+            f"start ({cuda_error()}; torch {torch.__version__}, built for CUDA {torch.version.cuda}): "
+            "install the torch build that matches the node's NVIDIA driver, or run with --gpus-per-fold 0"
+        )
+    return ray.train.torch.get_device()
 
 
 @dataclass(frozen=True)
@@ -155,6 +188,17 @@ def check_gpus_per_fold(gpus_per_fold: float) -> None:
         )
 
 
+def default_gpus_per_fold(k: int, runs: int, capacity: Capacity, cpus_per_fold: float | None = None) -> float:
+    """GPUs per fold when the user does not say: 0 on a cluster that can have no GPU node, else the
+    share of orchestrator.packing that keeps the most GPUs busy with up to `runs` k-fold runs at once
+    (1 when not even 0.25 fits: fold_resources then names what is missing)."""
+    gpu_type = capacity.node_type_with("GPU")
+    if gpu_type is None or gpu_type.resources["GPU"] < 1:
+        return 0.0
+    plan = plan_gpus(k, runs, capacity.max_total("GPU"), gpu_type.resources, cpus_per_fold)
+    return plan.share if plan is not None else 1.0
+
+
 def fold_resources(
     k: int,
     cpus_per_fold: float | None,
@@ -166,8 +210,9 @@ def fold_resources(
     """Resources of one fold worker so that `concurrent_runs` k-fold runs fit the cluster's capacity
     (its possible node types, so an autoscaling cluster is asked for GPU nodes it does not have yet).
 
-    GPUs: one per fold when the cluster can have GPUs, unless --gpus-per-fold says otherwise (0.25
-    packs four folds on a GPU). CPUs: what the user asked; on GPUs the GPU node's CPUs shared among
+    GPUs: --gpus-per-fold, else on a cluster that can have GPUs the share that keeps the most GPUs
+    busy with `concurrent_runs` runs (default_gpus_per_fold: 1, 0.5 or 0.25; 0.25 packs four folds on
+    a GPU). CPUs: what the user asked; on GPUs the GPU node's CPUs shared among
     its folds (at most 4); on CPUs the cluster's CPUs less `reserved_cpus` (trial drivers) shared
     among all fold workers (at most 4, at least a tenth, so k folds still run at once on a laptop).
     A request the cluster can never hold is an error here, before anything starts (Ray would retry
@@ -177,7 +222,7 @@ def fold_resources(
     workers = k * concurrent_runs
     gpu_type = capacity.node_type_with("GPU")
     if gpus_per_fold is None:
-        gpus_per_fold = 1.0 if gpu_type is not None and gpu_type.resources["GPU"] >= 1 else 0.0
+        gpus_per_fold = default_gpus_per_fold(k, concurrent_runs, capacity, cpus_per_fold)
     check_gpus_per_fold(gpus_per_fold)
     where = capacity.describe()
     if gpus_per_fold > 0:

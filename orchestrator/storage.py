@@ -124,3 +124,25 @@ def checkpoint_files(checkpoint: Checkpoint, names: list[str]) -> Iterator[Path]
                     destination_filesystem=pafs.LocalFileSystem(),
                 )
         yield Path(local)
+
+
+def checkpoints_before(checkpoint: Checkpoint) -> list[Checkpoint]:
+    """The `checkpoint_*` folders beside `checkpoint` that are older (names are timestamps), newest
+    first: what Ray still keeps of the run (CheckpointConfig num_to_keep) besides its latest."""
+    fs = checkpoint.filesystem
+    parent, _, name = checkpoint.path.rstrip("/").rpartition("/")
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    except OSError:
+        return []
+    older = sorted(
+        (
+            i.base_name
+            for i in infos
+            if i.type == pafs.FileType.Directory
+            and i.base_name.startswith("checkpoint_")
+            and i.base_name < name
+        ),
+        reverse=True,
+    )
+    return [Checkpoint(f"{parent}/{n}", filesystem=fs) for n in older]

@@ -2,8 +2,8 @@
 
 `python -m orchestrator.train --data DIR --folds K --epochs E --out DIR [--config FILE] [--set KEY=VALUE]`
 
-All k folds train at once, one Ray Train worker each (a GPU each when the cluster has GPUs, or a
-fraction with --gpus-per-fold). Outputs in --out: config.json, folds.csv, progress.jsonl (one line per
+All k folds train at once, one Ray Train worker each (a GPU each when the cluster has GPUs, a
+fraction when that leaves fewer GPUs idle, or --gpus-per-fold). Outputs in --out: config.json, folds.csv, progress.jsonl (one line per
 epoch while it runs), ray/ (Ray's run state and checkpoints,
 unless --storage puts them elsewhere), models/fold_{r}_{member}.pt (the
 chosen ensemble variant's members), oof.npz, cv.json (per-fold and overall OOF of every variant: best
@@ -23,6 +23,7 @@ import ray
 from orchestrator import console, rounds
 from orchestrator.capacity import cluster_capacity
 from orchestrator.kfold import KFoldResult, run_kfold, write_cv
+from orchestrator.packing import GpuPlan
 from orchestrator.predict import predict_submission
 from orchestrator.report import build as build_report
 from orchestrator.report import save_oof_truth
@@ -46,7 +47,7 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
         "--gpus-per-fold",
         type=float,
         default=None,
-        help="GPUs per fold worker (default: 1 if the cluster has GPUs, else 0; 0.25 packs 4 folds per GPU)",
+        help="GPUs per fold worker (default: with GPUs the share of 1/0.5/0.25 busying the most, else 0)",
     )
     parser.add_argument(
         "--cpus-per-fold",
@@ -247,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{config.data.folds} fold workers x {resources.as_dict()} on a cluster with {ray.cluster_resources()} "
         f"(can grow to: {capacity.describe()}); run state in {storage}"
     )
+    if resources.gpus > 0:
+        print(GpuPlan(1, config.data.folds, resources.gpus, capacity.max_total("GPU"), noun="run").line())
     if config.pseudo.rounds == 0:
         console.view().start("run")  # elapsed counts from here
         result = run_kfold(

@@ -50,7 +50,8 @@ from orchestrator.kfold import (
     make_trainer,
     prune_run_checkpoints,
 )
-from orchestrator.runtime import FoldResources, fold_resources, init_ray, requested
+from orchestrator.packing import GpuPlan
+from orchestrator.runtime import FoldResources, default_gpus_per_fold, fold_resources, init_ray, requested
 from orchestrator.search import (
     METRIC,
     PruningOptunaSearch,
@@ -454,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     driver = trial_resources(capacity)
     k = config.data.folds
     gpus, cpus = requested(args, config.cluster)
+    if gpus is None:  # the GPU share that keeps the most GPUs busy with the trials at once
+        gpus = default_gpus_per_fold(k, config.search.max_concurrent or config.search.trials, capacity, cpus)
     one_run = fold_resources(k, cpus, gpus, capacity=capacity)
     waves = trials_per_wave(config, one_run, capacity)
     resources = fold_resources(k, cpus, one_run.gpus, waves, capacity=capacity)
@@ -462,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         f"data {root}: {len(data)} tiles | {config.search.trials} trials x {config.data.folds} folds x "
         f"{config.train.epochs} epochs | {waves} trial(s) at once, fold workers {resources.as_dict()}"
     )
+    if resources.gpus > 0:
+        print(GpuPlan(waves, k, resources.gpus, capacity.max_total("GPU")).line())
 
     pseudo_refs = None
     if pseudo_from is not None:

@@ -258,7 +258,7 @@ class SearchConfig:
 class ClusterConfig:
     """Resources of each fold worker on Ray (orchestrator.train/tune); --gpus-per-fold/--cpus-per-fold win."""
 
-    gpus_per_fold: float = -1.0  # -1 = 1 when the cluster can have GPU nodes, else 0; 0.25 packs 4 folds/GPU
+    gpus_per_fold: float = -1.0  # -1 = auto (orchestrator/packing.py; 0 on a cluster without GPUs)
     cpus_per_fold: float = 0.0  # 0 = the GPU node's CPUs shared among its folds (CPU runs: the cluster's)
 
     def validate(self) -> None:

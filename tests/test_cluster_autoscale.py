@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator.runtime import FAKE_GPUS
 from tests.cluster_helpers import ray_head
 from tests.conftest import TINY, tiny_args
 
@@ -78,7 +79,7 @@ def test_a_gpu_kfold_run_scales_gpu_nodes_up_and_finishes(tiny_data_root, tmp_pa
     head_resources = types["ray.head.default"]["resources"]
     # Autoscaler v1 (what `ray up` runs): v2's monitor needs the fake provider's example.yaml,
     # which the 2.60 wheel does not ship.
-    env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", FAKE_GPUS: "1"}
     extra = {k: v for k, v in head_resources.items() if k != "CPU"}
     with ray_head(
         f"--autoscaling-config={config}",
@@ -90,6 +91,7 @@ def test_a_gpu_kfold_run_scales_gpu_nodes_up_and_finishes(tiny_data_root, tmp_pa
         for key in ("RAY_TMPDIR", "PYTHONPATH"):
             monkeypatch.setenv(key, driver_env[key])
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        monkeypatch.setenv(FAKE_GPUS, "1")  # the fake GPU nodes have no CUDA: init_ray forwards it to the job
         gpu_nodes_up: list[float] = []
         start = time.perf_counter()
         done = threading.Event()

@@ -1,7 +1,8 @@
 """A real multi-node Ray cluster on this machine (ray.cluster_utils.Cluster): a head with no CPUs for
 fold work and no GPUs (the trial drivers' `tune_driver` only, as cluster.yaml's head) and two nodes
 with one fake GPU each. Fold workers hold a GPU each, so the 2 folds must land on different nodes;
-with no CUDA behind the fake GPUs they train on the CPU (worker_device)."""
+with no CUDA behind the fake GPUs they train on the CPU (SALT_FAKE_GPUS=1; without it worker_device
+refuses a GPU that CUDA cannot start)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 
 import pytest
 
+from orchestrator.runtime import FAKE_GPUS
 from tests.cluster_helpers import read_jsonl, stop_tmpdir_processes
 from tests.conftest import TINY, tiny_args
 from tests.processes import private_tmpdir
@@ -28,6 +30,7 @@ def gpu_cluster():
     mp = pytest.MonkeyPatch()
     mp.setenv("RAY_TMPDIR", tmpdir)
     mp.delenv("RAY_ADDRESS", raising=False)
+    mp.setenv(FAKE_GPUS, "1")  # the nodes' raylets and the job's workers inherit it
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 0, "resources": {"tune_driver": 8}, "include_dashboard": True},
@@ -66,6 +69,7 @@ def test_train_spreads_gpu_folds_over_the_nodes(gpu_cluster, tiny_data_root, tmp
     assert (out / "submission.csv").read_text().count("\n") == 12 + 1
     printed = capsys.readouterr().out
     assert "fold workers x {'CPU': 2.0, 'GPU': 1.0}" in printed
+    assert "1 run at once x 2 folds x 1 GPU = 2 of 2 GPUs busy" in printed  # the utilisation plan
     print(f"\nmulti-node train: placement {placement}, wall {wall:.0f}s")
 
 

@@ -113,17 +113,36 @@ def test_the_local_dashboard_listens_on_localhost_only(ray_cluster):
 
 
 @pytest.mark.slow
-def test_a_corrupted_checkpoint_on_resume_stops_the_run_naming_the_file(
+def test_a_corrupted_checkpoint_resumes_from_the_previous_one_and_twice_stops_the_run_naming_the_files(
     ray_cluster, tiny_config, tiny_data_root, tmp_path
 ):
+    """A rerun of a finished 2-epoch run resumes from Ray's latest checkpoint (epoch 2). Fold 1's file
+    in it cut short: every fold resumes after epoch 1 (the checkpoint Ray kept before, keep_checkpoints
+    2), retraining epoch 2 only. The latest one corrupted again, and the one before it too: the run
+    stops without retrying, naming both files, and trains nothing."""
     from orchestrator.faults import RunFailed
 
+    def kept():
+        return sorted(p for p in (out / "ray").glob("*/checkpoint_*") if p.is_dir())
+
+    def cut_short(path: Path) -> None:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    config = tiny_config.with_overrides({"train.epochs": 2, "train.keep_checkpoints": 2})
     out = tmp_path / "run"
-    run(tiny_config.with_overrides({"train.epochs": 1}), tiny_data_root, out, {"fold": -1, "epoch": 0})
-    latest = sorted(p for p in (out / "ray").glob("*/checkpoint_*") if p.is_dir())[-1]
-    (latest / "fold_1.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(
-        RunFailed, match=r"fold 1: ValueError: checkpoint .*fold_1.pt: not a readable fold checkpoint"
-    ):
-        run(tiny_config.with_overrides({"train.epochs": 2}), tiny_data_root, out, {"fold": -1, "epoch": 0}, 3)
-    assert [p["epoch"] for p in progress(out)] == [1]  # nothing trained on a corrupted state
+    run(config, tiny_data_root, out, {"fold": -1, "epoch": 0})
+    assert len(kept()) == 2
+    cut_short(kept()[-1] / "fold_1.pt")
+    result = run(config, tiny_data_root, out, {"fold": -1, "epoch": 0}, 3)
+    lines = progress(out)
+    assert [p["epoch"] for p in lines] == [1, 2, 2]  # epoch 2 retrained, epoch 1 kept
+    assert all(lines[-1][f"resumed_after_fold{r}"] == 1 for r in range(3)) and "rereport" not in lines[-1]
+    assert [h["epoch"] for h in result.histories[1]] == [1, 2] and len(result.model_paths) == 3
+
+    latest, previous = kept()[-1] / "fold_1.pt", kept()[-2] / "fold_1.pt"  # the new one, the corrupted one
+    cut_short(latest)
+    with pytest.raises(RunFailed, match="no readable checkpoint left to resume from") as failed:
+        run(config, tiny_data_root, out, {"fold": -1, "epoch": 0}, 3)
+    for path in (latest, previous):
+        assert f"fold 1: checkpoint {path}: not a readable fold checkpoint" in str(failed.value)
+    assert [p["epoch"] for p in progress(out)] == [1, 2, 2]  # nothing trained on a corrupted state
