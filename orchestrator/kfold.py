@@ -37,7 +37,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from orchestrator import console
 from orchestrator.faults import DETERMINISTIC, RunFailed, inject
 from orchestrator.runtime import FoldResources, worker_device
-from orchestrator.storage import checkpoint_files, ray_storage
+from orchestrator.storage import checkpoint_files, get_file, put_file, ray_storage
 from orchestrator.tensorboard import FoldCurves
 from salt_model.config import Config
 from salt_model.cv import cross_validate
@@ -180,23 +180,30 @@ class _Stop(Exception):
 
 
 class FatalReason(UserCallback):
-    """Keeps a deterministic failure's reason: `path` (a JSON file in the run folder) gets it.
+    """Keeps a deterministic failure's reason: `path` (a JSON file in the run folder) gets it, and
+    `copy_uri` (in --storage, if given) a copy, so that a resume into a new run folder still knows it.
 
     Train's Result holds only checkpointed reports, so the reason travels through this file; the
     driver raises RunFailed from it after fit(), and a Tune trial's searcher records it.
     """
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, copy_uri: str | None = None):
+        self.path, self.copy_uri = path, copy_uri
+
+    def record(self, metrics: dict) -> None:
+        atomic_write_text(Path(self.path), json.dumps(metrics) + "\n")
+        if self.copy_uri:
+            put_file(Path(self.path), self.copy_uri)
 
     def after_report(self, run_context, metrics, checkpoint):
         if "fatal_error" in metrics[0]:
-            atomic_write_text(Path(self.path), json.dumps(metrics[0]) + "\n")
+            self.record(metrics[0])
 
 
-def fatal_reason(path: Path) -> str | None:
-    """The reason recorded by FatalReason in `path`, if any."""
-    if not path.exists():
+def fatal_reason(path: Path, copy_uri: str | None = None) -> str | None:
+    """The reason recorded by FatalReason in `path` (fetched there from `copy_uri` when only the
+    storage has it), if any."""
+    if not path.exists() and not (copy_uri and get_file(copy_uri, path)):
         return None
     return json.loads(path.read_text())["fatal_error"]
 
