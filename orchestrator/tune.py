@@ -23,6 +23,7 @@ weight). The trials' OOF stays a score on the labelled tiles.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -67,7 +68,6 @@ from orchestrator.storage import (
     check_storage_writable,
     checkpoint_at,
     get_file,
-    is_uri,
     join,
     latest_checkpoint,
     put_file,
@@ -270,20 +270,23 @@ def format_params(cfg: dict) -> str:
 class CheckpointPruner(tune.Callback):
     """A stopped or finished trial keeps only its last k-fold checkpoint, without optimizer state:
     all that its ensemble needs (train.keep_checkpoints=0 keeps everything). Errored trials are left
-    whole, since --resume retries them."""
+    whole, since --resume retries them. `trials_root` is a local path or a storage URI (s3://...):
+    pruned through the same pyarrow filesystem either way (Ray Train's own num_to_keep only bounds
+    a run while it trains)."""
 
-    def __init__(self, trials_root: Path, k: int):
-        self.root, self.k = trials_root, k
+    def __init__(self, trials_root: str, k: int):
+        self.root, self.k = str(trials_root), k
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_dir = self.root / trial_run_name(trial.config["study_trial"])
+        run_dir = join(self.root, trial_run_name(trial.config["study_trial"]))
         try:
             kept, freed = prune_run_checkpoints(run_dir, self.k)
         except (OSError, ValueError) as err:  # e.g. a checkpoint still being written when ASHA stopped it
             print(f"{trial.trial_id:<14}checkpoints left as they are ({err})", flush=True)
             return
         if kept is not None:
-            print(f"{trial.trial_id:<14}kept {kept.name} ({freed / 1e6:.0f} MB freed)", flush=True)
+            name = str(kept).rsplit("/", 1)[-1]
+            print(f"{trial.trial_id:<14}kept {name} ({freed / 1e6:.0f} MB freed)", flush=True)
 
 
 def trials_per_wave(config: Config, one_run: FoldResources, capacity: Capacity) -> int:
@@ -536,36 +539,39 @@ def main(argv: list[str] | None = None) -> int:
         ),
         driver,
     )
-    if args.resume:
-        with resumed_into(out):  # the searcher, stopper and callbacks Tune pickled work in this --out
+    # On --resume, Tune unpickles the searcher and callbacks (tuner.pkl, in Tuner.restore) and the
+    # stopper (its experiment state, in fit): inside `resumed_into` they work in this --out, which
+    # may be a new one (the first run folder lost, the study rebuilt from the storage)
+    with resumed_into(out) if args.resume else contextlib.nullcontext():
+        if args.resume:
             tuner = tune.Tuner.restore(
                 **restore_args(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
             )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=make_searcher(config, out, run_storage),
-                scheduler=make_scheduler(config),
-                num_samples=config.search.trials,
-                max_concurrent_trials=waves,
-                metric=METRIC,
-                mode="max",
-            ),
-            run_config=tune.RunConfig(
-                name="search",
-                **ray_storage(storage),
-                verbose=0,
-                stop=StudyStopper(out.resolve(), STUDY_NAME),
-                callbacks=[ProgressTable(config.train.epochs, config.data.folds, out.resolve())]
-                + (
-                    [CheckpointPruner(Path(trials_storage), config.data.folds)]
-                    if config.train.keep_checkpoints and not is_uri(trials_storage)  # local or mounted
-                    else []
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=make_searcher(config, out, run_storage),
+                    scheduler=make_scheduler(config),
+                    num_samples=config.search.trials,
+                    max_concurrent_trials=waves,
+                    metric=METRIC,
+                    mode="max",
                 ),
-            ),
-        )
-    results = tuner.fit()
+                run_config=tune.RunConfig(
+                    name="search",
+                    **ray_storage(storage),
+                    verbose=0,
+                    stop=StudyStopper(out.resolve(), STUDY_NAME),
+                    callbacks=[ProgressTable(config.train.epochs, config.data.folds, out.resolve())]
+                    + (
+                        [CheckpointPruner(trials_storage, config.data.folds)]
+                        if config.train.keep_checkpoints
+                        else []
+                    ),
+                ),
+            )
+        results = tuner.fit()
     console.end_live_view()  # every trial's result came through ProgressTable
     study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
     stale = close_stale(study, {r.config.get("study_trial") for r in results})
