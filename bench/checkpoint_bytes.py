@@ -1,6 +1,9 @@
 """Checkpoint economy: bytes per fold checkpoint and per Tune trial, before and after (issue 9).
 
     python -m bench.checkpoint_bytes --out bench/checkpoint_bytes.json
+    python -m bench.checkpoint_bytes --s3 [--repo DIR --label before]   # a tiny search on moto S3
+
+(--s3: bench/checkpoint_s3.py, bytes uploaded per trial and objects left in the bucket.)
 
 For each recipe (configs/tgs.yaml: ResNet34 U-Net width 1.0; configs/cpu.yaml: width 0.125) it builds the
 real model and a real Adam state (one optimizer step), writes the fold checkpoint files the way the
@@ -165,8 +168,27 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.checkpoint_bytes", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--out", default="bench/checkpoint_bytes.json")
+    parser.add_argument(
+        "--out", default=None, help="default bench/checkpoint_bytes.json (--s3: checkpoint_s3.json)"
+    )
+    parser.add_argument(
+        "--s3", action="store_true", help="measure a tiny search on a moto S3 server (bench/checkpoint_s3.py)"
+    )
+    parser.add_argument(
+        "--repo", default=None, help="--s3: the checkout to run the search from (default: this one)"
+    )
+    parser.add_argument("--label", default="after", help="--s3: the name of this measurement in the JSON")
     args = parser.parse_args(argv)
+    if args.s3:
+        from bench import checkpoint_s3
+
+        out = Path(args.out or "bench/checkpoint_s3.json")
+        result = checkpoint_s3.run(Path(args.repo or checkpoint_s3.REPO).resolve(), args.label)
+        kept = [r for r in (json.loads(out.read_text()) if out.exists() else []) if r["label"] != args.label]
+        atomic_write_text(out, json.dumps([*kept, result], indent=2) + "\n")
+        print(f"results in {out}")
+        return 0
+    args.out = args.out or "bench/checkpoint_bytes.json"
     results = [
         measure(
             "ResNet34 U-Net width 1.0 (configs/tgs.yaml)",

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import torch.distributed as dist
@@ -38,7 +38,15 @@ from orchestrator import console
 from orchestrator.faults import DETERMINISTIC, RunFailed, inject
 from orchestrator.resume import ResumeFailed, pick_resume, read_fold
 from orchestrator.runtime import FoldResources, worker_device
-from orchestrator.storage import checkpoints_before, ray_storage
+from orchestrator.storage import (
+    checkpoints_before,
+    filesystem,
+    get_file,
+    is_uri,
+    join,
+    put_file,
+    ray_storage,
+)
 from orchestrator.tensorboard import FoldCurves
 from salt_model.config import Config
 from salt_model.cv import cross_validate
@@ -190,23 +198,30 @@ class _Stop(Exception):
 
 
 class FatalReason(UserCallback):
-    """Keeps a deterministic failure's reason: `path` (a JSON file in the run folder) gets it.
+    """Keeps a deterministic failure's reason: `path` (a JSON file in the run folder) gets it, and
+    `copy_uri` (in --storage, if given) a copy, so that a resume into a new run folder still knows it.
 
     Train's Result holds only checkpointed reports, so the reason travels through this file; the
     driver raises RunFailed from it after fit(), and a Tune trial's searcher records it.
     """
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, path: str, copy_uri: str | None = None):
+        self.path, self.copy_uri = path, copy_uri
+
+    def record(self, metrics: dict) -> None:
+        atomic_write_text(Path(self.path), json.dumps(metrics) + "\n")
+        if self.copy_uri:
+            put_file(Path(self.path), self.copy_uri)
 
     def after_report(self, run_context, metrics, checkpoint):
         if "fatal_error" in metrics[0]:
-            atomic_write_text(Path(self.path), json.dumps(metrics[0]) + "\n")
+            self.record(metrics[0])
 
 
-def fatal_reason(path: Path) -> str | None:
-    """The reason recorded by FatalReason in `path`, if any."""
-    if not path.exists():
+def fatal_reason(path: Path, copy_uri: str | None = None) -> str | None:
+    """The reason recorded by FatalReason in `path` (fetched there from `copy_uri` when only the
+    storage has it), if any."""
+    if not path.exists() and not (copy_uri and get_file(copy_uri, path)):
         return None
     return json.loads(path.read_text())["fatal_error"]
 
@@ -344,25 +359,54 @@ def collect_folds(
     return KFoldResult(scores, epochs, cv, oof_probs, oof_empty, histories, paths)
 
 
-def prune_run_checkpoints(run_dir: Path, k: int) -> tuple[Path | None, int]:
+def prune_run_checkpoints(run_dir: str | Path, k: int) -> tuple[str | Path | None, int]:
     """A stopped or finished k-fold run keeps only its newest complete checkpoint, stripped of the
-    optimizer state (engine.strip_resume_state). Returns (the kept checkpoint, bytes freed)."""
-    checkpoints = sorted(p for p in Path(run_dir).glob("checkpoint_*") if p.is_dir())  # timestamps
-    complete = [
-        c
-        for c in checkpoints
-        if all((c / checkpoint_name(r)).is_file() and (c / members_name(r)).is_file() for r in range(k))
-    ]
+    optimizer state (engine.strip_resume_state). `run_dir` is a local path or a storage URI (s3://...),
+    pruned through the pyarrow filesystem Ray wrote it with. Returns (the kept checkpoint, bytes freed)."""
+    fs, inner = filesystem(str(run_dir))
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    names = sorted(
+        i.base_name
+        for i in infos
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+    )
+    files = {  # checkpoint name -> {file name: bytes}
+        name: {
+            i.path.rsplit("/", 1)[-1]: i.size
+            for i in fs.get_file_info(pafs.FileSelector(f"{inner.rstrip('/')}/{name}", recursive=True))
+            if i.type == pafs.FileType.File
+        }
+        for name in names
+    }
+    wanted = {n for r in range(k) for n in (checkpoint_name(r), members_name(r))}
+    complete = [name for name in names if wanted <= set(files[name])]  # names are timestamps
     if not complete:
         return None, 0
     keep, freed = complete[-1], 0
-    for path in checkpoints:
-        if path != keep:
-            freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            shutil.rmtree(path)
+    for name in names:
+        if name != keep:
+            freed += sum(files[name].values())
+            fs.delete_dir(f"{inner.rstrip('/')}/{name}")
+    kept = f"{inner.rstrip('/')}/{keep}"
     for fold in range(k):
-        freed += strip_resume_state(keep / checkpoint_name(fold))
-    return keep, freed
+        freed += _strip_on(fs, f"{kept}/{checkpoint_name(fold)}")
+    return (join(str(run_dir), keep) if is_uri(str(run_dir)) else Path(run_dir) / keep), freed
+
+
+def _strip_on(fs: pafs.FileSystem, path: str) -> int:
+    """strip_resume_state on a file of `fs`: in place on a local disk, else downloaded, stripped and
+    uploaded again (only when it shrank)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return strip_resume_state(path)
+    with tempfile.TemporaryDirectory(prefix="salt-strip-") as local:
+        copy = Path(local) / path.rsplit("/", 1)[-1]
+        with fs.open_input_stream(path) as f:
+            copy.write_bytes(f.readall())
+        saved = strip_resume_state(copy)
+        if saved > 0:
+            with fs.open_output_stream(path) as f:
+                f.write(copy.read_bytes())
+    return saved
 
 
 def run_name_for(out: Path) -> str:

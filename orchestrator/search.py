@@ -18,11 +18,24 @@ duplicating: a study trial Tune does not know is ADOPTED by the next trial Tune 
 same k-fold run, so its checkpoints are resumed, not retrained), a trial already finished in the study
 is never told twice (`skip_if_finished`), and `StudyStopper` stops a resumed trial at the epoch the
 study already recorded it at, so Tune and the study agree on where every trial ended.
+
+The study is also part of the searcher's saved state: every Tune save (`save`) holds a snapshot of
+OUT/optuna.db (SQLite's backup API, compressed), and Tune copies its experiment folder, this state
+included, to --storage. `--resume --out NEW --storage S3` after the head's disk is lost rebuilds
+NEW/optuna.db from the snapshot (`restore`), consistent with the trial states saved with it. The
+driver-side objects Tune pickled with the search (searcher, stopper, callbacks) are unpickled inside
+`resumed_into(NEW)` and then work in NEW, not in the folder they were created in.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import pickle
+import sqlite3
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -31,9 +44,62 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from salt_model.config import Config, SearchConfig
+from salt_model.io import atomic_write
 from salt_model.schedules import cycle_end_epochs
 
 METRIC = "best_val_map"  # mean over folds of each fold's best held-out competition metric so far
+STUDY_FILE = "optuna.db"  # the Optuna study in the run folder
+
+
+def study_url(out: Path) -> str:
+    """The Optuna study's SQLite storage in the run folder `out`."""
+    return f"sqlite:///{(Path(out) / STUDY_FILE).resolve()}"
+
+
+_resumed_out: contextvars.ContextVar[Path | None] = contextvars.ContextVar("resumed_out", default=None)
+
+
+@contextlib.contextmanager
+def resumed_into(out: Path) -> Iterator[None]:
+    """Objects with the `InRunFolder` mixin unpickled in this block (by Tuner.restore, from the
+    search's tuner.pkl) take `out` as their run folder instead of the one they were pickled with."""
+    token = _resumed_out.set(Path(out).resolve())
+    try:
+        yield
+    finally:
+        _resumed_out.reset(token)
+
+
+class InRunFolder:
+    """A driver-side object of the search that reads or writes the run folder `self.out`."""
+
+    out: Path | None
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        moved = _resumed_out.get()
+        if moved is not None and self.out is not None:
+            self.out = moved
+
+
+def study_snapshot(db: Path) -> bytes | None:
+    """A consistent copy of the SQLite file `db` (backup API), zlib-compressed; None if absent."""
+    if not db.exists():
+        return None
+    source, copy = sqlite3.connect(db), sqlite3.connect(":memory:")
+    try:
+        source.backup(copy)
+        return zlib.compress(copy.serialize())
+    finally:
+        source.close()
+        copy.close()
+
+
+def rebuild_study(db: Path, snapshot: bytes) -> None:
+    """Writes `db` from a `study_snapshot` (atomically)."""
+    data = zlib.decompress(snapshot)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(db, lambda tmp: tmp.write_bytes(data))
 
 
 def define_space(trial: optuna.Trial, search: SearchConfig, epochs: int) -> None:
@@ -113,11 +179,12 @@ def live_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.
     return optuna.Trial(study, frozen._trial_id)
 
 
-class PruningOptunaSearch(Searcher):
+class PruningOptunaSearch(InRunFolder, Searcher):
     """Define-by-run Optuna search for Tune; ASHA-stopped trials are PRUNED; safe to resume after a kill.
 
-    `failure_reason(number)` returns why a trial failed deterministically (or None); it becomes the
-    FAIL trial's `fail_reason` user attribute.
+    The study lives in `out`/optuna.db (in memory when `out` is None). `failure_reason(number)` returns
+    why a trial failed deterministically (or None); it becomes the FAIL trial's `fail_reason` user
+    attribute.
     """
 
     def __init__(
@@ -126,17 +193,21 @@ class PruningOptunaSearch(Searcher):
         metric: str,
         mode: str,
         epochs: int,
-        storage: str | None = None,
+        out: Path | None = None,
         study_name: str = "tune",
         seed: int | None = None,
         failure_reason=None,
     ):
         super().__init__(metric=metric, mode=mode)
-        self.space, self.epochs, self.storage, self.study_name = space, epochs, storage, study_name
+        self.space, self.epochs, self.out, self.study_name = space, epochs, out, study_name
         self.sampler = optuna.samplers.TPESampler(seed=seed)  # saved with the searcher (its RNG state)
         self.failure_reason = failure_reason
         self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._study: optuna.Study | None = None
+
+    @property
+    def storage(self) -> str | None:
+        return study_url(self.out) if self.out is not None else None
 
     @property
     def study(self) -> optuna.Study:
@@ -193,17 +264,30 @@ class PruningOptunaSearch(Searcher):
         fail(self.study, self._trial(number), reason)
 
     def save(self, checkpoint_path: str) -> None:
+        """Tune's save (on its timer, into the experiment folder it copies to --storage): the trial
+        map, the sampler (its RNG state) and a snapshot of the study as of this save."""
+        study = study_snapshot(Path(self.out) / STUDY_FILE) if self.out is not None else None
         with open(checkpoint_path, "wb") as f:
-            pickle.dump({"numbers": self.numbers, "sampler": self.sampler}, f)
+            pickle.dump({"numbers": self.numbers, "sampler": self.sampler, "study": study}, f)
 
     def restore(self, checkpoint_path: str) -> None:
+        """Tune's restore on --resume. A study file still in the run folder is kept (it may be ahead of
+        the save: the adoption above reconciles it); a missing one (a new --out) is rebuilt from the
+        snapshot, which matches the trial states Tune saved with it."""
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
         self.numbers, self.sampler, self._study = state["numbers"], state["sampler"], None
+        if self.out is not None and not (Path(self.out) / STUDY_FILE).exists():
+            if state.get("study") is None:
+                raise ValueError(
+                    f"--resume: {Path(self.out) / STUDY_FILE} is missing and the search's saved state "
+                    f"({checkpoint_path}) holds no snapshot of the study; resume with the --out it ran in"
+                )
+            rebuild_study(Path(self.out) / STUDY_FILE, state["study"])
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        if self.storage is not None:
+        if self.out is not None:
             state["_study"] = None  # reloaded from its storage
         return state
 
@@ -223,7 +307,7 @@ def close_stale(study: optuna.Study, known: set[int]) -> list[int]:
     return [t.number for t in stale]
 
 
-class StudyStopper(tune.Stopper):
+class StudyStopper(InRunFolder, tune.Stopper):
     """Stops a resumed trial at the epoch where the study already recorded it PRUNED or FAIL.
 
     After a driver kill, Tune resumes the trials its saved state had RUNNING; the study may already
@@ -231,8 +315,8 @@ class StudyStopper(tune.Stopper):
     would train such a trial on, and the study (PRUNED at epoch e) and Tune (ran to the end) disagree.
     """
 
-    def __init__(self, storage: str, study_name: str):
-        self.storage, self.study_name = storage, study_name
+    def __init__(self, out: Path, study_name: str):
+        self.out, self.study_name = Path(out), study_name
         self._study: optuna.Study | None = None
 
     def __getstate__(self) -> dict:
@@ -243,7 +327,7 @@ class StudyStopper(tune.Stopper):
         if number is None:
             return False
         if self._study is None:
-            self._study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+            self._study = optuna.load_study(study_name=self.study_name, storage=study_url(self.out))
         frozen = self._study.trials[number]
         if frozen.state in (TrialState.PRUNED, TrialState.FAIL):
             last = max(frozen.intermediate_values, default=0)

@@ -4,7 +4,8 @@ Ray Train/Tune write their run state and the fold checkpoints there (`RunConfig(
 this module reads them back through the same pyarrow filesystem Ray uses, never by globbing a node's
 local disk (on a cluster the checkpoints were written by workers on other nodes). pyarrow's S3
 filesystem honours AWS_ENDPOINT_URL (an S3-compatible server such as MinIO or moto). Outputs meant
-for the user (cv.json, submission.csv, trials.csv) stay in --out on the driver's machine.
+for the user (cv.json, submission.csv, trials.csv) stay in --out on the driver's machine; what a
+search's `--resume` reads from --out is copied here too (`put_file` / `get_file`, see orchestrator.tune).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 from ray.train import Checkpoint
+
+from salt_model.io import atomic_write
 
 
 def is_uri(storage: str) -> bool:
@@ -146,3 +149,27 @@ def checkpoints_before(checkpoint: Checkpoint) -> list[Checkpoint]:
         reverse=True,
     )
     return [Checkpoint(f"{parent}/{n}", filesystem=fs) for n in older]
+
+
+def put_file(local: Path, uri: str) -> None:
+    """Copies the local file `local` to `uri` (a URI or a local path), replacing what is there."""
+    fs, inner = filesystem(uri)
+    parent = inner.rsplit("/", 1)[0]
+    try:
+        fs.create_dir(parent, recursive=True)
+        with fs.open_output_stream(inner) as f:  # S3: one PutObject, visible only once complete
+            f.write(Path(local).read_bytes())
+    except OSError as error:
+        raise OSError(f"cannot copy {local} to {uri}: {error}") from error
+
+
+def get_file(uri: str, local: Path) -> bool:
+    """Copies `uri` to the local file `local` (atomically); False when `uri` does not exist."""
+    fs, inner = filesystem(uri)
+    if fs.get_file_info(inner).type != pafs.FileType.File:
+        return False
+    with fs.open_input_stream(inner) as f:
+        data = f.readall()
+    Path(local).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(local), lambda tmp: tmp.write_bytes(data))
+    return True

@@ -23,6 +23,7 @@ weight). The trials' OOF stays a score on the labelled tiles.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -54,19 +55,23 @@ from orchestrator.packing import GpuPlan
 from orchestrator.runtime import FoldResources, default_gpus_per_fold, fold_resources, init_ray, requested
 from orchestrator.search import (
     METRIC,
+    InRunFolder,
     PruningOptunaSearch,
     StudyStopper,
     close_stale,
     define_space,
+    resumed_into,
+    study_url,
     trial_config,
     trial_run_name,
 )
 from orchestrator.storage import (
     check_storage_writable,
     checkpoint_at,
-    is_uri,
+    get_file,
     join,
     latest_checkpoint,
+    put_file,
     ray_storage,
     storage_root,
 )
@@ -82,6 +87,7 @@ from salt_model.postprocess import Thresholds
 from salt_model.pseudo import PseudoLabels, select_pseudo_labels
 
 PSEUDO_FROM = "pseudo_from.txt"  # the --pseudo-from run of a search, so --resume keeps using it
+RUN_FILES = ("config.json", "folds.csv", PSEUDO_FROM)  # what --resume reads from --out, kept in STORAGE/run
 DRIVER_RESOURCE = "tune_driver"  # a trial's driver holds one of these and no CPU
 STUDY_NAME = "salt-orchestrator"
 INTERNAL = ["params", "checkpoint_path"]  # trial-table columns kept out of trials.csv
@@ -102,8 +108,20 @@ def failure_file(out: Path, number: int) -> Path:
     return out / "failures" / f"{trial_run_name(number)}.json"
 
 
-def trial_failure_reason(out: Path, number: int) -> str | None:
-    return fatal_reason(failure_file(out, number))
+def failure_uri(run_storage: str | None, number: int) -> str | None:
+    """The copy of `failure_file` in STORAGE/run (None without --storage)."""
+    return join(run_storage, "failures", f"{trial_run_name(number)}.json") if run_storage else None
+
+
+@dataclasses.dataclass
+class FailureRecords(InRunFolder):
+    """The searcher's `failure_reason`: a trial's recorded deterministic failure, from OUT or STORAGE."""
+
+    out: Path
+    run_storage: str | None = None
+
+    def __call__(self, number: int) -> str | None:
+        return fatal_reason(failure_file(self.out, number), failure_uri(self.run_storage, number))
 
 
 def pruned_at(out: Path, number: int) -> tuple[int, float] | None:
@@ -130,23 +148,25 @@ def kfold_trial(
     max_failures: int,
     out: str,
     pseudo_refs: list | None = None,
+    run_storage: str | None = None,
 ) -> None:
     """One Tune trial: a k-fold Ray Train run whose rank-0 reports (fold means) go to Tune.
 
     `pseudo_refs`: [ref of PseudoSource] with --pseudo-from; the trial picks its tiles by its own rule.
+    `run_storage`: STORAGE/run with --storage, where a deterministic failure's record is copied.
 
     The run is named after the Optuna trial number, so a trial resumed or adopted after a driver kill
     continues the same k-fold checkpoints. A deterministic failure (faults.RunFailed) is raised at
     once, and again at once if --resume restarts the trial: it is never retrained.
     """
     number = params["study_trial"]
-    failed = failure_file(Path(out), number)
-    if fatal_reason(failed) is not None:
+    failed, failed_uri = failure_file(Path(out), number), failure_uri(run_storage, number)
+    if fatal_reason(failed, failed_uri) is not None:  # also after a resume into a new --out
         raise RunFailed(f"trial {number} failed before: {fatal_reason(failed)}")
     try:
         config = trial_config(Config.from_dict(base, source="base config"), params)
     except ValueError as err:  # a sampled value the config refuses: deterministic, recorded
-        atomic_write_text(failed, json.dumps({"fatal_error": f"config: {err}"}) + "\n")
+        FatalReason(str(failed), failed_uri).record({"fatal_error": f"config: {err}"})
         raise RunFailed(f"trial {number}: config: {err}") from None
     pruned = pruned_at(Path(out), number)
     if pruned is not None:
@@ -167,7 +187,7 @@ def kfold_trial(
         storage,
         run_name=run_name,
         max_failures=max_failures,
-        callbacks=[TrialReport(), FailureNotice(), FatalReason(str(failed))],
+        callbacks=[TrialReport(), FailureNotice(), FatalReason(str(failed), failed_uri)],
         inject_failure=trial_fault(number),  # test hook (tests/conftest.py, test_faults_driver.py)
         trial=tune.get_context().get_trial_id(),
         eval_at=tuple(asha_rungs(config.search, config.train.epochs)),  # ASHA compares trials there
@@ -180,7 +200,7 @@ def kfold_trial(
         raise result.error
 
 
-class ProgressTable(tune.Callback):
+class ProgressTable(InRunFolder, tune.Callback):
     """The search's live view: each trial's folds per epoch on the console, in OUT/progress.jsonl (one
     line per trial epoch) and in OUT/tensorboard/trial-ID/fold_{r}; pruned and failed trials in one line."""
 
@@ -251,20 +271,23 @@ def format_params(cfg: dict) -> str:
 class CheckpointPruner(tune.Callback):
     """A stopped or finished trial keeps only its last k-fold checkpoint, without optimizer state:
     all that its ensemble needs (train.keep_checkpoints=0 keeps everything). Errored trials are left
-    whole, since --resume retries them."""
+    whole, since --resume retries them. `trials_root` is a local path or a storage URI (s3://...):
+    pruned through the same pyarrow filesystem either way (Ray Train's own num_to_keep only bounds
+    a run while it trains)."""
 
-    def __init__(self, trials_root: Path, k: int):
-        self.root, self.k = trials_root, k
+    def __init__(self, trials_root: str, k: int):
+        self.root, self.k = str(trials_root), k
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_dir = self.root / trial_run_name(trial.config["study_trial"])
+        run_dir = join(self.root, trial_run_name(trial.config["study_trial"]))
         try:
             kept, freed = prune_run_checkpoints(run_dir, self.k)
         except (OSError, ValueError) as err:  # e.g. a checkpoint still being written when ASHA stopped it
             print(f"{trial.trial_id:<14}checkpoints left as they are ({err})", flush=True)
             return
         if kept is not None:
-            print(f"{trial.trial_id:<14}kept {kept.name} ({freed / 1e6:.0f} MB freed)", flush=True)
+            name = str(kept).rsplit("/", 1)[-1]
+            print(f"{trial.trial_id:<14}kept {name} ({freed / 1e6:.0f} MB freed)", flush=True)
 
 
 def trials_per_wave(config: Config, one_run: FoldResources, capacity: Capacity) -> int:
@@ -292,22 +315,33 @@ def trial_resources(capacity: Capacity) -> dict:
     )
 
 
-def study_url(out: Path) -> str:
-    """The Optuna study's SQLite storage in the run folder."""
-    return f"sqlite:///{(out / 'optuna.db').resolve()}"
-
-
-def make_searcher(config: Config, out: Path) -> PruningOptunaSearch:
+def make_searcher(config: Config, out: Path, run_storage: str | None) -> PruningOptunaSearch:
     return PruningOptunaSearch(
         functools.partial(define_space, search=config.search, epochs=config.train.epochs),
         metric=METRIC,
         mode="max",
-        storage=study_url(out),
+        out=out.resolve(),
         study_name=STUDY_NAME,
         seed=config.search.seed,
         epochs=config.train.epochs,
-        failure_reason=functools.partial(trial_failure_reason, out.resolve()),
+        failure_reason=FailureRecords(out.resolve(), run_storage),
     )
+
+
+def keep_run_files(out: Path, run_storage: str | None) -> None:
+    """Copies RUN_FILES that exist in `out` to STORAGE/run (with --storage): --resume needs them."""
+    for name in RUN_FILES if run_storage else ():
+        if (out / name).exists():
+            put_file(out / name, join(run_storage, name))
+
+
+def fetch_run_files(out: Path, run_storage: str | None) -> list[str]:
+    """On --resume: RUN_FILES missing from `out` (a new --out) are copied back from STORAGE/run."""
+    fetched = []
+    for name in RUN_FILES if run_storage else ():
+        if not (out / name).exists() and get_file(join(run_storage, name), out / name):
+            fetched.append(name)
+    return fetched
 
 
 def make_scheduler(config: Config) -> ASHAScheduler | None:
@@ -402,12 +436,25 @@ def main(argv: list[str] | None = None) -> int:
     storage = storage_root(args.storage, out / "tune")
     experiment = join(storage, "search")  # Ray Tune's experiment state
     trials_storage = join(storage, "trials") if args.storage else str((out / "trials").resolve())
+    run_storage = join(storage, "run") if args.storage else None  # copies of what --resume reads in OUT
     start = time.perf_counter()
 
     if args.resume:
         if not tune.Tuner.can_restore(**restore_args(experiment)):
             raise ValueError(
                 f"--resume: no interrupted search in {out} (no {experiment}; pass the --storage it ran with)"
+            )
+        fetched = fetch_run_files(out, run_storage)
+        if fetched:
+            print(f"--resume: {', '.join(fetched)} copied into {out} from {run_storage}")
+        if not (out / "config.json").exists():
+            raise ValueError(
+                f"--resume: no {out / 'config.json'}"
+                + (
+                    f" and none in {run_storage}"
+                    if run_storage
+                    else "; pass the --storage the search ran with"
+                )
             )
         config = load_config(out / "config.json")  # the search goes on with the config it started with
         ignored = [
@@ -449,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     data, folds = prepare_run(config, root, out)
     if pseudo_from is not None:
         atomic_write_text(out / PSEUDO_FROM, f"{pseudo_from.resolve()}\n")
+    check_storage_writable(storage)
+    keep_run_files(out, run_storage)
     console.setup(out, args.verbose, config.train.epochs, config.data.folds)
     attached = init_ray(args.address, resources={DRIVER_RESOURCE: 64})  # resources only for a new local Ray
     capacity = cluster_capacity(args.cluster_config, attached)
@@ -460,7 +509,6 @@ def main(argv: list[str] | None = None) -> int:
     one_run = fold_resources(k, cpus, gpus, capacity=capacity)
     waves = trials_per_wave(config, one_run, capacity)
     resources = fold_resources(k, cpus, one_run.gpus, waves, capacity=capacity)
-    check_storage_writable(storage)
     print(
         f"data {root}: {len(data)} tiles | {config.search.trials} trials x {config.data.folds} folds x "
         f"{config.train.epochs} epochs | {waves} trial(s) at once, fold workers {resources.as_dict()}"
@@ -492,38 +540,43 @@ def main(argv: list[str] | None = None) -> int:
             max_failures=args.max_failures,
             out=str(out.resolve()),
             pseudo_refs=pseudo_refs,
+            run_storage=run_storage,
         ),
         driver,
     )
-    if args.resume:
-        tuner = tune.Tuner.restore(
-            **restore_args(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
-        )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=make_searcher(config, out),
-                scheduler=make_scheduler(config),
-                num_samples=config.search.trials,
-                max_concurrent_trials=waves,
-                metric=METRIC,
-                mode="max",
-            ),
-            run_config=tune.RunConfig(
-                name="search",
-                **ray_storage(storage),
-                verbose=0,
-                stop=StudyStopper(study_url(out), STUDY_NAME),
-                callbacks=[ProgressTable(config.train.epochs, config.data.folds, out)]
-                + (
-                    [CheckpointPruner(Path(trials_storage), config.data.folds)]
-                    if config.train.keep_checkpoints and not is_uri(trials_storage)  # local or mounted
-                    else []
+    # On --resume, Tune unpickles the searcher and callbacks (tuner.pkl, in Tuner.restore) and the
+    # stopper (its experiment state, in fit): inside `resumed_into` they work in this --out, which
+    # may be a new one (the first run folder lost, the study rebuilt from the storage)
+    with resumed_into(out) if args.resume else contextlib.nullcontext():
+        if args.resume:
+            tuner = tune.Tuner.restore(
+                **restore_args(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=make_searcher(config, out, run_storage),
+                    scheduler=make_scheduler(config),
+                    num_samples=config.search.trials,
+                    max_concurrent_trials=waves,
+                    metric=METRIC,
+                    mode="max",
                 ),
-            ),
-        )
-    results = tuner.fit()
+                run_config=tune.RunConfig(
+                    name="search",
+                    **ray_storage(storage),
+                    verbose=0,
+                    stop=StudyStopper(out.resolve(), STUDY_NAME),
+                    callbacks=[ProgressTable(config.train.epochs, config.data.folds, out.resolve())]
+                    + (
+                        [CheckpointPruner(trials_storage, config.data.folds)]
+                        if config.train.keep_checkpoints
+                        else []
+                    ),
+                ),
+            )
+        results = tuner.fit()
     console.end_live_view()  # every trial's result came through ProgressTable
     study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
     stale = close_stale(study, {r.config.get("study_trial") for r in results})

@@ -1,16 +1,23 @@
 """One storage on a real S3 server (moto's server mode on 127.0.0.1, endpoint from AWS_ENDPOINT_URL,
 which pyarrow's S3 filesystem honours): Ray's run state and the fold checkpoints of `train` and `tune`
-go to the bucket, only the user outputs to --out, and a killed `train` resumes from the bucket."""
+go to the bucket, only the user outputs to --out, a killed `train` resumes from the bucket, and a
+killed `tune` resumes from the bucket alone into a new --out (the first one deleted)."""
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+import zlib
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +29,10 @@ from tests.cluster_helpers import (
     stop_group,
     stop_tmpdir_processes,
 )
-from tests.conftest import TINY, tiny_args
-from tests.processes import REPO, private_tmpdir
+from tests.conftest import SEARCH, TINY, check_run, records, tiny_args
+from tests.processes import REPO, private_tmpdir, run, start, stop
+from tests.test_faults_driver import read_until, trial_epochs
+from tests.test_tune import check_search_outputs
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.slow]
 
@@ -150,3 +159,88 @@ def test_tune_keeps_its_state_and_trials_in_the_bucket(s3, tiny_data_root, tmp_p
     assert_no_ray_state(out)
     assert (out / "submission.csv").exists() and len(list((out / "models").glob("fold_*.pt"))) == 2
     print("\ns3 tune keys:\n" + "\n".join(sorted(saved)))
+
+
+def saved_study(client, bucket: str, experiment: str):
+    """The study as the newest searcher state Tune saved in the bucket holds it, or None."""
+    import optuna
+
+    states = [
+        o
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=experiment)
+        for o in page.get("Contents", [])
+        if o["Key"].rsplit("/", 1)[-1].startswith("searcher-state-")
+    ]
+    if not states:
+        return None
+    newest = max(states, key=lambda o: o["LastModified"])
+    state = pickle.loads(client.get_object(Bucket=bucket, Key=newest["Key"])["Body"].read())
+    if state.get("study") is None:
+        return None
+    db = Path(tempfile.mkdtemp(prefix="saved-study", dir=os.environ.get("SALT_TEST_TMP"))) / "s.db"
+    db.write_bytes(zlib.decompress(state["study"]))
+    return optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{db}")
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(900)
+def test_a_killed_search_resumes_from_the_bucket_alone_into_a_new_out(s3, tiny_data_root, tmp_path):
+    env, client, bucket = s3
+    out, new = tmp_path / "first", tmp_path / "new"
+    storage = ["--storage", f"s3://{bucket}/lost-head"]
+    # 2 trials one after the other, no ASHA: trial 0 completes; trial 1's fold 0 holds before its
+    # epoch-2 report (epoch 1 reported and checkpointed in the bucket)
+    overrides = [*SEARCH, "search.trials=2", "search.early_stopping=false"]
+    held = tmp_path / "held"
+    faults = json.dumps([{"study_trial": 1, "fold": 0, "epoch": 2, "mode": "hold", "marker": str(held)}])
+    first_env = {**env, "RAY_TMPDIR": private_tmpdir(), "SALT_INJECT_FAULT": faults}
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestrator.tune",
+        *tiny_args(tiny_data_root, out, *storage, overrides=overrides),
+    ]
+
+    def saved_as_wanted(_lines) -> bool:  # Tune's last save (in the bucket) has trial 0 done, 1 running
+        study = held.exists() and saved_study(client, bucket, "lost-head/search/")
+        return (
+            bool(study)
+            and [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]
+            and set(study.trials[1].intermediate_values) == {1}
+        )
+
+    proc = start(cmd, first_env)
+    try:
+        lines = read_until(proc, saved_as_wanted, timeout=600)
+        time.sleep(3)  # the rest of that save's upload (Tune's experiment state beside it)
+    finally:
+        stop(proc, first_env["RAY_TMPDIR"])
+    assert saved_as_wanted(lines), "the kill point never came:\n" + "".join(lines[-40:])
+    before = records(out / "progress.jsonl")
+    old = {
+        t.number: dict(t.intermediate_values) for t in saved_study(client, bucket, "lost-head/search/").trials
+    }
+    shutil.rmtree(out)  # the head's disk is gone: only the bucket is left
+
+    resume_env = {**env, "RAY_TMPDIR": private_tmpdir(), "SALT_INJECT_FAULT": faults}
+    resumed = run(
+        [sys.executable, "-m", "orchestrator.tune", *tiny_args(tiny_data_root, new, *storage), "--resume"],
+        resume_env,
+        timeout=600,
+    )
+    check_run(resumed, "the search resumed into a new --out")
+    assert "config.json, folds.csv copied into" in resumed.stdout, resumed.stdout[-3000:]
+    after = records(new / "progress.jsonl")
+    table, study = check_search_outputs(new, tiny_data_root, trials=2)  # also submission.csv, cv.json
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    # the study in NEW holds what the lost one had: trial 0's three epochs, trial 1's first
+    assert study.trials[0].intermediate_values == old[0] and set(old[0]) == {1, 2, 3}
+    assert study.trials[1].intermediate_values[1] == old[1][1]
+    # trial 0 was not retrained; trial 1 went on from its epoch-1 checkpoint in the bucket
+    assert [p["epoch"] for p in trial_epochs(before, 0)] == [1, 2, 3]
+    assert trial_epochs(after, 0) == []
+    assert [p["epoch"] for p in trial_epochs(before, 1)] == [1]
+    assert [p["epoch"] for p in trial_epochs(after, 1)] == [2, 3]
+    assert all(trial_epochs(after, 1)[0][f"resumed_after_fold{r}"] == 1 for r in range(2))
+    assert len(list((new / "models").glob("fold_*.pt"))) == 2 and (new / "best_config.json").exists()
+    assert_no_ray_state(new)

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import functools
 import pickle
+import shutil
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from orchestrator.search import PruningOptunaSearch, StudyStopper, close_stale, define_space, live_trial
+from orchestrator.search import (
+    PruningOptunaSearch,
+    StudyStopper,
+    close_stale,
+    define_space,
+    live_trial,
+    resumed_into,
+)
 from salt_model.config import load_config
 
 EPOCHS = 4
@@ -26,7 +34,7 @@ def make(tmp_path, failure_reason=None):
         metric="best_val_map",
         mode="max",
         epochs=EPOCHS,
-        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        out=tmp_path,
         study_name="s",
         seed=0,
         failure_reason=failure_reason,
@@ -85,7 +93,7 @@ def test_a_resumed_search_adopts_orphans_and_never_tells_twice(tmp_path):
     assert d == c and d["study_trial"] == 2
     assert resumed.suggest("a") == a
 
-    stopper = StudyStopper(resumed.storage, "s")
+    stopper = StudyStopper(tmp_path, "s")
     # b resumed: the study already says PRUNED at epoch 2, so Tune stops it there
     assert stopper("b", {"config": b, "epoch": 2, "best_val_map": 0.3})
     assert not stopper("a", {"config": a, "epoch": 2, "best_val_map": 0.5})
@@ -124,3 +132,43 @@ def test_the_sampler_state_survives_a_restore(tmp_path, seed):
     state = saved(first, tmp_path)
     resumed = killed_and_restored(first, state, tmp_path)
     assert resumed.suggest("b")["lr"] != p0["lr"]
+
+
+def test_a_resume_into_a_new_run_folder_rebuilds_the_study_from_the_saved_state(tmp_path):
+    # Tune saves the searcher into its experiment folder (copied to --storage); with the first run
+    # folder gone, --resume --out NEW unpickles the searcher and stopper into NEW and rebuilds the study
+    first, new = tmp_path / "first", tmp_path / "new"
+    first.mkdir()
+    searcher = make(first)
+    a, b = searcher.suggest("a"), searcher.suggest("b")
+    for epoch in (1, 2):
+        searcher.on_trial_result("a", {"best_val_map": 0.1 * epoch, "epoch": epoch})
+    searcher.on_trial_complete("b", {"best_val_map": 0.05, "epoch": 1})  # ASHA stopped it at epoch 1
+    state = saved(searcher, tmp_path)
+    pickled = pickle.dumps((searcher, StudyStopper(first, "s")))
+    shutil.rmtree(first)
+
+    with resumed_into(new):  # what tune.main does around Tuner.restore
+        resumed, stopper = pickle.loads(pickled)
+    assert resumed.out == stopper.out == new.resolve()
+    path = tmp_path / "searcher-state.pkl"
+    path.write_bytes(state)
+    resumed.restore(str(path))
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{new / 'optuna.db'}").trials
+    assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.PRUNED]
+    assert trials[0].intermediate_values == {1: 0.1, 2: 0.2} and trials[1].intermediate_values == {1: 0.05}
+    assert resumed.suggest("a") == a  # the trial map came back too
+    assert stopper("b", {"config": b, "epoch": 1, "best_val_map": 0.05})  # reads the rebuilt study
+    resumed.on_trial_complete("a", {"best_val_map": 0.3, "epoch": EPOCHS})
+    assert resumed.study.trials[0].state == TrialState.COMPLETE and not first.exists()
+
+
+def test_a_resume_into_a_new_folder_without_a_study_snapshot_is_refused(tmp_path):
+    searcher = make(tmp_path / "first")  # its folder never had a study: the state has no snapshot
+    searcher.numbers = {"a": 0}
+    path = tmp_path / "state.pkl"
+    searcher.save(str(path))
+    with resumed_into(tmp_path / "new"):
+        resumed = pickle.loads(pickle.dumps(searcher))
+    with pytest.raises(ValueError, match=r"new/optuna.db is missing .* no snapshot of the study"):
+        resumed.restore(str(path))
