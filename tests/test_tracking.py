@@ -152,12 +152,12 @@ def describe(uri, out: Path) -> str:
         + str({k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.") or "git" in k}),
         "  artifacts: " + ", ".join(a.path for a in c.list_artifacts(parent.info.run_id)),
     ]
-    for key, run in sorted(children.items()):
-        metrics = sorted(run.data.metrics)
-        steps = [s for s, _ in history(uri, run.info.run_id, "val_map")]
+    for key, child in sorted(children.items()):
+        metrics = sorted(child.data.metrics)
+        steps = [s for s, _ in history(uri, child.info.run_id, "val_map")]
         lines.append(
-            f"  child {key} {run.info.run_name!r} {run.info.status} state={run.data.tags.get('state')} "
-            f"reason={run.data.tags.get('fail_reason', '')[:80]!r} params={dict(sorted(run.data.params.items()))} "
+            f"  child {key} {child.info.run_name!r} {child.info.status} state={child.data.tags.get('state')} "
+            f"reason={child.data.tags.get('fail_reason', '')[:80]!r} params={dict(sorted(child.data.params.items()))} "
             f"val_map steps {steps}; {len(metrics)} metrics: {', '.join(metrics)}"
         )
     return "\n".join(lines)
@@ -168,25 +168,27 @@ def test_a_search_logs_one_parent_and_one_child_per_trial_with_fold_metrics(mlfl
     out, _ = tracked_search
     parent, children = runs_of(mlflow_server, out)
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["train.epochs"] == str(SEARCH_EPOCHS) and parent.data.params["data.folds"] == "2"
+    assert (
+        parent.data.params["train.epochs"] == str(SEARCH_EPOCHS) and parent.data.params["data.folds"] == "2"
+    )
     assert parent.data.tags["command"] == "tune" and int(parent.data.tags["data_tiles"]) == 60
     assert parent.data.tags["data"].startswith("synthetic")
     assert len(parent.data.tags.get("mlflow.source.git.commit", "")) == 40
     assert sorted(children) == [f"trial_{n}" for n in range(TRIALS)]
     progress = records(out / "progress.jsonl")
-    for key, run in children.items():
+    for key, child in children.items():
         number = int(key.split("_")[1])
-        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.data.params["study_trial"] == str(number) and "lr" in run.data.params
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.params["study_trial"] == str(number) and "lr" in child.data.params
         epochs = sorted(
             {p["epoch"] for p in progress if p.get("study_trial") == number and not p.get("rereport")}
         )
         assert epochs, f"trial {number} reported nothing"
         for metric in ("val_map", "val_map_fold0", "val_map_fold1", "train_loss", "train_loss_fold1", "lr"):
-            assert [s for s, _ in history(mlflow_server, run.info.run_id, metric)] == epochs, (key, metric)
+            assert [s for s, _ in history(mlflow_server, child.info.run_id, metric)] == epochs, (key, metric)
         # the fold mean is the mean of the folds, epoch by epoch
-        folds = [dict(history(mlflow_server, run.info.run_id, f"val_map_fold{r}")) for r in range(2)]
-        for step, value in history(mlflow_server, run.info.run_id, "val_map"):
+        folds = [dict(history(mlflow_server, child.info.run_id, f"val_map_fold{r}")) for r in range(2)]
+        for step, value in history(mlflow_server, child.info.run_id, "val_map"):
             assert value == pytest.approx((folds[0][step] + folds[1][step]) / 2, abs=1e-6)
 
 
@@ -243,9 +245,11 @@ def test_a_killed_train_run_resumes_into_the_same_mlflow_runs(mlflow_server, tin
     state = out / "mlflow.json"
 
     def logged_two(lines) -> bool:  # two epochs in progress.jsonl and in MLflow
-        return len(records(progress)) >= 2 and state.exists() and json.loads(state.read_text()).get(
-            "lines", {}
-        ).get("kfold", 0) >= 2
+        return (
+            len(records(progress)) >= 2
+            and state.exists()
+            and json.loads(state.read_text()).get("lines", {}).get("kfold", 0) >= 2
+        )
 
     killed(cmd, logged_two)
     parent, children = runs_of(mlflow_server, out)
@@ -280,7 +284,9 @@ def test_an_unreachable_tracking_server_is_a_warning_and_the_run_goes_on(tiny_da
         MLFLOW_HTTP_REQUEST_TIMEOUT="2",
     )
     check_run(result, "orchestrator.train with an unreachable tracking server")
-    warnings = [line for line in result.stdout.splitlines() if "MLflow tracking at http://127.0.0.1:9" in line]
+    warnings = [
+        line for line in result.stdout.splitlines() if "MLflow tracking at http://127.0.0.1:9" in line
+    ]
     assert len(warnings) == 1 and warnings[0].startswith("warning:"), result.stdout[-2000:]
     assert (out / "submission.csv").exists()
     print(f"{warnings[0]} | run took {time.time() - started:.0f}s")
