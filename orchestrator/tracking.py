@@ -23,8 +23,10 @@ import contextlib
 import importlib.util
 import json
 import os
+import queue
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from orchestrator import console
@@ -110,15 +112,42 @@ class Tracker:
         self.experiment_id: str | None = None
         self._client = None
         self._lock = threading.RLock()
+        self._queue: queue.Queue | None = None
 
     def __getstate__(self):  # the Tune callback that holds it is pickled with the Tuner
         state = self.__dict__.copy()
-        state["_client"], state["_lock"] = None, None
+        state["_client"], state["_lock"], state["_queue"] = None, None, None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.RLock()
+
+    def submit(self, job) -> None:
+        """Runs job() on the tracker's own thread, in submission order: the Tune loop never waits on
+        the server."""
+        if not self.on:
+            return
+        if self._queue is None:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._send, name="mlflow-sender", daemon=True).start()
+        self._queue.put(job)
+
+    def _send(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                with self.guard() as on:
+                    if on:
+                        job()
+            finally:
+                self._queue.task_done()
+
+    def flush(self, timeout_s: float = 120.0) -> None:
+        """Waits (at most timeout_s) until every submitted job has run."""
+        deadline = time.time() + timeout_s
+        while self._queue is not None and self._queue.unfinished_tasks and time.time() < deadline:
+            time.sleep(0.1)
 
     @property
     def client(self):

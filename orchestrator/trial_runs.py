@@ -10,7 +10,9 @@ every trial under the command's parent run. Changed here, and why:
   (Ray's callback keeps it in memory only, so a restored search would open a new run);
 - the trial's final state is tagged: COMPLETE, PRUNED (ASHA stopped it before the last epoch) or FAIL
   with its reason; the Optuna study's state is tagged again after the search (tune.main);
-- any error is the tracker's one warning, never the search's (Ray's callback would raise into Tune).
+- every request runs on the tracker's own thread (Tracker.submit), so the Tune loop never waits on
+  the server, and any error is the tracker's one warning, never the search's (Ray's callback would
+  raise into Tune).
 Importing this module imports mlflow: tune.py imports it only when tracking is on.
 """
 
@@ -44,6 +46,9 @@ class TrialRuns(MLflowLoggerCallback):
                 super().setup(*args, **kwargs)
 
     def log_trial_start(self, trial):
+        self.tracker.submit(lambda: self._start(trial))
+
+    def _start(self, trial):
         if trial in self._trial_runs:
             return
         with self.tracker.guard() as on:
@@ -61,17 +66,21 @@ class TrialRuns(MLflowLoggerCallback):
             self.tracker.remember_child(key, run_id)
 
     def log_trial_result(self, iteration, trial, result):
-        self.tracker.log_epoch(self._trial_runs.get(trial), {**result, "time": result.get("timestamp", 0)})
+        record = {**result, "time": result.get("timestamp", 0)}
+        self.tracker.submit(lambda: self.tracker.log_epoch(self._trial_runs.get(trial), record))
 
     def log_trial_end(self, trial, failed: bool = False):
-        run_id = self._trial_runs.get(trial)
-        if run_id is None:
-            return
         epoch = (trial.last_result or {}).get("epoch", 0)
         if failed:
             state, reason = "FAIL", self.failure_reason(trial.config["study_trial"]) or error_line(trial)
         else:
             state, reason = ("COMPLETE" if epoch >= self.epochs else "PRUNED"), ""
+        self.tracker.submit(lambda: self._end(trial, failed, state, reason))
+
+    def _end(self, trial, failed: bool, state: str, reason: str):
+        run_id = self._trial_runs.get(trial)
+        if run_id is None:
+            return
         with self.tracker.guard() as on:
             if not on:
                 return
@@ -79,6 +88,10 @@ class TrialRuns(MLflowLoggerCallback):
             if reason:
                 self.tracker.client.set_tag(run_id, "fail_reason", reason[:5000])
             super().log_trial_end(trial, failed=failed)  # FINISHED or FAILED
+
+    def on_experiment_end(self, trials, **info):
+        self.tracker.flush()  # every trial's last epoch and final state are in before the command ends
+        super().on_experiment_end(trials, **info)
 
 
 def error_line(trial) -> str:
