@@ -159,9 +159,10 @@ class Tracker:
 
     def _off(self, err: BaseException) -> None:
         if self.on:
+            why = console.cause(err)
+            why = why if len(why) <= 200 else why[:200] + "..."
             console.say(
-                f"warning: MLflow tracking at {self.uri} is off for this run ({console.cause(err)}); "
-                "training goes on"
+                f"warning: MLflow tracking at {self.uri} is off for this run ({why}); training goes on"
             )
         self.on = False
 
