@@ -14,6 +14,7 @@ and, when the data has test images, submission.csv. Running the same command aga
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -29,6 +30,15 @@ from orchestrator.report import build as build_report
 from orchestrator.report import save_oof_truth
 from orchestrator.runtime import fold_resources, init_ray, requested
 from orchestrator.storage import check_storage_writable, storage_root
+from orchestrator.tracking import (
+    add_tracking_arg,
+    follow,
+    require_mlflow,
+    run_artifacts,
+    start_tracker,
+    tracked,
+    tracking_uri,
+)
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data import SaltData, has_test, load_split, resolve_data
@@ -164,8 +174,10 @@ def run_rounds(
     resources,
     max_failures: int,
     storage: str,
+    tracker=None,
 ) -> dict:
-    """Round 0 and config.pseudo.rounds pseudo-label rounds (orchestrator/rounds.py), each resumable."""
+    """Round 0 and config.pseudo.rounds pseudo-label rounds (orchestrator/rounds.py), each resumable;
+    with a tracker, each round's epochs go to its own MLflow child run."""
     test = load_split(root, "test")
     entries, summary = [], None
     for r in range(config.pseudo.rounds + 1):
@@ -194,10 +206,12 @@ def run_rounds(
                 if config.pseudo.init == "previous":
                     init = rounds.previous_weights(rounds.round_dir(out, r - 1), config.data.folds)
             console.restart_live_view(f"round {r} " if r else "")
-            result = run_kfold(
-                cfg, data, folds, folder, resources, max_failures=max_failures, storage=storage,
-                pseudo=None if labels is None else rounds.training_tiles(labels), init_states=init,
-            )  # fmt: skip
+            key = "kfold" if r == 0 else f"round_{r}"
+            with follow(tracker, key, f"round {r}", folder / "progress.jsonl"):
+                result = run_kfold(
+                    cfg, data, folds, folder, resources, max_failures=max_failures, storage=storage,
+                    pseudo=None if labels is None else rounds.training_tiles(labels), init_states=init,
+                )  # fmt: skip
             console.end_live_view(final_epoch=config.train.epochs)
             more = r < config.pseudo.rounds
             summary = finalize(
@@ -219,13 +233,24 @@ def run_rounds(
 
 
 def main(argv: list[str] | None = None) -> int:
+    with contextlib.ExitStack() as stack:  # holds the MLflow runs' end (FINISHED, FAILED, KILLED)
+        return _main(argv, stack)
+
+
+def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     parser = make_parser("python -m orchestrator.train", __doc__)
     add_config_args(parser)
     parser.add_argument("--out", required=True, help="run folder (re-use it to resume)")
     add_cluster_args(parser)
+    add_tracking_arg(parser)
     console.add_verbose_arg(parser)
     args = parser.parse_args(argv)
+    if args.mlflow:
+        args.overrides.append(f"tracking.mlflow_uri={args.mlflow}")
     config = config_from_args(args)
+    uri = tracking_uri(args.mlflow, config)
+    if uri:
+        require_mlflow(uri)  # before anything is written
     out = Path(args.out)
     start = time.perf_counter()
 
@@ -238,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     data, folds = prepare_run(config, root, out)
     print(f"data {root}: {len(data)} tiles, {config.data.folds} folds, {config.train.epochs} epochs")
     console.setup(out, args.verbose, config.train.epochs, config.data.folds)
+    tracker = stack.enter_context(tracked(start_tracker(uri, out, config, "train", root, len(data))))
     attached = init_ray(args.address)
     capacity = cluster_capacity(args.cluster_config, attached)
     gpus, cpus = requested(args, config.cluster)
@@ -252,13 +278,16 @@ def main(argv: list[str] | None = None) -> int:
         print(GpuPlan(1, config.data.folds, resources.gpus, capacity.max_total("GPU"), noun="run").line())
     if config.pseudo.rounds == 0:
         console.view().start("run")  # elapsed counts from here
-        result = run_kfold(
-            config, data, folds, out, resources, max_failures=args.max_failures, storage=storage
-        )
+        with follow(tracker, "kfold", "k-fold", out / "progress.jsonl"):
+            result = run_kfold(
+                config, data, folds, out, resources, max_failures=args.max_failures, storage=storage
+            )
         console.end_live_view(final_epoch=config.train.epochs)
         finalize(result, out, config, data, root)
     else:
-        run_rounds(config, data, folds, out, root, resources, args.max_failures, storage)
+        run_rounds(config, data, folds, out, root, resources, args.max_failures, storage, tracker)
+    if tracker is not None:
+        tracker.artifacts(run_artifacts(out))
     print(f"done in {time.perf_counter() - start:.0f}s; outputs in {out}")
     return 0
 

@@ -77,6 +77,15 @@ from orchestrator.storage import (
 )
 from orchestrator.storage import exists as storage_exists
 from orchestrator.tensorboard import FoldCurves
+from orchestrator.tracking import (
+    Tracker,
+    add_tracking_arg,
+    require_mlflow,
+    run_artifacts,
+    start_tracker,
+    tracked,
+    tracking_uri,
+)
 from orchestrator.train import add_cluster_args, finalize, prepare_run
 from salt_model.cadence import asha_grace, asha_rungs
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
@@ -411,7 +420,36 @@ def pseudo_run_summary(run: Path) -> dict:
     return json.loads((run / "cv.json").read_text())
 
 
+def trial_callbacks(tracker: Tracker | None, config: Config, out: Path, run_storage: str | None) -> list:
+    """Ray Tune's MLflowLoggerCallback (orchestrator/trial_runs.py) when tracking is on."""
+    if tracker is None:
+        return []
+    from orchestrator.trial_runs import TrialRuns  # imports mlflow
+
+    return [TrialRuns(tracker, config.train.epochs, FailureRecords(out.resolve(), run_storage))]
+
+
+def tag_trial_states(tracker: Tracker | None, table: pd.DataFrame) -> None:
+    """Each trial's run gets the Optuna study's final state (and its failure's reason) as tags."""
+    if tracker is None:
+        return
+    with tracker.guard() as on:
+        if not on:
+            return
+        for _, row in table.iterrows():
+            run_id = tracker.child_id(f"trial_{row['params']['study_trial']}")
+            if run_id is not None:
+                tracker.client.set_tag(run_id, "state", row["state"])
+                if row["fail_reason"]:
+                    tracker.client.set_tag(run_id, "fail_reason", str(row["fail_reason"])[:5000])
+
+
 def main(argv: list[str] | None = None) -> int:
+    with contextlib.ExitStack() as stack:  # holds the MLflow runs' end (FINISHED, FAILED, KILLED)
+        return _main(argv, stack)
+
+
+def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     parser = make_parser("python -m orchestrator.tune", __doc__)
     add_config_args(parser)
     parser.add_argument("--trials", type=int, default=None, help="number of trials (search.trials)")
@@ -426,8 +464,11 @@ def main(argv: list[str] | None = None) -> int:
         "trial adds to its training folds (with --set search.pseudo=true the rule and weight are searched)",
     )
     add_cluster_args(parser)
+    add_tracking_arg(parser)
     console.add_verbose_arg(parser)
     args = parser.parse_args(argv)
+    if args.mlflow and not args.resume:
+        args.overrides.append(f"tracking.mlflow_uri={args.mlflow}")
     if args.out is None:
         if args.resume:
             raise ValueError("--resume needs --out: the folder of the search to continue")
@@ -478,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.trials is not None:
             args.overrides.append(f"search.trials={args.trials}")
         config = config_from_args(args)
+    uri = tracking_uri(args.mlflow, config)
+    if uri:
+        require_mlflow(uri)  # before anything is written
     if args.config is None and args.data != "synthetic" and not args.resume:
         print(
             "note: no --config, so the small built-in default model is used; "
@@ -499,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     check_storage_writable(storage)
     keep_run_files(out, run_storage)
     console.setup(out, args.verbose, config.train.epochs, config.data.folds)
+    tracker = stack.enter_context(tracked(start_tracker(uri, out, config, "tune", root, len(data))))
     attached = init_ray(args.address, resources={DRIVER_RESOURCE: 64})  # resources only for a new local Ray
     capacity = cluster_capacity(args.cluster_config, attached)
     driver = trial_resources(capacity)
@@ -569,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
                     verbose=0,
                     stop=StudyStopper(out.resolve(), STUDY_NAME),
                     callbacks=[ProgressTable(config.train.epochs, config.data.folds, out.resolve())]
+                    + trial_callbacks(tracker, config, out, run_storage)
                     + (
                         [CheckpointPruner(trials_storage, config.data.folds)]
                         if config.train.keep_checkpoints
@@ -583,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print(f"note: study trial(s) {stale} were left RUNNING by an interrupted search; recorded as FAIL")
     table = trial_table(results, out)
+    tag_trial_states(tracker, table)
     finished = table[table["state"] != "FAIL"].dropna(subset=[METRIC])  # a failed trial is no ensemble
     if finished.empty:
         raise RuntimeError(f"no trial reported a result; see the trial logs under {out / 'tune'}")
@@ -611,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             **({"pseudo_from": str(pseudo_from.resolve())} if pseudo_from is not None else {}),
         },
     )
+    if tracker is not None:
+        tracker.artifacts(run_artifacts(out))
     print(f"search done in {time.perf_counter() - start:.0f}s; outputs in {out}")
     return 0
 

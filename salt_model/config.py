@@ -316,6 +316,18 @@ class PseudoConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking of orchestrator.train/tune (orchestrator/tracking.py); --mlflow URI wins."""
+
+    # "" = off | an MLflow tracking URI: http://host:5000, sqlite:///mlflow.db, a local folder
+    mlflow_uri: str = ""
+    experiment: str = "salt-orchestrator"  # the MLflow experiment of the runs (created when missing)
+
+    def validate(self) -> None:
+        _check("tracking.experiment", self.experiment, bool(self.experiment.strip()), "a non-empty name")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -325,6 +337,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         for section in SECTIONS:
@@ -428,6 +441,7 @@ SECTIONS: dict[str, type] = {
     "cluster": ClusterConfig,
     "pseudo": PseudoConfig,
     "decode": DecodeConfig,
+    "tracking": TrackingConfig,
 }
 
 
