@@ -1,25 +1,28 @@
 """A node preemption costs a resume, not a retry: a real 3-node Ray (ray.cluster_utils.Cluster: a head
 with no CPUs, two 2-CPU nodes), `orchestrator.train --max-failures 0` with 2 folds of 1 CPU, and, once
-epoch 1 is checkpointed, the node holding the folds is drained with reason PREEMPTION through Ray's
-own `ray drain-node` (what autoscaler v2 and a SIGTERM to `ray start --block` do on a reclaim). Ray
+epoch 1 is checkpointed, the instance metadata of the node holding the folds (a local HTTP server
+standing in for EC2's IMDSv2) announces a spot reclaim; orchestrator.spot_watch, watching it as on a
+cluster.yaml worker, drains that node with reason PREEMPTION through Ray's `ray drain-node`. Ray
 Train's preemption watcher sees the drain; after its deadline the folds restart on the other node from
 the last checkpoint, charged to --max-preemptions; with --max-failures 0 any retry counted there would
 end the run."""
 
 from __future__ import annotations
 
-import subprocess
+import calendar
+import json
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from orchestrator.runtime import cluster_wants_token
+from orchestrator.spot_watch import ACTION, drain_command, seconds_left
 from tests.cluster_helpers import read_jsonl, stop_tmpdir_processes
 from tests.conftest import TINY, tiny_args
 from tests.processes import child_env, private_tmpdir, start, stop
-
-pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.slow, pytest.mark.faults]
 
 EPOCHS = 6
 OVERRIDES = [o for o in TINY if not o.startswith(("data.folds", "train.epochs"))] + [
@@ -50,19 +53,44 @@ def three_nodes():
         mp.undo()
 
 
-def drain(address: str, node_id: str, env: dict, deadline_s: int) -> None:
-    """`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION` (Ray's CLI; token auth when needed)."""
-    if cluster_wants_token(address):
-        env = {**env, "RAY_AUTH_MODE": "token"}
-    cmd = [
-        sys.executable, "-m", "ray.scripts.scripts", "drain-node", f"--address={address}",
-        f"--node-id={node_id}", "--reason=DRAIN_NODE_REASON_PREEMPTION",
-        "--reason-message=spot instance reclaimed (test)", f"--deadline-remaining-seconds={deadline_s}",
-    ]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
+class FakeIMDS(BaseHTTPRequestHandler):
+    """IMDSv2 as EC2 serves it: a token on PUT, then spot/instance-action 404 until `notice` is set."""
+
+    notice: str | None = None
+
+    def do_PUT(self):
+        self._reply(200, "token-for-test")
+
+    def do_GET(self):
+        ok = self.path == ACTION and self.headers.get("X-aws-ec2-metadata-token") == "token-for-test"
+        if ok and FakeIMDS.notice:
+            self._reply(200, FakeIMDS.notice)
+        else:
+            self._reply(404, "Not Found")
+
+    def _reply(self, code: int, body: str) -> None:
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
 
 
+def test_the_notice_time_becomes_the_drain_deadline():
+    notice = json.dumps({"action": "terminate", "time": "2026-12-02T01:02:03Z"})
+    now = calendar.timegm(time.strptime("2026-12-02T01:00:03Z", "%Y-%m-%dT%H:%M:%SZ"))
+    assert seconds_left(notice, now=now) == 120
+    assert seconds_left(notice, now=now + 500) == 0
+    cmd = drain_command("10.0.0.1:6379", None, 120, notice)
+    assert "--reason=DRAIN_NODE_REASON_PREEMPTION" in cmd and "--deadline-remaining-seconds=120" in cmd
+    assert not any(c.startswith("--node-id") for c in cmd)  # this node
+
+
+@pytest.mark.ray
+@pytest.mark.cluster
+@pytest.mark.slow
+@pytest.mark.faults
 def test_a_drained_node_costs_a_resume_not_a_retry(three_nodes, tiny_data_root, tmp_path):
     cluster, tmpdir = three_nodes
     out = tmp_path / "run"
@@ -73,6 +101,10 @@ def test_a_drained_node_costs_a_resume_not_a_retry(three_nodes, tiny_data_root, 
         *("--address", cluster.address, "--cpus-per-fold", "1", "--max-failures", "0"),
         overrides=OVERRIDES,
     )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeIMDS)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    imds = f"http://127.0.0.1:{server.server_address[1]}"
+    FakeIMDS.notice = None
     proc = start([sys.executable, "-m", "orchestrator.train", *args], env, merge_stderr=False)
     try:
         deadline = time.time() + 300
@@ -82,10 +114,20 @@ def test_a_drained_node_costs_a_resume_not_a_retry(three_nodes, tiny_data_root, 
         first = read_jsonl(out / "progress.jsonl")[0]
         drained = first["node_fold0"]
         assert first["node_fold1"] == drained  # PACK: both folds on one node
-        drain(cluster.address, drained, env, deadline_s=3)
+        watch = start(
+            [sys.executable, "-m", "orchestrator.spot_watch", "--address", cluster.address,
+             "--node-id", drained, "--imds", imds, "--every", "0.5"],
+            {**env, "RAY_AUTH_MODE": "token"} if cluster_wants_token(cluster.address) else env,
+        )  # fmt: skip
+        FakeIMDS.notice = json.dumps(
+            {"action": "terminate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 4))}
+        )
+        watched = watch.communicate(timeout=120)[0]
+        assert watch.returncode == 0 and "draining" in watched, watched
         stdout, stderr = proc.communicate(timeout=420)
     finally:
         stop(proc)
+        server.shutdown()
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     progress = read_jsonl(out / "progress.jsonl")
     assert [p["epoch"] for p in progress] == list(range(1, EPOCHS + 1))
