@@ -24,7 +24,7 @@ from tests.cluster_helpers import read_jsonl, stop_tmpdir_processes
 from tests.conftest import TINY, tiny_args
 from tests.processes import child_env, private_tmpdir, start, stop
 
-EPOCHS = 6
+EPOCHS = 10  # epochs take seconds here: the drain must land before the last one
 OVERRIDES = [o for o in TINY if not o.startswith(("data.folds", "train.epochs"))] + [
     "data.folds=2",
     f"train.epochs={EPOCHS}",
