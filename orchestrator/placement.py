@@ -9,7 +9,7 @@ train/v2/_internal/execution/failure_handling/default.py). A request that passes
 (orchestrator/capacity.py) and still never fits (a custom resource no node has, nodes held by other
 work, an autoscaler that cannot launch) then waits silently for ever. `start_attempts` splits
 --placement-timeout into attempts of at most 60 s; `PlacementWatch` prints one line per failed attempt
-(the request, what is free, what the autoscaler says) and the run ends with `Unplaceable`.
+(the request, what is free, what the autoscaler says) and the run ends with `PlacementFailed`.
 
 Preemption: Ray Train v2 watches Ray's drain state (PreemptionCallback polls the GCS's draining nodes);
 a worker on a node drained with reason PREEMPTION (`ray drain-node`, the autoscaler, a SIGTERM to
@@ -44,8 +44,9 @@ DEFAULT_PLACEMENT_TIMEOUT_S = 900.0  # an autoscaler launching GPU nodes takes m
 MIN_PLACEMENT_TIMEOUT_S = 10.0  # placing a worker group that fits takes seconds too
 
 
-class Unplaceable(ValueError):
-    """The fold workers were not placed within --placement-timeout. str() names what was pending."""
+class PlacementFailed(ValueError):
+    """The fold workers could not run: not placed within --placement-timeout (str() names what was
+    pending), or their nodes preempted more than --max-preemptions times."""
 
 
 def check_placement_timeout(timeout_s: float) -> None:
@@ -183,13 +184,21 @@ class PlacementWatch(ControllerCallback):
 
 
 def fit_placed(trainer, workers: int, resources: dict, timeout_s: float):
-    """trainer.fit(); a run whose fold workers were never placed ends with `Unplaceable`."""
+    """trainer.fit(); a run whose fold workers were never placed, or whose nodes were preempted more
+    than --max-preemptions times, ends with `PlacementFailed` (one `error:` line, exit 2)."""
     try:
         return trainer.fit()
+    except PreemptionError as error:  # more preemptions than --max-preemptions
+        info = error.preemption_info
+        raise PlacementFailed(
+            f"nodes were preempted more often than --max-preemptions allows (the last: "
+            f"{', '.join(n[:8] for n in info.preempted_node_ids)}, folds {info.preempted_ranks}); "
+            "the checkpoints are kept: run the same command again to resume"
+        ) from None
     except ControllerError as error:
         if not is_start_timeout(error):
             raise
-        raise Unplaceable(
+        raise PlacementFailed(
             f"the fold workers were not placed within --placement-timeout {timeout_s:g}s: "
             f"{pending_report(workers, resources)}. Free those resources, let the cluster grow "
             "(cluster.yaml max_workers), or ask for less (--cpus-per-fold, --gpus-per-fold)"

@@ -91,14 +91,24 @@ def test_the_notice_time_becomes_the_drain_deadline():
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.faults
-def test_a_drained_node_costs_a_resume_not_a_retry(three_nodes, tiny_data_root, tmp_path):
+@pytest.mark.parametrize("budget", [-1, 0], ids=["any-preemptions", "no-preemptions"])
+def test_a_drained_node_costs_a_resume_not_a_retry(three_nodes, tiny_data_root, tmp_path, budget):
     cluster, tmpdir = three_nodes
     out = tmp_path / "run"
     env = child_env(RAY_TMPDIR=tmpdir, RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="1")  # Ray propagates it
     args = tiny_args(
         tiny_data_root,
         out,
-        *("--address", cluster.address, "--cpus-per-fold", "1", "--max-failures", "0"),
+        *(
+            "--address",
+            cluster.address,
+            "--cpus-per-fold",
+            "1",
+            "--max-failures",
+            "0",
+            "--max-preemptions",
+            str(budget),
+        ),
         overrides=OVERRIDES,
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeIMDS)
@@ -128,6 +138,14 @@ def test_a_drained_node_costs_a_resume_not_a_retry(three_nodes, tiny_data_root, 
     finally:
         stop(proc)
         server.shutdown()
+    if budget == 0:  # the preemption budget is spent: one error line, no traceback
+        assert proc.returncode == 2, stdout[-3000:] + stderr[-3000:]
+        assert "Traceback" not in stderr, stderr[-3000:]
+        assert (
+            f"error: nodes were preempted more often than --max-preemptions allows (the last: {drained[:8]}"
+            in stderr
+        )
+        return
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     progress = read_jsonl(out / "progress.jsonl")
     assert [p["epoch"] for p in progress] == list(range(1, EPOCHS + 1))
