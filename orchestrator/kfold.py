@@ -36,6 +36,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator import console
 from orchestrator.faults import DETERMINISTIC, RunFailed, inject
+from orchestrator.placement import DEFAULT_PLACEMENT_TIMEOUT_S, PlacementWatch, bound_placement, fit_placed
 from orchestrator.resume import ResumeFailed, pick_resume, read_fold
 from orchestrator.runtime import FoldResources, worker_device
 from orchestrator.storage import (
@@ -283,11 +284,19 @@ def make_trainer(
     pseudo_ref=None,
     init_ref=None,
     eval_at: tuple[int, ...] = (),
+    placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S,
+    max_preemptions: int = -1,
 ) -> TorchTrainer:
     """One TorchTrainer whose k workers are the k folds (`pseudo_ref`: a pseudo round's tiles, one
     SaltData for every fold or a list of k; `init_ref`: per-fold start weights, both ObjectRefs or
-    None; `eval_at`: epochs every fold evaluates besides its config's cadence, e.g. ASHA's rungs)."""
+    None; `eval_at`: epochs every fold evaluates besides its config's cadence, e.g. ASHA's rungs).
+
+    Failures (orchestrator/placement.py): `max_failures` worker-group failures, `max_preemptions`
+    restarts after a node preemption (-1: any number; they do not count in `max_failures`), and fold
+    workers not placed within `placement_timeout_s` end the run."""
     k = config.data.folds
+    start_retries = bound_placement(placement_timeout_s)  # sets Ray Train's start timeout in os.environ
+    watch = PlacementWatch(k, resources.as_dict(), start_retries, max_preemptions)
     loop_config = {
         "config": config.to_dict(),
         "data_ref": data_ref,
@@ -311,9 +320,13 @@ def make_trainer(
         run_config=RunConfig(
             name=run_name,
             **ray_storage(str(storage)),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(
+                max_failures=max_failures,
+                controller_failure_limit=start_retries,
+                max_preemption_failures=max_preemptions,
+            ),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints or None),
-            callbacks=callbacks or [],
+            callbacks=[*(callbacks or []), watch],
             logging_config=LoggingConfig(log_level="WARNING"),  # progress comes from our own lines
         ),
     )
@@ -427,6 +440,8 @@ def run_kfold(
     storage: str | None = None,
     pseudo: SaltData | list[SaltData] | None = None,
     init_states: list[dict] | None = None,
+    placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S,
+    max_preemptions: int = -1,
 ) -> KFoldResult:
     """Trains all k folds in parallel on Ray (resuming a previous run in `out`) and collects them.
 
@@ -456,8 +471,10 @@ def run_kfold(
         inject_failure=inject_failure,
         pseudo_ref=None if pseudo is None else ray.put(pseudo),
         init_ref=None if init_states is None else ray.put(init_states),
+        placement_timeout_s=placement_timeout_s,
+        max_preemptions=max_preemptions,
     )
-    result = trainer.fit()
+    result = fit_placed(trainer, config.data.folds, resources.as_dict(), placement_timeout_s)
     reason = fatal_reason(failure_file)
     if reason is not None:
         raise RunFailed(f"the run stopped without retrying: {reason}")

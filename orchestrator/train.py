@@ -25,6 +25,7 @@ from orchestrator import console, rounds
 from orchestrator.capacity import cluster_capacity
 from orchestrator.kfold import KFoldResult, run_kfold, write_cv
 from orchestrator.packing import GpuPlan
+from orchestrator.placement import DEFAULT_PLACEMENT_TIMEOUT_S, check_placement_timeout
 from orchestrator.predict import predict_submission
 from orchestrator.report import build as build_report
 from orchestrator.report import save_oof_truth
@@ -67,6 +68,22 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-failures", type=int, default=3, help="fold-worker failures to recover from")
     parser.add_argument(
+        "--max-preemptions",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="restarts after a node preemption (a drained spot node), counted apart from --max-failures "
+        "(default -1: any number)",
+    )
+    parser.add_argument(
+        "--placement-timeout",
+        type=float,
+        default=DEFAULT_PLACEMENT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long the fold workers may wait for the cluster to place them before the run ends "
+        f"with an error (default {DEFAULT_PLACEMENT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
         "--storage",
         default=None,
         help="where Ray keeps its run state and checkpoints (default OUT/ray, OUT/tune and OUT/trials); "
@@ -78,6 +95,21 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
         help="the cluster launcher YAML whose node types size the fold workers (default: the autoscaler's "
         "config, ~/ray_bootstrap_config.yaml on a `ray up` head, else the nodes up now)",
     )
+
+
+def failure_args(args: argparse.Namespace) -> dict:
+    """run_kfold's failure budget from the cluster flags (checked: a bad value names the flag)."""
+    check_placement_timeout(args.placement_timeout)
+    if args.max_failures < -1 or args.max_preemptions < -1:
+        raise ValueError(
+            f"--max-failures={args.max_failures}, --max-preemptions={args.max_preemptions}: "
+            "expected a count >= 0, or -1 for any number"
+        )
+    return {
+        "max_failures": args.max_failures,
+        "max_preemptions": args.max_preemptions,
+        "placement_timeout_s": args.placement_timeout,
+    }
 
 
 def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.ndarray]:
@@ -172,12 +204,13 @@ def run_rounds(
     out: Path,
     root: Path,
     resources,
-    max_failures: int,
+    failures: dict,
     storage: str,
     tracker=None,
 ) -> dict:
     """Round 0 and config.pseudo.rounds pseudo-label rounds (orchestrator/rounds.py), each resumable;
-    with a tracker, each round's epochs go to its own MLflow child run."""
+    with a tracker, each round's epochs go to its own MLflow child run. `failures`: run_kfold's failure
+    budget (`failure_args`)."""
     test = load_split(root, "test")
     entries, summary = [], None
     for r in range(config.pseudo.rounds + 1):
@@ -209,7 +242,7 @@ def run_rounds(
             key = "kfold" if r == 0 else f"round_{r}"
             with follow(tracker, key, f"round {r}", folder / "progress.jsonl"):
                 result = run_kfold(
-                    cfg, data, folds, folder, resources, max_failures=max_failures, storage=storage,
+                    cfg, data, folds, folder, resources, storage=storage, **failures,
                     pseudo=None if labels is None else rounds.training_tiles(labels), init_states=init,
                 )  # fmt: skip
             console.end_live_view(final_epoch=config.train.epochs)
@@ -251,6 +284,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     uri = tracking_uri(args.mlflow, config)
     if uri:
         require_mlflow(uri)  # before anything is written
+    failures = failure_args(args)
     out = Path(args.out)
     start = time.perf_counter()
 
@@ -279,13 +313,11 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     if config.pseudo.rounds == 0:
         console.view().start("run")  # elapsed counts from here
         with follow(tracker, "kfold", "k-fold", out / "progress.jsonl"):
-            result = run_kfold(
-                config, data, folds, out, resources, max_failures=args.max_failures, storage=storage
-            )
+            result = run_kfold(config, data, folds, out, resources, storage=storage, **failures)
         console.end_live_view(final_epoch=config.train.epochs)
         finalize(result, out, config, data, root)
     else:
-        run_rounds(config, data, folds, out, root, resources, args.max_failures, storage, tracker)
+        run_rounds(config, data, folds, out, root, resources, failures, storage, tracker)
     if tracker is not None:
         tracker.artifacts(run_artifacts(out))
     print(f"done in {time.perf_counter() - start:.0f}s; outputs in {out}")

@@ -52,6 +52,7 @@ from orchestrator.kfold import (
     prune_run_checkpoints,
 )
 from orchestrator.packing import GpuPlan
+from orchestrator.placement import fit_placed
 from orchestrator.runtime import FoldResources, default_gpus_per_fold, fold_resources, init_ray, requested
 from orchestrator.search import (
     METRIC,
@@ -86,7 +87,7 @@ from orchestrator.tracking import (
     tracked,
     tracking_uri,
 )
-from orchestrator.train import add_cluster_args, finalize, prepare_run
+from orchestrator.train import add_cluster_args, failure_args, finalize, prepare_run
 from salt_model.cadence import asha_grace, asha_rungs
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config, load_config
@@ -154,7 +155,7 @@ def kfold_trial(
     folds: list,
     resources: dict,
     storage: str,
-    max_failures: int,
+    failures: dict,
     out: str,
     pseudo_refs: list | None = None,
     run_storage: str | None = None,
@@ -163,6 +164,7 @@ def kfold_trial(
 
     `pseudo_refs`: [ref of PseudoSource] with --pseudo-from; the trial picks its tiles by its own rule.
     `run_storage`: STORAGE/run with --storage, where a deterministic failure's record is copied.
+    `failures`: the k-fold run's failure budget (train.failure_args).
 
     The run is named after the Optuna trial number, so a trial resumed or adopted after a driver kill
     continues the same k-fold checkpoints. A deterministic failure (faults.RunFailed) is raised at
@@ -195,14 +197,16 @@ def kfold_trial(
         FoldResources(**resources),
         storage,
         run_name=run_name,
-        max_failures=max_failures,
+        **failures,
         callbacks=[TrialReport(), FailureNotice(), FatalReason(str(failed), failed_uri)],
         inject_failure=trial_fault(number),  # test hook (tests/conftest.py, test_faults_driver.py)
         trial=tune.get_context().get_trial_id(),
         eval_at=tuple(asha_rungs(config.search, config.train.epochs)),  # ASHA compares trials there
         pseudo_ref=None if pseudo_refs is None else ray.put(ray.get(pseudo_refs[0]).labels(config).data),
     )
-    result = trainer.fit()
+    result = fit_placed(
+        trainer, config.data.folds, FoldResources(**resources).as_dict(), failures["placement_timeout_s"]
+    )
     if fatal_reason(failed) is not None:
         raise RunFailed(f"trial {number} stopped without retrying: {fatal_reason(failed)}")
     if result.error is not None:
@@ -469,6 +473,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     args = parser.parse_args(argv)
     if args.mlflow and not args.resume:
         args.overrides.append(f"tracking.mlflow_uri={args.mlflow}")
+    failures = failure_args(args)
     if args.out is None:
         if args.resume:
             raise ValueError("--resume needs --out: the folder of the search to continue")
@@ -582,7 +587,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
             folds=folds.tolist(),
             resources=resources.__dict__,
             storage=trials_storage,
-            max_failures=args.max_failures,
+            failures=failures,
             out=str(out.resolve()),
             pseudo_refs=pseudo_refs,
             run_storage=run_storage,
