@@ -7,6 +7,7 @@ import json
 import pytest
 
 
+@pytest.mark.slow
 def test_throughput_times_min_steps_and_seconds(tiny_data_root, tmp_path):
     from bench.throughput import main
 

@@ -37,6 +37,7 @@ def fold_labels(round_0, tiny_config, tiny_data_root, ray_cluster):
     return config, test, rounds.pseudo_labels(out, 1, config, test, summary)
 
 
+@pytest.mark.slow
 def test_fold_r_pseudo_masks_are_fold_r_own_models_thresholded_prediction(round_0, fold_labels):
     out, _, _, summary = round_0
     config, test, labels = fold_labels

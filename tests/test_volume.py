@@ -264,6 +264,7 @@ def ray_local(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_actors_match_one_process(tmp_path, ray_local, random_members, tiny_config):
     from orchestrator.volume import run_volume
