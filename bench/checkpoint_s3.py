@@ -12,15 +12,15 @@ exported older commit measures "before"). Per trial = under trials/trial-N/.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
+
+from bench.moto_s3 import CREDS, moto_s3
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SEARCH = [
@@ -39,19 +39,6 @@ TINY_SEARCH = [
     "search.grace_epochs=1",
     "search.max_concurrent=1",
 ]
-CREDS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def group(key: str) -> str:
@@ -61,25 +48,7 @@ def group(key: str) -> str:
 
 
 def measure(repo: Path, workdir: Path) -> dict:
-    import boto3
-
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(60):
-            try:
-                urllib.request.urlopen(endpoint, timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **{
-            "aws_access_key_id": "testing", "aws_secret_access_key": "testing"})  # fmt: skip
-        s3.create_bucket(Bucket="bench")
-        s3.put_bucket_versioning(Bucket="bench", VersioningConfiguration={"Status": "Enabled"})
+    with moto_s3("bench", versioned=True) as (endpoint, s3):
         env = {**os.environ, **CREDS, "AWS_ENDPOINT_URL": endpoint, "PYTHONPATH": str(repo)}
         env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="r", dir=workdir)
         cmd = [sys.executable, "-m", "orchestrator.tune", "--out", str(workdir / "out")]
@@ -108,10 +77,6 @@ def measure(repo: Path, workdir: Path) -> dict:
             "total_left_bytes": sum(left.values()),
             "total_objects_left": sum(objects.values()),
         }
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, 15)
-        server.wait(timeout=30)
 
 
 def run(repo: Path, label: str) -> dict:

@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from orchestrator.study import STUDY_FILE, load_run_study
 from salt_model import oof_stats, plots
 from salt_model.cli import make_parser, run_cli
 from salt_model.io import atomic_savez, atomic_write_text
 from salt_model.postprocess import Thresholds, binarize
 from salt_model.visualize import overlay_grid
-
-STUDY_NAME = "salt-orchestrator"  # orchestrator.tune's study name
 
 
 def save_oof_truth(out: Path, ids: np.ndarray, images: np.ndarray, masks: np.ndarray) -> None:
@@ -113,7 +112,7 @@ def build(run: Path) -> Path:
     config = cv["config"] if cv else base
     folds = config["data"]["folds"]
     progress = read_progress(run)
-    is_search = (run / "optuna.db").exists()
+    is_search = (run / STUDY_FILE).exists()
     sections = [
         f"<h1>Run report: {html.escape(run.resolve().name)}</h1>",
         summary_html(run, cv, config, is_search),
@@ -278,13 +277,11 @@ def emptiness_html(truth: np.ndarray, pred: np.ndarray) -> str:
 
 
 def search_html(run: Path, report: Path, progress: pd.DataFrame, base: dict) -> str:
-    import optuna
-
     parts = ["<h2>Search</h2>"]
     if (run / "trials.csv").exists():
         trials = pd.read_csv(run / "trials.csv")
         parts.append(trials.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
-    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{(run / 'optuna.db').resolve()}")
+    study = load_run_study(run)
     if study.trials:
         plots.optuna_history(report / "optuna_history.png", study)
         parts.append(

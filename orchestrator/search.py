@@ -43,17 +43,12 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher
 
+from orchestrator.study import STUDY_FILE, load_run_study, study_url
 from salt_model.config import Config, SearchConfig
 from salt_model.io import atomic_write
 from salt_model.schedules import cycle_end_epochs
 
 METRIC = "best_val_map"  # mean over folds of each fold's best held-out competition metric so far
-STUDY_FILE = "optuna.db"  # the Optuna study in the run folder
-
-
-def study_url(out: Path) -> str:
-    """The Optuna study's SQLite storage in the run folder `out`."""
-    return f"sqlite:///{(Path(out) / STUDY_FILE).resolve()}"
 
 
 _resumed_out: contextvars.ContextVar[Path | None] = contextvars.ContextVar("resumed_out", default=None)
@@ -327,7 +322,7 @@ class StudyStopper(InRunFolder, tune.Stopper):
         if number is None:
             return False
         if self._study is None:
-            self._study = optuna.load_study(study_name=self.study_name, storage=study_url(self.out))
+            self._study = load_run_study(self.out, self.study_name)
         frozen = self._study.trials[number]
         if frozen.state in (TrialState.PRUNED, TrialState.FAIL):
             last = max(frozen.intermediate_values, default=0)

@@ -62,7 +62,6 @@ from orchestrator.search import (
     close_stale,
     define_space,
     resumed_into,
-    study_url,
     trial_config,
     trial_run_name,
 )
@@ -77,6 +76,7 @@ from orchestrator.storage import (
     storage_root,
 )
 from orchestrator.storage import exists as storage_exists
+from orchestrator.study import STUDY_NAME, load_run_study
 from orchestrator.tensorboard import FoldCurves
 from orchestrator.tracking import (
     Tracker,
@@ -99,7 +99,6 @@ from salt_model.pseudo import PseudoLabels, select_pseudo_labels
 PSEUDO_FROM = "pseudo_from.txt"  # the --pseudo-from run of a search, so --resume keeps using it
 RUN_FILES = ("config.json", "folds.csv", PSEUDO_FROM)  # what --resume reads from --out, kept in STORAGE/run
 DRIVER_RESOURCE = "tune_driver"  # a trial's driver holds one of these and no CPU
-STUDY_NAME = "salt-orchestrator"
 INTERNAL = ["params", "checkpoint_path"]  # trial-table columns kept out of trials.csv
 
 
@@ -138,7 +137,7 @@ def pruned_at(out: Path, number: int) -> tuple[int, float] | None:
     """(epoch, value) of the last report before the study recorded trial `number` PRUNED, if it did.
 
     The study lives in OUT/optuna.db beside the trial drivers (they run on the head node)."""
-    study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
+    study = load_run_study(out)
     if number >= len(study.trials):
         return None
     frozen = study.trials[number]
@@ -172,8 +171,9 @@ def kfold_trial(
     """
     number = params["study_trial"]
     failed, failed_uri = failure_file(Path(out), number), failure_uri(run_storage, number)
-    if fatal_reason(failed, failed_uri) is not None:  # also after a resume into a new --out
-        raise RunFailed(f"trial {number} failed before: {fatal_reason(failed)}")
+    reason = FailureRecords(Path(out), run_storage)(number)  # also after a resume into a new --out
+    if reason is not None:
+        raise RunFailed(f"trial {number} failed before: {reason}")
     try:
         config = trial_config(Config.from_dict(base, source="base config"), params)
     except ValueError as err:  # a sampled value the config refuses: deterministic, recorded
@@ -371,7 +371,7 @@ def make_scheduler(config: Config) -> ASHAScheduler | None:
 
 def trial_table(results: tune.ResultGrid, out: Path) -> pd.DataFrame:
     """trials.csv: one row per trial with its params, Optuna state, best fold-mean metric and epochs."""
-    study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
+    study = load_run_study(out)
     by_number = {t.number: t for t in study.trials}
     rows = []
     for result in results:
@@ -629,7 +629,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
             )
         results = tuner.fit()
     console.end_live_view()  # every trial's result came through ProgressTable
-    study = optuna.load_study(study_name=STUDY_NAME, storage=study_url(out))
+    study = load_run_study(out)
     stale = close_stale(study, {r.config.get("study_trial") for r in results})
     if stale:
         print(f"note: study trial(s) {stale} were left RUNNING by an interrupted search; recorded as FAIL")

@@ -449,15 +449,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     """Loads a YAML or JSON config file (or the defaults when path is None), then applies overrides."""
     config = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {path}: not found")
-        try:
-            raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, json.JSONDecodeError) as err:
-            raise ValueError(f"config file {path}: not valid YAML/JSON ({err})") from None
-        config = Config.from_dict(raw or {}, source=f"config file {path}")
+        config = Config.from_dict(read_config_file(Path(path)), source=f"config file {path}")
     return config.with_overrides(overrides)
+
+
+def read_config_file(path: Path, children: tuple[Path, ...] = ()) -> Any:
+    """The sections of a YAML/JSON config file. `extends: BASE` (a path relative to the file) reads
+    BASE first; this file's keys then replace BASE's one by one, section by section."""
+    if not path.is_file():
+        raise ValueError(f"config file {path}: not found")
+    try:
+        raw = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ValueError(f"config file {path}: not valid YAML/JSON ({err})") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw  # Config.from_dict names what is wrong with a non-mapping
+    base = raw.pop("extends")
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"config file {path}: extends: expected a config file name, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in (*children, path.resolve()):
+        raise ValueError(f"config file {path}: extends {base} makes a loop")
+    merged = read_config_file(base_path, (*children, path.resolve()))
+    if not isinstance(merged, dict):
+        raise ValueError(f"config file {base_path}: expected a mapping of sections, got {merged!r}")
+    for section, values in raw.items():
+        both = isinstance(values, dict) and isinstance(merged.get(section), dict)
+        merged[section] = {**merged[section], **values} if both else values
+    return merged
 
 
 def parse_override(item: str) -> tuple[str, Any]:

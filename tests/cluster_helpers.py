@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.moto_s3 import free_port
 from tests.processes import child_env, kill_naming, private_tmpdir, run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def private_env(tmpdir: str, **extra: str) -> dict:

@@ -15,18 +15,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zlib
 from pathlib import Path
 
 import pytest
 
+from bench.moto_s3 import CREDS, moto_s3
 from tests.cluster_helpers import (
-    free_port,
     private_env,
     read_jsonl,
     run_cli,
-    stop_group,
     stop_tmpdir_processes,
 )
 from tests.conftest import SEARCH, TINY, check_run, records, tiny_args
@@ -52,39 +50,12 @@ USER_OUTPUTS = {
 @pytest.fixture(scope="module")
 def s3():
     """(env for drivers, boto3 client, bucket) with a moto S3 server this module started."""
-    boto3 = pytest.importorskip("boto3")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
-    creds = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    try:
-        for _ in range(60):
-            try:
-                urllib.request.urlopen(endpoint, timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        client.create_bucket(Bucket="salt")
+    pytest.importorskip("boto3")
+    with moto_s3("salt") as (endpoint, client):
         tmpdir = private_tmpdir()
-        env = private_env(tmpdir, AWS_ENDPOINT_URL=endpoint, **creds)
+        env = private_env(tmpdir, AWS_ENDPOINT_URL=endpoint, **CREDS)
         yield env, client, "salt"
         stop_tmpdir_processes(tmpdir)
-    finally:
-        stop_group(server, grace=5)
 
 
 def assert_no_ray_state(out) -> None:

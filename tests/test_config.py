@@ -52,6 +52,35 @@ def test_overrides_apply_after_the_file(tmp_path):
     assert (config.train.epochs, config.train.batch_size) == (2, 4)
 
 
+def test_extends_reads_the_base_first_and_replaces_its_keys_one_by_one(tmp_path):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "base.yaml").write_text(
+        "model:\n  encoder: resnet18\n  width: 0.5\ntrain:\n  epochs: 7\n  batch_size: 4\n"
+    )
+    (tmp_path / "run.yaml").write_text(
+        "extends: presets/base.yaml\ntrain:\n  epochs: 9\npseudo:\n  rounds: 1\n"
+    )
+    config = load_config(tmp_path / "run.yaml", ["train.batch_size=2"])
+    assert (config.model.encoder, config.model.width) == ("resnet18", 0.5)  # the base's section
+    assert (config.train.epochs, config.train.batch_size) == (9, 2)  # this file's key, then --set
+    assert config.pseudo.rounds == 1
+
+
+def test_extends_refuses_a_missing_base_a_loop_and_a_non_name(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(
+        ValueError, match=r"a\.yaml: extends b\.yaml makes a loop|b\.yaml: extends a\.yaml makes a loop"
+    ):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: gone.yaml\n")
+    with pytest.raises(ValueError, match=r"gone\.yaml: not found"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: [a.yaml]\n")
+    with pytest.raises(ValueError, match=r"d\.yaml: extends: expected a config file name"):
+        load_config(tmp_path / "d.yaml")
+
+
 def test_int_accepted_for_float_and_integral_float_for_int():
     config = load_config(None, ["schedule.lr=1", "train.epochs=3.0"])
     assert config.schedule.lr == 1.0 and isinstance(config.schedule.lr, float)
@@ -178,7 +207,7 @@ def test_config_is_frozen():
         config.train.epochs = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("name", ["cpu.yaml", "tgs.yaml"])
+@pytest.mark.parametrize("name", ["cpu.yaml", "cpu-pseudo.yaml", "tgs.yaml"])
 def test_shipped_configs_load(name):
     from pathlib import Path
 

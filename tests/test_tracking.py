@@ -5,7 +5,6 @@ FAIL), a train run killed and resumed, an unreachable server, and no tracking at
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster_helpers import free_port
 from tests.conftest import SEARCH, SEARCH_FAULTS, TINY, check_run, records, tiny_args
 from tests.processes import child_env, run, run_entry, start, stop
 
@@ -21,12 +21,6 @@ pytest.importorskip("mlflow", reason='the tracking extra: pip install -e ".[trac
 
 TRIALS = 4
 SEARCH_EPOCHS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

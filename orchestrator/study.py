@@ -1,0 +1,21 @@
+"""Where a search keeps its Optuna study: one SQLite file in the run folder, one study name. No Ray
+here (orchestrator.report reads the study of a finished run without it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STUDY_FILE = "optuna.db"  # the Optuna study in the run folder
+STUDY_NAME = "salt-orchestrator"  # orchestrator.tune's study
+
+
+def study_url(out: Path) -> str:
+    """The Optuna study's SQLite storage in the run folder `out`."""
+    return f"sqlite:///{(Path(out) / STUDY_FILE).resolve()}"
+
+
+def load_run_study(out: Path, study_name: str = STUDY_NAME):
+    """The study of the search in run folder `out` (optuna.Study)."""
+    import optuna
+
+    return optuna.load_study(study_name=study_name, storage=study_url(out))
