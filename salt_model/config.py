@@ -468,10 +468,10 @@ def read_config_file(path: Path, children: tuple[Path, ...] = ()) -> Any:
     base = raw.pop("extends")
     if not isinstance(base, str) or not base:
         raise ValueError(f"config file {path}: extends: expected a config file name, got {base!r}")
-    base_path = (path.parent / base).resolve()
-    if base_path in (*children, path.resolve()):
+    base_path, chain = (path.parent / base).resolve(), (*children, path.resolve())
+    if base_path in chain:
         raise ValueError(f"config file {path}: extends {base} makes a loop")
-    merged = read_config_file(base_path, (*children, path.resolve()))
+    merged = read_config_file(base_path, chain)
     if not isinstance(merged, dict):
         raise ValueError(f"config file {base_path}: expected a mapping of sections, got {merged!r}")
     for section, values in raw.items():
