@@ -170,11 +170,14 @@ def view() -> ProgressView | None:
     return _State.view
 
 
-def restart_live_view(label: str = "") -> None:
-    """A new stage of the same run (a pseudo-label round): its epochs are shown again, `label` first."""
+def restart_live_view(label: str = "", epochs: int | None = None) -> None:
+    """A new stage of the same run (a pseudo-label round): its epochs are shown again, `label` first,
+    out of `epochs` when the stage trains another number of them."""
     with LOCK:
         _State.closed = False
         if _State.view is not None:
+            if epochs:
+                _State.view.epochs = epochs
             _State.view.runs.pop("run", None)
             _State.view.start("run", label)
 

@@ -55,8 +55,21 @@ def round_dir(out: Path, r: int) -> Path:
 
 def round_config(config: Config, r: int) -> Config:
     """What round r trains with: round 0 uses no pseudo-labels, so its config keeps the section's
-    defaults (changing the rule later never invalidates a finished round 0)."""
-    return dataclasses.replace(config, pseudo=PseudoConfig()) if r == 0 else config
+    defaults (changing the rule later never invalidates a finished round 0); a later round trains
+    `pseudo.epochs` epochs when set, its last (train.epochs - train.loss_switch_epoch) with Lovasz."""
+    if r == 0:
+        return dataclasses.replace(config, pseudo=PseudoConfig())
+    epochs, train = config.pseudo.epochs, config.train
+    if not epochs or epochs == train.epochs:
+        return config
+    lovasz = train.epochs - train.loss_switch_epoch
+    try:
+        resized = dataclasses.replace(train, epochs=epochs, loss_switch_epoch=max(0, epochs - lovasz))
+        return dataclasses.replace(config, train=resized)
+    except ValueError as err:
+        raise ValueError(
+            f"pseudo.epochs={epochs}: a round of {epochs} epochs does not fit the config: {err}"
+        ) from None
 
 
 def finished(folder: Path, config: Config) -> dict | None:

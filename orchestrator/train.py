@@ -238,14 +238,14 @@ def run_rounds(
                 cfg.save(folder / "config.json")  # what the round trains with (its report reads it)
                 if config.pseudo.init == "previous":
                     init = rounds.previous_weights(rounds.round_dir(out, r - 1), config.data.folds)
-            console.restart_live_view(f"round {r} " if r else "")
+            console.restart_live_view(f"round {r} " if r else "", epochs=cfg.train.epochs)
             key = "kfold" if r == 0 else f"round_{r}"
             with follow(tracker, key, f"round {r}", folder / "progress.jsonl"):
                 result = run_kfold(
                     cfg, data, folds, folder, resources, storage=storage, **failures,
                     pseudo=None if labels is None else rounds.training_tiles(labels), init_states=init,
                 )  # fmt: skip
-            console.end_live_view(final_epoch=config.train.epochs)
+            console.end_live_view(final_epoch=cfg.train.epochs)
             more = r < config.pseudo.rounds
             summary = finalize(
                 result, folder, cfg, data, root, extra={"round": r},
@@ -294,6 +294,8 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
             f"pseudo.rounds={config.pseudo.rounds} needs test tiles to pseudo-label, but {root} has no "
             "test/images; set pseudo.rounds=0"
         )
+    for r in range(1, config.pseudo.rounds + 1):
+        rounds.round_config(config, r)  # a round that cannot be configured fails now, not after round 0
     data, folds = prepare_run(config, root, out)
     print(f"data {root}: {len(data)} tiles, {config.data.folds} folds, {config.train.epochs} epochs")
     console.setup(out, args.verbose, config.train.epochs, config.data.folds)

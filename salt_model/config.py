@@ -299,6 +299,9 @@ class PseudoConfig:
     min_fraction: float = 0.9  # a test tile is kept when at least this fraction of its pixels is confident
     weight: float = 1.0  # loss weight of a pseudo-labelled tile (a labelled tile weighs 1)
     init: str = "scratch"  # scratch | previous: a round starts from the previous round's fold weights
+    # epochs of each round after the first (0 = train.epochs); the round ends with as many Lovasz
+    # epochs as round 0 (train.epochs - train.loss_switch_epoch), its loss switch moving with it
+    epochs: int = 0
     submit: str = "best"  # best: the round with the best OOF (labelled tiles) | last: the last round
     # fold: fold r's tiles are labelled by fold r's own previous-round members, which never saw fold r's
     # held-out tiles | ensemble: every fold's tiles by the mean of all k folds' members
@@ -310,6 +313,7 @@ class PseudoConfig:
         _check("pseudo.high", self.high, self.high <= 1, "<= 1")
         _check("pseudo.min_fraction", self.min_fraction, 0 < self.min_fraction <= 1, "in (0, 1]")
         _check("pseudo.weight", self.weight, self.weight > 0, "> 0")
+        _check("pseudo.epochs", self.epochs, self.epochs >= 0, ">= 0 (0 = train.epochs)")
         _choice("pseudo.init", self.init, PSEUDO_INITS)
         _choice("pseudo.submit", self.submit, PSEUDO_SUBMITS)
         _choice("pseudo.teacher", self.teacher, PSEUDO_TEACHERS)

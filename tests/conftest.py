@@ -197,7 +197,9 @@ def pseudo_run(train_run, tiny_data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("pseudo") / "run"
     shutil.copytree(train_run[0], out)
     round_0 = records(out / "progress.jsonl")
-    result = processes.run_entry("orchestrator.train", tiny_args(tiny_data_root, out, overrides=ROUND_1))
+    # round 1 trains 3 epochs where round 0 trained 2 (pseudo.epochs), Lovasz in the last one as in round 0
+    extend = tiny_args(tiny_data_root, out, overrides=[*ROUND_1, "pseudo.epochs=3"])
+    result = processes.run_entry("orchestrator.train", extend)
     check_run(result, "orchestrator.train with pseudo.rounds=1")
     return out, round_0, result
 

@@ -91,6 +91,13 @@ def test_the_training_commands_refuse_bad_data_and_bad_settings_before_training(
         orchestrator_train(root, tmp_path / "out-switch", "--set", "train.loss_switch_epoch=5"),
         ["train.loss_switch_epoch=5", "train.epochs=2"],
     )
+    cases["pseudo round shorter than SWA"] = (
+        orchestrator_train(
+            root, tmp_path / "out-round", *("--set", "pseudo.rounds=1", "--set", "pseudo.epochs=1"),
+            *("--set", "train.swa_epochs=2"),
+        ),
+        ["pseudo.epochs=1", "train.swa_epochs=2"],
+    )  # fmt: skip
     cases["one fold"] = (
         orchestrator_train(root, tmp_path / "out-k1", "--folds", "1"),
         ["data.folds=1", ">= 2"],

@@ -135,12 +135,28 @@ def test_the_submitted_round_is_the_best_by_oof_or_the_last():
         ("pseudo.weight=0", "> 0"),
         ("pseudo.init=warm", "scratch"),
         ("pseudo.submit=first", "best"),
+        ("pseudo.epochs=-1", ">= 0"),
     ],
 )
 def test_bad_pseudo_settings_are_refused_with_the_key(override, expected):
     with pytest.raises(ValueError, match=override.split("=")[0].replace(".", r"\.")) as err:
         load_config(None, [*TINY, override])
     assert expected in str(err.value)
+
+
+def test_a_later_round_trains_pseudo_epochs_and_ends_with_round_0s_lovasz_epochs():
+    from orchestrator.rounds import round_config
+
+    config = load_config(None, ["train.epochs=22", "train.loss_switch_epoch=17", "pseudo.rounds=1"])
+    assert round_config(config, 1).train == config.train  # pseudo.epochs=0: the same epochs
+    shorter = config.with_overrides({"pseudo.epochs": 14})
+    train = round_config(shorter, 1).train
+    assert (train.epochs, train.loss_switch_epoch) == (14, 9)  # Lovasz in the last 5, as in round 0
+    assert round_config(shorter, 0).train == config.train  # round 0 is the preset itself
+    tiny = config.with_overrides({"pseudo.epochs": 3})
+    assert round_config(tiny, 1).train.loss_switch_epoch == 0  # fewer epochs than Lovasz ones: all Lovasz
+    with pytest.raises(ValueError, match=r"pseudo\.epochs=3.*train\.swa_epochs"):
+        round_config(tiny.with_overrides({"train.swa_epochs": 5}), 1)
 
 
 def test_the_search_draws_the_pseudo_rule_only_when_asked():

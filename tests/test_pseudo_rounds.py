@@ -30,7 +30,9 @@ def test_extending_a_finished_run_keeps_round_0_and_trains_round_1(pseudo_run):
     out, round_0, result = pseudo_run
     assert records(out / "progress.jsonl") == round_0, "round 0 was trained again"
     assert "round 0: finished earlier, kept" in result.stdout
-    assert [p["epoch"] for p in records(out / "round_1" / "progress.jsonl")] == [1, 2]
+    progress = records(out / "round_1" / "progress.jsonl")
+    assert [p["epoch"] for p in progress] == [1, 2, 3]  # pseudo.epochs=3; round 0 trained 2
+    assert [p["loss"] for p in progress] == ["bce", "bce", "lovasz"]  # round 0's one Lovasz epoch last
 
 
 def test_round_1_keeps_exactly_the_test_tiles_the_rule_passes(pseudo_run, tiny_data_root):
