@@ -165,13 +165,12 @@ def trial_run_name(number: int) -> str:
     return f"trial-{number}"
 
 
-def live_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.Trial:
-    """A reportable Trial for a study trial that is still RUNNING.
-
-    Optuna's public `Trial(study, trial_id)` takes the storage's trial id, which a FrozenTrial keeps in
-    `_trial_id` (Optuna's own code reads it the same way); tests/test_tune.py pins this contract.
-    """
-    return optuna.Trial(study, frozen._trial_id)
+def live_trial(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> optuna.Trial:
+    """A reportable Trial for study trial `number` while it is RUNNING. `Trial(study, trial_id)` takes
+    the storage's trial id, looked up by the trial's number through the storage's public API (the
+    study must have been opened on `storage`)."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
 
 class PruningOptunaSearch(InRunFolder, Searcher):
@@ -199,6 +198,7 @@ class PruningOptunaSearch(InRunFolder, Searcher):
         self.failure_reason = failure_reason
         self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._study: optuna.Study | None = None
+        self._db: optuna.storages.BaseStorage | None = None  # the study's storage (live_trial needs it)
 
     @property
     def storage(self) -> str | None:
@@ -207,8 +207,10 @@ class PruningOptunaSearch(InRunFolder, Searcher):
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
+            url = self.storage
+            self._db = optuna.storages.InMemoryStorage() if url is None else optuna.storages.RDBStorage(url)
             self._study = optuna.create_study(
-                storage=self.storage,
+                storage=self._db,
                 study_name=self.study_name,
                 sampler=self.sampler,
                 direction="maximize" if self.mode == "max" else "minimize",
@@ -226,7 +228,7 @@ class PruningOptunaSearch(InRunFolder, Searcher):
             if orphans:  # asked before a driver kill that Tune's saved state does not remember
                 frozen = orphans[0]
                 if frozen.state == TrialState.RUNNING:
-                    live_trial(self.study, frozen).set_user_attr("tune_trial_id", trial_id)
+                    self._live(frozen.number).set_user_attr("tune_trial_id", trial_id)
             else:
                 trial = self.study.ask()
                 self.space(trial)
@@ -242,7 +244,7 @@ class PruningOptunaSearch(InRunFolder, Searcher):
             return
         frozen = self._trial(number)
         if frozen.state == TrialState.RUNNING and int(result["epoch"]) not in frozen.intermediate_values:
-            live_trial(self.study, frozen).report(result[self.metric], int(result["epoch"]))
+            self._live(number).report(result[self.metric], int(result["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         number = self.numbers.get(trial_id)
@@ -256,7 +258,11 @@ class PruningOptunaSearch(InRunFolder, Searcher):
                 self.study.tell(number, result[self.metric], skip_if_finished=True)
             return
         reason = (self.failure_reason(number) if self.failure_reason else None) or "error (see the trial log)"
-        fail(self.study, self._trial(number), reason)
+        fail(self._db, self.study, number, reason)
+
+    def _live(self, number: int) -> optuna.Trial:
+        study = self.study  # opens self._db
+        return live_trial(self._db, study, number)
 
     def save(self, checkpoint_path: str) -> None:
         """Tune's save (on its timer, into the experiment folder it copies to --storage): the trial
@@ -283,22 +289,22 @@ class PruningOptunaSearch(InRunFolder, Searcher):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         if self.out is not None:
-            state["_study"] = None  # reloaded from its storage
+            state["_study"] = state["_db"] = None  # reopened from the study file
         return state
 
 
-def fail(study: optuna.Study, frozen: optuna.trial.FrozenTrial, reason: str) -> None:
-    """Records a RUNNING study trial as FAIL with its reason (user attribute `fail_reason`)."""
-    live_trial(study, frozen).set_user_attr("fail_reason", reason)
-    study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
+def fail(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int, reason: str) -> None:
+    """Records RUNNING study trial `number` as FAIL with its reason (user attribute `fail_reason`)."""
+    live_trial(storage, study, number).set_user_attr("fail_reason", reason)
+    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def close_stale(study: optuna.Study, known: set[int]) -> list[int]:
+def close_stale(storage: optuna.storages.BaseStorage, study: optuna.Study, known: set[int]) -> list[int]:
     """At the end of a search: study trials still RUNNING that no Tune trial ran become FAIL."""
     stale = [t for t in study.trials if t.state == TrialState.RUNNING]
     for frozen in stale:
         why = "no Tune trial ran it" if frozen.number not in known else "Tune ended without a result"
-        fail(study, frozen, f"left RUNNING by an interrupted search: {why}")
+        fail(storage, study, frozen.number, f"left RUNNING by an interrupted search: {why}")
     return [t.number for t in stale]
 
 

@@ -16,6 +16,12 @@ def study_url(out: Path) -> str:
 
 def load_run_study(out: Path, study_name: str = STUDY_NAME):
     """The study of the search in run folder `out` (optuna.Study)."""
+    return open_run_study(out, study_name)[0]
+
+
+def open_run_study(out: Path, study_name: str = STUDY_NAME):
+    """(study, its storage): the storage object is what looks a trial's id up by its number."""
     import optuna
 
-    return optuna.load_study(study_name=study_name, storage=study_url(out))
+    storage = optuna.storages.RDBStorage(study_url(out))
+    return optuna.load_study(study_name=study_name, storage=storage), storage

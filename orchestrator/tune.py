@@ -76,7 +76,7 @@ from orchestrator.storage import (
     storage_root,
 )
 from orchestrator.storage import exists as storage_exists
-from orchestrator.study import STUDY_NAME, load_run_study
+from orchestrator.study import STUDY_NAME, load_run_study, open_run_study
 from orchestrator.tensorboard import FoldCurves
 from orchestrator.tracking import (
     Tracker,
@@ -629,8 +629,8 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
             )
         results = tuner.fit()
     console.end_live_view()  # every trial's result came through ProgressTable
-    study = load_run_study(out)
-    stale = close_stale(study, {r.config.get("study_trial") for r in results})
+    study, storage = open_run_study(out)
+    stale = close_stale(storage, study, {r.config.get("study_trial") for r in results})
     if stale:
         print(f"note: study trial(s) {stale} were left RUNNING by an interrupted search; recorded as FAIL")
     table = trial_table(results, out)

@@ -22,6 +22,7 @@ from orchestrator.search import (
     live_trial,
     resumed_into,
 )
+from orchestrator.study import open_run_study
 from salt_model.config import load_config
 
 EPOCHS = 4
@@ -57,15 +58,14 @@ def saved(searcher, tmp_path) -> bytes:
 
 
 def test_the_optuna_trial_contract_the_searcher_relies_on(tmp_path):
-    # live_trial builds a reportable Trial from a FrozenTrial's storage id (Optuna's own private
-    # `_trial_id`); if a new Optuna renames it, this test fails before a search does.
-    study = optuna.create_study(
-        storage=f"sqlite:///{tmp_path / 'c.db'}", study_name="c", direction="maximize"
-    )
+    # live_trial builds a reportable Trial from a trial's number through the storage's public trial-id
+    # lookup; if a new Optuna changes that, this test fails before a search does.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'c.db'}")
+    optuna.create_study(storage=storage, study_name="other").ask()  # trial ids are not numbers
+    study = optuna.create_study(storage=storage, study_name="c", direction="maximize")
     asked = study.ask()
     asked.suggest_float("x", 0, 1)
-    frozen = study.trials[asked.number]
-    trial = live_trial(study, frozen)
+    trial = live_trial(storage, study, asked.number)
     trial.report(0.5, 3)
     trial.set_user_attr("k", "v")
     assert study.trials[0].intermediate_values == {3: 0.5} and study.trials[0].user_attrs["k"] == "v"
@@ -107,7 +107,8 @@ def test_a_resumed_search_adopts_orphans_and_never_tells_twice(tmp_path):
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
     assert trials[1].intermediate_values == {2: 0.3}
     assert trials[2].user_attrs["tune_trial_id"] == "d"  # the Tune trial that adopted it
-    assert close_stale(resumed.study, {0, 1, 2}) == []
+    study, storage = open_run_study(tmp_path, "s")
+    assert close_stale(storage, study, {0, 1, 2}) == []
 
 
 def test_a_failed_trial_records_its_reason_and_stale_running_trials_are_closed(tmp_path):
@@ -118,7 +119,8 @@ def test_a_failed_trial_records_its_reason_and_stale_running_trials_are_closed(t
     fail = searcher.study.trials[0]
     assert fail.state == TrialState.FAIL
     assert fail.user_attrs["fail_reason"] == "fold 1: FloatingPointError in trial 0"
-    assert close_stale(searcher.study, {0}) == [1]
+    study, storage = open_run_study(tmp_path, "s")  # as orchestrator.tune closes them
+    assert close_stale(storage, study, {0}) == [1]
     stale = searcher.study.trials[1]
     assert stale.state == TrialState.FAIL and "interrupted search" in stale.user_attrs["fail_reason"]
 
