@@ -1,5 +1,6 @@
 """Runs in the Ray Train controller: the k-fold run's UserCallbacks, called after each report of rank 0
-(the fold means) and after a worker failure. `fatal_reason` reads FatalReason's record on the driver.
+(the fold means) and after a worker failure. `fatal_reason` reads FatalReason's record where fit()
+was called (the driver, or a search trial) and in the search's searcher.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Runs on the driver before the search starts: how many trials at once and where their drivers run, the
-searcher and the scheduler, Tune's restore arguments, the run files --resume reads from STORAGE/run,
-the --pseudo-from run's check, and the MLflow callback.
+"""Runs on the driver before the search starts: how many trials at once, their fold workers and where
+their drivers run; the Tuner (searcher, scheduler, callbacks) or Tune's restore arguments; the run
+files --resume reads from STORAGE/run; the --pseudo-from run, checked and put in the object store.
 """
 
 from __future__ import annotations
