@@ -15,7 +15,7 @@ training loop does, and measures them on disk:
 - after: `checkpoint.save` now: fold_{r}.pt (resume state: model, Adam, SWA running average) and
   fold_{r}_members.pt (members' weights + float32 OOF, each array stored once), for several
   snapshot/SWA settings, at a mid-run checkpoint and at the end; and what a stopped or finished
-  trial keeps after `kfold.prune_run_checkpoints` (its last checkpoint, `engine.strip_resume_state`).
+  trial keeps after `collect.prune_run_checkpoints` (its last checkpoint, `engine.strip_resume_state`).
 
 The held-out fold is 640 tiles (3200 / 5 folds); OOF contents are random (size is what counts).
 Prints a table and writes JSON.

@@ -5,7 +5,7 @@ DefaultFailurePolicy treats every WorkerGroupError as retryable), which is right
 or a lost node and wrong for an error that will happen again: a NaN loss, a fold too small for the
 batch, a bad value. Those are DETERMINISTIC: the fold that hits one joins the next epoch barrier with
 its reason instead of metrics, every fold sees it, all of them report once more and return, and the
-driver raises `RunFailed` with the reason (see kfold.fold_worker). Nothing is retried and no fold waits
+driver raises `RunFailed` with the reason (see fold_worker.fold_worker). Nothing is retried and no fold waits
 forever at the barrier.
 
 `inject` is the test hook behind tests/test_faults*.py: it makes a real fault happen inside a fold

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.predict import predict_submission
+from orchestrator.submission import predict_submission
 from salt_model.config import Config, PseudoConfig, config_changes
 from salt_model.data import SaltData
 from salt_model.io import atomic_write, atomic_write_text

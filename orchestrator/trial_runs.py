@@ -9,11 +9,11 @@ every trial under the command's parent run. Changed here, and why:
 - a trial resumed after a driver kill continues its run: the run id is kept in OUT/mlflow.json
   (Ray's callback keeps it in memory only, so a restored search would open a new run);
 - the trial's final state is tagged: COMPLETE, PRUNED (ASHA stopped it before the last epoch) or FAIL
-  with its reason; the Optuna study's state is tagged again after the search (tune.main);
+  with its reason; the Optuna study's state is tagged again after the search (search_results.tag_trial_states);
 - every request runs on the tracker's own thread (Tracker.submit), so the Tune loop never waits on
   the server, and any error is the tracker's one warning, never the search's (Ray's callback would
   raise into Tune).
-Importing this module imports mlflow: tune.py imports it only when tracking is on.
+Importing this module imports mlflow: search_setup.trial_callbacks imports it only when tracking is on.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from orchestrator.tracking import Tracker
+from orchestrator.tracker import Tracker
 
 
 def trial_key(trial) -> str:

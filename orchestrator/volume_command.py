@@ -79,8 +79,8 @@ def add_volume_args(parser: argparse.ArgumentParser) -> None:
 
 def predict_segy(args: argparse.Namespace) -> int:
     """Validates, then predicts; `args` from orchestrator.predict's parser."""
-    from orchestrator.predict import actor_resources, load_models
     from orchestrator.runtime import init_ray
+    from orchestrator.submission import actor_resources, load_models
     from orchestrator.volume import directions_for, run_volume
 
     if args.out is None:

@@ -151,7 +151,8 @@ def collected_run(fold_checkpoints, tmp_path_factory):
     orchestrator.train does: (run folder, data, folds, cv summary)."""
     from ray.train import Checkpoint
 
-    from orchestrator.kfold import collect_folds, write_cv
+    from orchestrator.collect import collect_folds
+    from orchestrator.finish import write_cv
 
     config, data, folds, root = fold_checkpoints
     out = tmp_path_factory.mktemp("run")

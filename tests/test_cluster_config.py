@@ -31,7 +31,7 @@ def test_ray_accepts_the_cluster_config(cluster):
 
 
 def test_trial_drivers_go_to_the_head_and_folds_to_the_gpu_workers():
-    from orchestrator.tune import trial_resources
+    from orchestrator.search_setup import trial_resources
 
     capacity = launcher_capacity(CLUSTER)
     assert trial_resources(capacity) == {"tune_driver": 1}  # the head has them, and no CPU for folds
@@ -41,7 +41,7 @@ def test_trial_drivers_go_to_the_head_and_folds_to_the_gpu_workers():
 
 
 def test_trial_drivers_without_a_head_resource_are_an_error_not_a_cpu_anywhere():
-    from orchestrator.tune import trial_resources
+    from orchestrator.search_setup import trial_resources
 
     hand_started = Capacity(
         (NodeType("head", {"CPU": 8.0}, 1), NodeType("gpu", {"CPU": 4.0, "GPU": 1.0}, 2)), "test"

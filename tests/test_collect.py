@@ -21,8 +21,8 @@ def run_dir(fold_checkpoints):
 
 
 def test_collect_folds_writes_every_variant_and_the_chosen_members(run_dir, tmp_path, capsys):
-    from orchestrator.kfold import collect_folds, write_cv
-    from orchestrator.train import print_cv_table
+    from orchestrator.collect import collect_folds
+    from orchestrator.finish import print_cv_table, write_cv
     from salt_model.postprocess import Thresholds, choose_thresholds
 
     config, data, folds, root = run_dir
@@ -55,7 +55,7 @@ def test_collect_folds_writes_every_variant_and_the_chosen_members(run_dir, tmp_
 def test_prune_keeps_the_last_checkpoint_without_optimizer_state(run_dir, tmp_path):
     import shutil
 
-    from orchestrator.kfold import collect_folds, prune_run_checkpoints
+    from orchestrator.collect import collect_folds, prune_run_checkpoints
 
     config, data, folds, root = run_dir
     run = tmp_path / "trial-x"

@@ -254,7 +254,7 @@ def test_a_failed_fold_worker_and_its_restart_show_as_warnings(tiny_data_root, t
 def test_tune_progress_table_records_each_trial_epoch_and_names_pruned_and_failed_trials(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from orchestrator.tune import ProgressTable
+    from orchestrator.tune_callbacks import ProgressTable
 
     console._State.view = console.ProgressView(epochs=4, folds=3, stream=sys.stdout, tty=False)
     console._State.closed = False

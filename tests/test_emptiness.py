@@ -152,7 +152,7 @@ def test_cv_json_false_empty_breakdown_equals_a_recount_from_oof_npz(collected):
 
 
 def test_the_report_shows_the_false_empty_table(collected):
-    from orchestrator.report import build, save_oof_truth
+    from orchestrator.run_report import build, save_oof_truth
 
     out, data = collected
     (out / "config.json").write_text(json.dumps(json.loads((out / "cv.json").read_text())["config"]))

@@ -250,9 +250,9 @@ def test_quality_bench_scores_the_members_and_predicts_with_them(tiny_data_root,
 def test_aggregation_loads_every_member_and_refuses_a_partial_models_folder(tiny_config, tmp_path):
     import json
 
-    from orchestrator.predict import ensemble_probs, load_models
+    from orchestrator.submission import load_models
     from salt_model.model import build_model
-    from salt_model.predict import model_from_payload, save_fold_model
+    from salt_model.predict import ensemble_probs, model_from_payload, save_fold_model
 
     state = build_model(tiny_config.model).state_dict()
     for fold in range(2):

@@ -119,7 +119,7 @@ def test_cluster_yaml_packs_three_fold_trials_on_its_ten_gpus():
 )
 def test_the_search_runs_the_planned_trials_at_once(folds, trials, total):
     """tune.main's sizing: the default share, then trials_per_wave on it, gives the plan's trial count."""
-    from orchestrator.tune import trials_per_wave
+    from orchestrator.search_setup import trials_per_wave
 
     config = load_config(None, [f"data.folds={folds}", f"search.trials={trials}"])
     capacity = gpu_nodes(total)

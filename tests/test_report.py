@@ -16,7 +16,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from orchestrator.report import asha_rungs, build, main, read_progress, save_oof_truth, snapshot_epochs
+from orchestrator.report import main
+from orchestrator.run_report import asha_rungs, build, read_progress, save_oof_truth, snapshot_epochs
 from salt_model import oof_stats
 from salt_model.config import load_config
 from salt_model.io import atomic_savez

@@ -78,13 +78,13 @@ def test_no_tracking_configured_imports_no_mlflow(tiny_data_root):
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "import orchestrator.train, orchestrator.tune\n"
+        "import orchestrator.train, orchestrator.tune, orchestrator.search_setup\n"
         "from orchestrator import tracking\n"
         "from salt_model.config import load_config\n"
         "config = load_config(None)\n"
         "assert tracking.tracking_uri(None, config) is None\n"
         "assert tracking.start_tracker(None, Path('.'), config, 'train', Path('.'), 0) is None\n"
-        "assert orchestrator.tune.trial_callbacks(None, config, Path('.'), None) == []\n"
+        "assert orchestrator.search_setup.trial_callbacks(None, config, Path('.'), None) == []\n"
         "print('mlflow' in sys.modules, sorted(m for m in sys.modules if m.startswith('mlflow')))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True)

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from orchestrator.placement import start_attempts
-from orchestrator.train import add_cluster_args, failure_args
+from orchestrator.session import add_cluster_args, failure_args
 from tests.cluster_helpers import ray_head, stop_group
 from tests.conftest import TINY, tiny_args
 from tests.processes import run

@@ -1,0 +1,169 @@
+"""Runs on each Ray Train worker, one per fold: worker rank r trains fold r with salt_model's training loop.
+
+Folds are independent models, so no gradients are synchronised; the process group (gloo, which
+works with and without CUDA) is used only to gather the folds' epoch metrics to rank 0, because Ray
+keeps only rank 0's metrics in the Result. `ray.train.report` is a barrier: every fold reports every
+epoch (an epoch that salt_model.cadence does not evaluate reports its training metrics only, so the
+count of reports never depends on the cadence), and each fold writes its own `fold_{r}.pt` into the shared checkpoint (Ray merges the ranks'
+files into one folder). A fold worker that dies restarts the group from the latest checkpoint
+(FailureConfig), and re-running with the same output folder resumes a run whose driver died.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import torch.distributed as dist
+from ray.train import Checkpoint
+
+from orchestrator import console
+from orchestrator.faults import DETERMINISTIC, inject
+from orchestrator.resume import ResumeFailed, pick_resume, read_fold
+from orchestrator.runtime import worker_device
+from orchestrator.storage import checkpoints_before
+from salt_model.config import Config
+from salt_model.data import SaltData
+from salt_model.engine import train_fold
+from salt_model.threads import set_cpu_threads
+
+FOLD_KEYS = ("val_map", "val_iou", "val_loss", "train_loss", "best_val_map", "train_tiles")
+
+
+def merge_fold_metrics(per_fold: list[dict]) -> dict:
+    """Folds' epoch metrics -> the mean of each and every fold's own value (`val_map_fold{r}`)."""
+    merged = {
+        "epoch": per_fold[0]["epoch"],
+        "lr": per_fold[0]["lr"],
+        "loss": per_fold[0]["loss"],
+        "epoch_s": max(m["epoch_s"] for m in per_fold),
+    }
+    if "resumed_after" in per_fold[0]:  # the epoch each fold's current attempt started after
+        merged["resumed_after"] = min(m["resumed_after"] for m in per_fold)
+        merged.update({f"resumed_after_fold{m['fold']}": m["resumed_after"] for m in per_fold})
+    if any(m.get("rereport") for m in per_fold):
+        merged["rereport"] = True  # a finished run's last epoch reported again, not trained again
+    for key in FOLD_KEYS + ("val_empty_acc",):
+        if key in per_fold[0]:
+            values = [m[key] for m in per_fold]
+            merged[key] = float(np.mean(values))
+            merged.update({f"{key}_fold{m['fold']}": m[key] for m in per_fold})
+    merged.update({f"node_fold{m['fold']}": m["node"] for m in per_fold if "node" in m})  # placement
+    return merged
+
+
+def fold_worker(loop_config: dict) -> None:
+    """The per-worker training function: rank r trains fold r and reports every epoch.
+
+    A deterministic error in one fold (faults.DETERMINISTIC) is not raised to Ray, which would retry
+    it: the fold joins the next epoch barrier with its reason, every fold reports it once and
+    returns, and the driver raises faults.RunFailed (see `FatalReason`).
+    """
+    context = ray.train.get_context()
+    fold = context.get_world_rank()
+    config = Config.from_dict(loop_config["config"], source="train_loop_config")
+    set_cpu_threads(loop_config["threads"])  # torch and OpenCV, sized to this worker's Ray CPU share
+    data: SaltData = ray.get(loop_config["data_ref"])  # one copy per node, from the object store
+    extra = ray.get(loop_config["pseudo_ref"]) if loop_config.get("pseudo_ref") is not None else None
+    if isinstance(extra, list):  # pseudo.teacher=fold: each fold has its own pseudo-labelled tiles
+        extra = extra[fold]
+    init_states = ray.get(loop_config["init_ref"]) if loop_config.get("init_ref") is not None else None
+    folds = np.asarray(loop_config["folds"])
+
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # the newest kept checkpoint every fold can read (orchestrator.resume)
+        candidates = [checkpoint, *checkpoints_before(checkpoint)]
+        try:
+            resume, chosen, skipped = pick_resume(candidates, lambda c: read_fold(c, fold), all_folds)
+        except ResumeFailed as err:  # every fold has the same reason: each reports it once and stops
+            print(f"fold {fold}: {err} (deterministic: not retried)", flush=True)
+            ray.train.report({"fatal_error": str(err), "epoch": 0})
+            return
+        if skipped and fold == 0:
+            console.worker_say(
+                f"unreadable checkpoint skipped: {'; '.join(skipped)}; resuming from {chosen.path}"
+            )
+    resumed_after = int(resume["epoch"]) if resume is not None else 0
+    if resume is not None:
+        console.worker_say(f"fold {fold}: worker restarted, resuming after epoch {resumed_after}")
+
+    gauge = ray.util.metrics.Gauge(  # on this node's Prometheus endpoint as ray_fold_val_map
+        "fold_val_map", "held-out competition metric of a fold", tag_keys=("run", "trial", "fold")
+    )
+    tags = {
+        "run": loop_config["run_name"],
+        "trial": loop_config.get("trial") or loop_config["run_name"],
+        "fold": str(fold),
+    }
+    node = ray.get_runtime_context().get_node_id()
+
+    reports = 0
+    fault = inject(loop_config.get("inject_failure"), fold, lambda: resumed_after + reports)
+
+    def gather(payload: dict) -> list[dict]:
+        gathered = all_folds(payload)
+        fatal = [m["fatal_error"] for m in gathered if "fatal_error" in m]
+        if fatal:  # every fold reports the reason once (report is a barrier) and stops
+            ray.train.report({"fatal_error": "; ".join(fatal), "epoch": resumed_after + reports})
+            raise _Stop
+        return gathered
+
+    def report(metrics: dict, save) -> None:
+        nonlocal reports
+        epoch = metrics["epoch"]
+        metrics = fault(epoch, metrics)
+        reports += 1
+        if "val_map" in metrics:  # an evaluated epoch
+            gauge.set(metrics["val_map"], tags=tags)
+        # the run's own record of resumes: the epoch each fold's current attempt started after
+        merged = merge_fold_metrics(gather({**metrics, "node": node, "resumed_after": resumed_after}))
+        if save is not None and (epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs):
+            with tempfile.TemporaryDirectory() as directory:
+                save(Path(directory))
+                ray.train.report(merged, checkpoint=Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(merged)
+
+    try:
+        result = train_fold(
+            config,
+            data,
+            fold,
+            report=report,
+            folds=folds,
+            resume=resume,
+            device=worker_device(loop_config.get("gpus", 0.0)),  # refuses GPUs that CUDA cannot start
+            threads=loop_config["threads"],  # the worker's Ray share wins over config.train.threads
+            extra=extra,  # a pseudo round's tiles, in this fold's training part only
+            init_state=None if init_states is None else init_states[fold],
+            eval_at=tuple(loop_config.get("eval_at") or ()),  # a search's ASHA rungs
+        )
+        if reports == 0:
+            # The run was already complete in the checkpoint it resumed from (the driver died after the
+            # last epoch). Every fold is in the same state, so every fold reports its last epoch again,
+            # once, so that a Tune trial still ends with its metric.
+            report({**result.history[-1], "rereport": True}, None)
+    except _Stop:
+        return
+    except DETERMINISTIC as err:
+        reason = f"fold {fold}: {type(err).__name__}: {err}"
+        print(f"{reason} (deterministic: not retried)", flush=True)
+        try:
+            gather({"fatal_error": reason})
+        except _Stop:
+            return
+
+
+def all_folds(payload: dict) -> list[dict]:
+    """Every fold's `payload`, in rank order (gloo all-gather; every fold must call it)."""
+    gathered: list[dict] = [None] * ray.train.get_context().get_world_size()  # type: ignore[list-item]
+    dist.all_gather_object(gathered, payload)
+    return gathered
+
+
+class _Stop(Exception):
+    """Unwinds a fold's training loop once any fold has reported a deterministic error."""
