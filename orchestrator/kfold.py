@@ -89,6 +89,26 @@ def make_trainer(
     )
 
 
+def fit_folds(
+    trainer: TorchTrainer,
+    config: Config,
+    resources: FoldResources,
+    placement_timeout_s: float,
+    failure_file: Path,
+    who: str,
+):
+    """fit() within the placement bound (the one k-fold fit of orchestrator.train's rounds and of a
+    search trial); a deterministic failure FatalReason recorded in `failure_file` is raised as
+    RunFailed naming `who`, any other error as Ray Train raised it. Returns Ray's Result."""
+    result = fit_placed(trainer, config.data.folds, resources.as_dict(), placement_timeout_s)
+    reason = fatal_reason(failure_file)
+    if reason is not None:
+        raise RunFailed(f"{who} stopped without retrying: {reason}")
+    if result.error is not None:
+        raise result.error
+    return result
+
+
 def run_name_for(out: Path) -> str:
     """A Ray run name unique to the output folder, stable across re-runs (so they resume)."""
     digest = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:8]
@@ -141,12 +161,7 @@ def run_kfold(
         placement_timeout_s=placement_timeout_s,
         max_preemptions=max_preemptions,
     )
-    result = fit_placed(trainer, config.data.folds, resources.as_dict(), placement_timeout_s)
-    reason = fatal_reason(failure_file)
-    if reason is not None:
-        raise RunFailed(f"the run stopped without retrying: {reason}")
-    if result.error is not None:
-        raise result.error
+    result = fit_folds(trainer, config, resources, placement_timeout_s, failure_file, "the run")
     if result.checkpoint is None:
         raise RuntimeError(f"the run in {out} finished without a checkpoint")
     return collect_folds(result.checkpoint, out, data, folds, config.data.folds)

@@ -16,8 +16,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.callbacks import FailureNotice, FatalReason, fatal_reason
 from orchestrator.faults import RunFailed, trial_fault
-from orchestrator.kfold import make_trainer
-from orchestrator.placement import fit_placed
+from orchestrator.kfold import fit_folds, make_trainer
 from orchestrator.runtime import FoldResources
 from orchestrator.search import METRIC, InRunFolder, trial_config, trial_run_name
 from orchestrator.storage import join
@@ -131,13 +130,14 @@ def kfold_trial(
         eval_at=tuple(asha_rungs(config.search, config.train.epochs)),  # ASHA compares trials there
         pseudo_ref=None if pseudo_refs is None else ray.put(ray.get(pseudo_refs[0]).labels(config).data),
     )
-    result = fit_placed(
-        trainer, config.data.folds, FoldResources(**resources).as_dict(), failures["placement_timeout_s"]
+    fit_folds(
+        trainer,
+        config,
+        FoldResources(**resources),
+        failures["placement_timeout_s"],
+        failed,
+        f"trial {number}",
     )
-    if fatal_reason(failed) is not None:
-        raise RunFailed(f"trial {number} stopped without retrying: {fatal_reason(failed)}")
-    if result.error is not None:
-        raise result.error
 
 
 @dataclasses.dataclass
