@@ -43,7 +43,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher
 
-from orchestrator.study import STUDY_FILE, load_run_study, study_url
+from orchestrator.study import STUDY_FILE, load_run_study, run_storage
 from salt_model.config import Config, SearchConfig
 from salt_model.io import atomic_write
 from salt_model.schedules import cycle_end_epochs
@@ -201,14 +201,9 @@ class PruningOptunaSearch(InRunFolder, Searcher):
         self._db: optuna.storages.BaseStorage | None = None  # the study's storage (live_trial needs it)
 
     @property
-    def storage(self) -> str | None:
-        return study_url(self.out) if self.out is not None else None
-
-    @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            url = self.storage
-            self._db = optuna.storages.InMemoryStorage() if url is None else optuna.storages.RDBStorage(url)
+            self._db = optuna.storages.InMemoryStorage() if self.out is None else run_storage(self.out)
             self._study = optuna.create_study(
                 storage=self._db,
                 study_name=self.study_name,
@@ -258,11 +253,15 @@ class PruningOptunaSearch(InRunFolder, Searcher):
                 self.study.tell(number, result[self.metric], skip_if_finished=True)
             return
         reason = (self.failure_reason(number) if self.failure_reason else None) or "error (see the trial log)"
-        fail(self._db, self.study, number, reason)
+        fail(*self._opened(), number, reason)
+
+    def _opened(self) -> tuple[optuna.storages.BaseStorage, optuna.Study]:
+        """(storage, study), the study opened first: opening it opens its storage."""
+        study = self.study
+        return self._db, study
 
     def _live(self, number: int) -> optuna.Trial:
-        study = self.study  # opens self._db
-        return live_trial(self._db, study, number)
+        return live_trial(*self._opened(), number)
 
     def save(self, checkpoint_path: str) -> None:
         """Tune's save (on its timer, into the experiment folder it copies to --storage): the trial

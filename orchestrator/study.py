@@ -23,5 +23,12 @@ def open_run_study(out: Path, study_name: str = STUDY_NAME):
     """(study, its storage): the storage object is what looks a trial's id up by its number."""
     import optuna
 
-    storage = optuna.storages.RDBStorage(study_url(out))
+    storage = run_storage(out)
     return optuna.load_study(study_name=study_name, storage=storage), storage
+
+
+def run_storage(out: Path):
+    """The Optuna storage (RDBStorage) on the run folder's study file."""
+    import optuna
+
+    return optuna.storages.RDBStorage(study_url(out))

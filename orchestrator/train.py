@@ -139,8 +139,8 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
             f"pseudo.rounds={config.pseudo.rounds} needs test tiles to pseudo-label, but {root} has no "
             "test/images; set pseudo.rounds=0"
         )
-    for r in range(1, config.pseudo.rounds + 1):
-        rounds.round_config(config, r)  # a round that cannot be configured fails now, not after round 0
+    if config.pseudo.rounds:  # every later round trains the same config: one that cannot fails now
+        rounds.round_config(config, 1)
     data, folds = prepare_run(config, root, out)
     print(f"data {root}: {len(data)} tiles, {config.data.folds} folds, {config.train.epochs} epochs")
     console.setup(out, args.verbose, config.train.epochs, config.data.folds)
