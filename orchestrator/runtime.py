@@ -10,6 +10,10 @@ provided"), so those are only passed when a new local Ray starts. Ray turns toke
 only for an address it finds (none or "auto"), and then even for a cluster without auth; here the
 driver asks the cluster (one unauthenticated GCS call) and turns it on only when the cluster refuses
 callers without a token, using `~/.ray/auth_token`, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.
+The public route, `ray.init` and a retry in token mode on the auth error, does not work in 2.60
+(measured against a `ray start --head` in token mode): the first `ray.init` retries the refused GCS
+for 20 s and raises ConnectionError, and a second one after setting RAY_AUTH_MODE=token fails the
+same way, 20 s later, because a process reads its auth mode once.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ Where each is used and why no public route exists in Ray 2.60:
 - ray._private.services.canonicalize_bootstrap_address (runtime.existing_cluster): resolves "auto"
   and ray_current_cluster the way `ray.init` does, before ray.init, so that a dead cluster left in
   ray_current_cluster is skipped instead of retried for minutes.
-- ray._raylet.GcsClient.internal_kv_get (runtime.cluster_wants_token): one unauthenticated probe.
+- ray._raylet.GcsClient.internal_kv_get (runtime.cluster_wants_token): one unauthenticated probe
+  (a `ray.init` refused for want of a token retries for 20 s, and a retry in token mode in the same
+  process fails again: runtime.py's docstring).
 - ray._private.authentication...maybe_enable_token_auth_if_token_available (runtime.use_token_auth_for).
 - ray._private.state.state.get_cluster_config (capacity._types_from_gcs): the node types of a cluster
   started by `ray up`, which no public API lists.
