@@ -1,6 +1,8 @@
-"""Runs in the Ray Train controller: the k-fold run's UserCallbacks, called after each report of rank 0
-(the fold means) and after a worker failure. `fatal_reason` reads FatalReason's record where fit()
-was called (the driver, or a search trial) and in the search's searcher.
+"""Runs in the Ray Train controller: the k-fold run's UserCallbacks. Ray calls `after_report` with
+every fold's report of an epoch (one dict per rank); `merge_fold_metrics` makes the run's epoch record
+of them (the fold means and each fold's own values), and after a worker failure `after_exception`.
+`fatal_reason` reads FatalReason's record where fit() was called (the driver, or a search trial) and
+in the search's searcher.
 """
 
 from __future__ import annotations
@@ -9,12 +11,40 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from ray.train import UserCallback
 
 from orchestrator import console
 from orchestrator.storage import get_file, put_file
 from orchestrator.tensorboard import FoldCurves
 from salt_model.io import atomic_write_text
+
+FOLD_KEYS = ("val_map", "val_iou", "val_loss", "train_loss", "best_val_map", "train_tiles")
+
+
+def merge_fold_metrics(per_fold: list[dict]) -> dict:
+    """Folds' epoch metrics -> the mean of each and every fold's own value (`val_map_fold{r}`); a
+    deterministic failure's report (every fold sends the same one) as it is."""
+    if "fatal_error" in per_fold[0]:
+        return dict(per_fold[0])
+    merged = {
+        "epoch": per_fold[0]["epoch"],
+        "lr": per_fold[0]["lr"],
+        "loss": per_fold[0]["loss"],
+        "epoch_s": max(m["epoch_s"] for m in per_fold),
+    }
+    if "resumed_after" in per_fold[0]:  # the epoch each fold's current attempt started after
+        merged["resumed_after"] = min(m["resumed_after"] for m in per_fold)
+        merged.update({f"resumed_after_fold{m['fold']}": m["resumed_after"] for m in per_fold})
+    if any(m.get("rereport") for m in per_fold):
+        merged["rereport"] = True  # a finished run's last epoch reported again, not trained again
+    for key in FOLD_KEYS + ("val_empty_acc",):
+        if key in per_fold[0]:
+            values = [m[key] for m in per_fold]
+            merged[key] = float(np.mean(values))
+            merged.update({f"{key}_fold{m['fold']}": m[key] for m in per_fold})
+    merged.update({f"node_fold{m['fold']}": m["node"] for m in per_fold if "node" in m})  # placement
+    return merged
 
 
 class FatalReason(UserCallback):
@@ -34,7 +64,7 @@ class FatalReason(UserCallback):
             put_file(Path(self.path), self.copy_uri)
 
     def after_report(self, run_context, metrics, checkpoint):
-        if "fatal_error" in metrics[0]:
+        if "fatal_error" in metrics[0]:  # every fold reports the same reasons
             self.record(metrics[0])
 
 
@@ -55,8 +85,9 @@ class FailureNotice(UserCallback):
 
 
 class ProgressFile(FailureNotice):
-    """Runs in the Train controller: every epoch's merged metrics go to `OUT/progress.jsonl`, the fold
-    curves to `OUT/tensorboard/fold_{r}`, and an event to the driver's live view."""
+    """Runs in the Train controller: every epoch's merged fold metrics go to `OUT/progress.jsonl` (which
+    the driver's live view follows: the controller runs on the driver's node) and the fold curves to
+    `OUT/tensorboard/fold_{r}`."""
 
     def __init__(self, out: str, folds: int):
         self.out, self.folds = out, folds
@@ -65,10 +96,10 @@ class ProgressFile(FailureNotice):
     def after_report(self, run_context, metrics, checkpoint):
         if "fatal_error" in metrics[0]:
             return  # FatalReason keeps it
+        merged = merge_fold_metrics(metrics)
         Path(self.out).mkdir(parents=True, exist_ok=True)
         with open(Path(self.out) / "progress.jsonl", "a") as f:
-            f.write(json.dumps({"time": time.time(), **metrics[0]}) + "\n")
+            f.write(json.dumps({"time": time.time(), **merged}) + "\n")
         if self.curves is None:
             self.curves = FoldCurves(Path(self.out) / "tensorboard", self.folds)
-        self.curves.add(metrics[0])
-        console.worker_say({"event": "epoch", **metrics[0]})
+        self.curves.add(merged)

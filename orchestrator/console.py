@@ -7,10 +7,12 @@ progress bars are off (DataContext); and the worker lines Ray streams to the dri
 are routed by a handler on Ray's stdstream dispatcher (Ray's internal fan-out, the one private piece)
 into `OUT/logs/workers.log`; the C++ core's own stderr lines in the driver go to
 `OUT/logs/driver-native.log` (file descriptor 2 is pointed there, Python's sys.stderr keeps the
-terminal). Worker lines that start with `MARK` are ours (fold progress, restarts, failures): they come
+terminal). Worker lines that start with `MARK` are ours (restarts, failures, placement): they come
 to the console without Ray's `(pid=...)` prefix. `--verbose` keeps Ray's own output on the terminal.
 
-The live view itself is orchestrator/progress_view.py.
+The live view itself is orchestrator/progress_view.py. Its epochs do not travel through Ray's log
+stream: orchestrator.train's driver follows the run's progress.jsonl (orchestrator/progress_follower.py)
+and a search's driver gets them from Tune (orchestrator/tune_callbacks.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import json
 import logging
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -142,11 +143,7 @@ def on_worker_line(text: str) -> None:
         return
     if text.startswith("{"):
         event = json.loads(text)
-        kind = event.pop("event", None)
-        if kind == "epoch" and _State.view is not None:
-            _State.view.update(event.pop("trial", "run"), event)
-            return
-        if kind == "failure":
+        if event.pop("event", None) == "failure":
             causes = "; ".join(f"fold {r}: {c}" for r, c in sorted(event["folds"].items()))
             say(
                 f"warning: fold worker failed ({causes}); Ray Train restarts the folds from the last checkpoint"
@@ -170,6 +167,12 @@ def view() -> ProgressView | None:
     return _State.view
 
 
+def show_epoch(metrics: dict) -> None:
+    """One epoch of orchestrator.train's k-fold run (its merged fold metrics) in the live view."""
+    if not _State.closed and _State.view is not None:
+        _State.view.update("run", metrics)
+
+
 def restart_live_view(label: str = "", epochs: int | None = None) -> None:
     """A new stage of the same run (a pseudo-label round): its epochs are shown again, `label` first,
     out of `epochs` when the stage trains another number of them."""
@@ -182,15 +185,8 @@ def restart_live_view(label: str = "", epochs: int | None = None) -> None:
             _State.view.start("run", label)
 
 
-def end_live_view(final_epoch: int | None = None, wait_s: float = 10.0) -> None:
-    """The training is over: wait (briefly) for the last epoch's line, which travels through Ray's log
-    stream, clear the live block, and keep any later worker line in the log file only."""
-    deadline = time.time() + wait_s
-    while final_epoch and _State.view is not None and time.time() < deadline:
-        metrics = _State.view.runs.get("run", {}).get("metrics") or {}
-        if metrics.get("epoch", 0) >= final_epoch:
-            break
-        time.sleep(0.1)
+def end_live_view() -> None:
+    """The training is over: clear the live block, and keep any later worker line in the log file only."""
     with LOCK:
         if _State.view is not None:
             _State.view.clear()

@@ -1,12 +1,17 @@
 """Runs on each Ray Train worker, one per fold: worker rank r trains fold r with salt_model's training loop.
 
-Folds are independent models, so no gradients are synchronised; the process group (gloo, which
-works with and without CUDA) is used only to gather the folds' epoch metrics to rank 0, because Ray
-keeps only rank 0's metrics in the Result. `ray.train.report` is a barrier: every fold reports every
+Each fold reports its own epoch metrics; Ray hands every rank's report to the controller's callbacks,
+which merge them (orchestrator/callbacks.py). `ray.train.report` is a barrier: every fold reports every
 epoch (an epoch that salt_model.cadence does not evaluate reports its training metrics only, so the
-count of reports never depends on the cadence), and each fold writes its own `fold_{r}.pt` into the shared checkpoint (Ray merges the ranks'
-files into one folder). A fold worker that dies restarts the group from the latest checkpoint
-(FailureConfig), and re-running with the same output folder resumes a run whose driver died.
+count of reports never depends on the cadence), and each fold writes its own `fold_{r}.pt` into the
+shared checkpoint (Ray merges the ranks' files into one folder). A fold worker that dies restarts the
+group from the latest checkpoint (FailureConfig), and re-running with the same output folder resumes a
+run whose driver died.
+
+The folds share no gradients; the process group (gloo, which works with and without CUDA) serves
+two agreements that Ray's report barrier cannot carry, since it sends nothing back to the workers and
+`ray.train.collective` offers only a barrier and a broadcast from rank 0: whether any fold has hit a
+deterministic error (then all stop at the same report), and which checkpoint every fold can read.
 """
 
 from __future__ import annotations
@@ -29,30 +34,6 @@ from salt_model.config import Config
 from salt_model.data import SaltData
 from salt_model.engine import train_fold
 from salt_model.threads import set_cpu_threads
-
-FOLD_KEYS = ("val_map", "val_iou", "val_loss", "train_loss", "best_val_map", "train_tiles")
-
-
-def merge_fold_metrics(per_fold: list[dict]) -> dict:
-    """Folds' epoch metrics -> the mean of each and every fold's own value (`val_map_fold{r}`)."""
-    merged = {
-        "epoch": per_fold[0]["epoch"],
-        "lr": per_fold[0]["lr"],
-        "loss": per_fold[0]["loss"],
-        "epoch_s": max(m["epoch_s"] for m in per_fold),
-    }
-    if "resumed_after" in per_fold[0]:  # the epoch each fold's current attempt started after
-        merged["resumed_after"] = min(m["resumed_after"] for m in per_fold)
-        merged.update({f"resumed_after_fold{m['fold']}": m["resumed_after"] for m in per_fold})
-    if any(m.get("rereport") for m in per_fold):
-        merged["rereport"] = True  # a finished run's last epoch reported again, not trained again
-    for key in FOLD_KEYS + ("val_empty_acc",):
-        if key in per_fold[0]:
-            values = [m[key] for m in per_fold]
-            merged[key] = float(np.mean(values))
-            merged.update({f"{key}_fold{m['fold']}": m[key] for m in per_fold})
-    merged.update({f"node_fold{m['fold']}": m["node"] for m in per_fold if "node" in m})  # placement
-    return merged
 
 
 def fold_worker(loop_config: dict) -> None:
@@ -104,13 +85,11 @@ def fold_worker(loop_config: dict) -> None:
     reports = 0
     fault = inject(loop_config.get("inject_failure"), fold, lambda: resumed_after + reports)
 
-    def gather(payload: dict) -> list[dict]:
-        gathered = all_folds(payload)
-        fatal = [m["fatal_error"] for m in gathered if "fatal_error" in m]
-        if fatal:  # every fold reports the reason once (report is a barrier) and stops
+    def stop_if_any_failed(reason: str | None = None) -> None:
+        fatal = [r for r in all_folds(reason) if r is not None]
+        if fatal:  # every fold reports the reasons once (report is a barrier) and stops
             ray.train.report({"fatal_error": "; ".join(fatal), "epoch": resumed_after + reports})
             raise _Stop
-        return gathered
 
     def report(metrics: dict, save) -> None:
         nonlocal reports
@@ -119,14 +98,15 @@ def fold_worker(loop_config: dict) -> None:
         reports += 1
         if "val_map" in metrics:  # an evaluated epoch
             gauge.set(metrics["val_map"], tags=tags)
+        stop_if_any_failed()
         # the run's own record of resumes: the epoch each fold's current attempt started after
-        merged = merge_fold_metrics(gather({**metrics, "node": node, "resumed_after": resumed_after}))
+        metrics = {**metrics, "node": node, "resumed_after": resumed_after}
         if save is not None and (epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs):
             with tempfile.TemporaryDirectory() as directory:
                 save(Path(directory))
-                ray.train.report(merged, checkpoint=Checkpoint.from_directory(directory))
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
         else:
-            ray.train.report(merged)
+            ray.train.report(metrics)
 
     try:
         result = train_fold(
@@ -153,14 +133,14 @@ def fold_worker(loop_config: dict) -> None:
         reason = f"fold {fold}: {type(err).__name__}: {err}"
         print(f"{reason} (deterministic: not retried)", flush=True)
         try:
-            gather({"fatal_error": reason})
+            stop_if_any_failed(reason)
         except _Stop:
             return
 
 
-def all_folds(payload: dict) -> list[dict]:
+def all_folds(payload):
     """Every fold's `payload`, in rank order (gloo all-gather; every fold must call it)."""
-    gathered: list[dict] = [None] * ray.train.get_context().get_world_size()  # type: ignore[list-item]
+    gathered: list = [None] * ray.train.get_context().get_world_size()
     dist.all_gather_object(gathered, payload)
     return gathered
 

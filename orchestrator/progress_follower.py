@@ -1,5 +1,6 @@
-"""Runs on the driver: orchestrator.train has no Tune, so a thread follows each k-fold run's
-progress.jsonl (written by the Train controller, orchestrator/callbacks.py) into its MLflow child run.
+"""Runs on the driver of orchestrator.train: a thread follows each k-fold run's progress.jsonl, written
+by the Train controller (orchestrator/callbacks.py), which Ray Train places on the driver's node. Each
+new epoch goes to the live view and, with tracking on, into the run's MLflow child run.
 """
 
 from __future__ import annotations
@@ -13,37 +14,59 @@ from orchestrator import console
 from orchestrator.tracker import Tracker
 
 
+def read_records(path: Path) -> list[dict]:
+    """The complete lines of a progress.jsonl, parsed (a line still being written is left for later)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
 class ProgressFollower:
-    """A driver thread that logs each new line of a k-fold run's progress.jsonl to its child run.
+    """A driver thread that hands each new epoch of a k-fold run's progress.jsonl to the live view
+    (epochs written since it started) and to the MLflow child run `run_id` (every epoch not logged
+    yet: OUT/mlflow.json keeps how many were, so a resumed run logs only the new ones)."""
 
-    OUT/mlflow.json keeps how many lines were logged, so a resumed run logs only the new epochs."""
-
-    def __init__(self, tracker: Tracker, run_id: str | None, key: str, progress: Path, every_s: float = 2.0):
-        self.tracker, self.run_id, self.key, self.path = tracker, run_id, key, Path(progress)
+    def __init__(
+        self, progress: Path, tracker: Tracker | None = None, run_id: str | None = None, key: str = "",
+        every_s: float = 1.0,
+    ):  # fmt: skip
+        self.path, self.tracker, self.run_id, self.key = Path(progress), tracker, run_id, key
+        self.shown = len(read_records(self.path))  # a resumed run's earlier epochs are not news
         self.every_s = every_s
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="mlflow-progress", daemon=True)
-
-    def _done_lines(self) -> int:
-        return int(self.tracker.state().get("lines", {}).get(self.key, 0))
+        self._thread = threading.Thread(target=self._loop, name="salt-progress-follower", daemon=True)
 
     def poll(self) -> None:
-        if not self.tracker.on or not self.path.exists():
-            return
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        done = self._done_lines()
-        for line in lines[done:]:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line being written: next poll
-                break
-            self.tracker.log_epoch(self.run_id, record)
-            if not self.tracker.on:
+        with self._lock:
+            records = read_records(self.path)
+            for record in records[self.shown :]:
+                console.show_epoch(record)
+            self.shown = max(self.shown, len(records))
+            if self.tracker is not None:
+                self._log(records)
+
+    def _log(self, records: list[dict]) -> None:
+        tracker = self.tracker
+        done = int(tracker.state().get("lines", {}).get(self.key, 0))
+        for record in records[done:]:
+            if not tracker.on:
+                return
+            tracker.log_epoch(self.run_id, record)
+            if not tracker.on:
                 return
             done += 1
-            with self.tracker.guard() as on:
+            with tracker.guard() as on:
                 if on:
-                    self.tracker._save(lines={**self.tracker.state().get("lines", {}), self.key: done})
+                    tracker._save(lines={**tracker.state().get("lines", {}), self.key: done})
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -61,16 +84,16 @@ class ProgressFollower:
 
 @contextlib.contextmanager
 def follow(tracker: Tracker | None, key: str, name: str, progress: Path):
-    """Logs a k-fold run's epochs (its progress.jsonl) to the child run `key` while the block runs;
-    the child ends COMPLETE, or FAIL with the error, which goes on up."""
-    if tracker is None:
-        yield
-        return
-    run_id = tracker.child(key, name)
+    """Shows a k-fold run's epochs (its progress.jsonl) in the live view while the block runs and, with
+    a tracker, logs them to the child run `key`, which ends COMPLETE, or FAIL with the error (the error
+    goes on up; Ctrl-C: tracker.command() ends every run KILLED)."""
+    run_id = None if tracker is None else tracker.child(key, name)
     try:
-        with ProgressFollower(tracker, run_id, key, progress):
+        with ProgressFollower(progress, tracker, run_id, key):
             yield
     except Exception as err:
-        tracker.end_child(run_id, "FAIL", console.cause(err))
-        raise  # Ctrl-C: tracker.command() ends every run KILLED
-    tracker.end_child(run_id, "COMPLETE")
+        if tracker is not None:
+            tracker.end_child(run_id, "FAIL", console.cause(err))
+        raise
+    if tracker is not None:
+        tracker.end_child(run_id, "COMPLETE")

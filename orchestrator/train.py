@@ -90,7 +90,7 @@ def run_rounds(
                     cfg, data, folds, folder, resources, storage=storage, **failures,
                     pseudo=None if labels is None else rounds.training_tiles(labels), init_states=init,
                 )  # fmt: skip
-            console.end_live_view(final_epoch=cfg.train.epochs)
+            console.end_live_view()
             more = r < config.pseudo.rounds
             summary = finalize(
                 result, folder, cfg, data, root, extra={"round": r},
@@ -161,7 +161,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
         console.view().start("run")  # elapsed counts from here
         with follow(tracker, "kfold", "k-fold", out / "progress.jsonl"):
             result = run_kfold(config, data, folds, out, resources, storage=storage, **failures)
-        console.end_live_view(final_epoch=config.train.epochs)
+        console.end_live_view()
         finalize(result, out, config, data, root)
     else:
         run_rounds(config, data, folds, out, root, resources, failures, storage, tracker)

@@ -14,7 +14,7 @@ import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator.callbacks import FailureNotice, FatalReason, fatal_reason
+from orchestrator.callbacks import FailureNotice, FatalReason, fatal_reason, merge_fold_metrics
 from orchestrator.faults import RunFailed, trial_fault
 from orchestrator.kfold import fit_folds, make_trainer
 from orchestrator.runtime import FoldResources
@@ -29,13 +29,15 @@ from salt_model.pseudo import PseudoLabels, select_pseudo_labels
 
 
 class TrialReport(TuneReportCallback):
-    """Forwards rank 0's evaluated epoch reports to Tune. Not forwarded: a deterministic failure's
-    (FatalReason keeps it) and an epoch without evaluation (train.eval_every): Tune requires the metric
-    in every result, and ASHA's rungs are always evaluated (the trial passes them to its folds)."""
+    """Forwards each evaluated epoch's merged fold metrics (the fold means and each fold's own) to Tune;
+    Ray's TuneReportCallback forwards what it is given first, here the merge. Not forwarded: a
+    deterministic failure's (FatalReason keeps it) and an epoch without evaluation (train.eval_every):
+    Tune requires the metric in every result, and ASHA's rungs are always evaluated (the trial passes
+    them to its folds)."""
 
     def after_report(self, run_context, metrics, checkpoint):
         if "fatal_error" not in metrics[0] and "val_map" in metrics[0]:
-            super().after_report(run_context, metrics, checkpoint)
+            super().after_report(run_context, [merge_fold_metrics(metrics)], checkpoint)
 
 
 def failure_file(out: Path, number: int) -> Path:

@@ -75,20 +75,41 @@ def test_tty_view_redraws_a_block_with_bars_per_trial_and_fold():
     assert "2/4" in block[2] and "ETA" in block[0]
 
 
-def test_worker_lines_route_events_to_the_view_and_failures_to_a_warning(capsys):
-    stream = io.StringIO()
-    console._State.view = console.ProgressView(epochs=4, folds=3, stream=stream, tty=False)
+def test_worker_lines_route_failures_to_a_warning_and_messages_to_the_console(capsys):
+    console._State.view = console.ProgressView(epochs=4, folds=3, stream=io.StringIO(), tty=False)
     console._State.closed = False
     try:
-        console.on_worker_line(json.dumps({"event": "epoch", **metrics(1)}))
         console.on_worker_line(json.dumps({"event": "failure", "folds": {"1": "RuntimeError: disk full"}}))
         console.on_worker_line("fold 1: worker restarted, resuming after epoch 1")
     finally:
         console._State.view = None
-    assert PLAIN_PROGRESS.search(stream.getvalue())
     out = capsys.readouterr().out
     assert "warning: fold worker failed (fold 1: RuntimeError: disk full)" in out
     assert "fold 1: worker restarted, resuming after epoch 1" in out
+
+
+def test_the_follower_shows_each_new_epoch_of_progress_jsonl_once_and_not_the_earlier_ones(tmp_path):
+    from orchestrator.progress_follower import ProgressFollower
+
+    progress = tmp_path / "progress.jsonl"
+    progress.write_text(json.dumps(metrics(1)) + "\n")  # a resumed run's epoch from before
+    stream = io.StringIO()
+    console._State.view = console.ProgressView(epochs=4, folds=3, stream=stream, tty=False)
+    console._State.closed = False
+    try:
+        follower = ProgressFollower(progress)
+        with open(progress, "a") as f:
+            f.write(json.dumps(metrics(2)) + "\n" + json.dumps(metrics(3))[:20])  # the last one half-written
+        follower.poll()
+        follower.poll()
+        with open(progress, "a") as f:
+            f.write(json.dumps(metrics(3))[20:] + "\n")
+        follower.poll()
+    finally:
+        console._State.view = None
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" | ")[0].split()[:2] for line in lines] == [["epoch", "2/4"], ["epoch", "3/4"]], lines
+    assert all(PLAIN_PROGRESS.search(line) for line in lines), lines
 
 
 def test_cause_is_the_last_line_of_a_wrapped_traceback():
@@ -129,7 +150,8 @@ def test_train_console_shows_progress_and_no_ray_noise(train_run):
     assert f"Ray's own output: {out}/logs/" in result.stdout
     assert result.stdout.rstrip().splitlines()[-1].startswith("done in"), "lines after the summary"
     workers = (out / "logs" / "workers.log").read_text()
-    assert "pid=" in workers and "[salt] " in workers  # Ray's worker lines kept, in the run folder
+    assert "pid=" in workers  # Ray's worker lines kept, in the run folder
+    assert '"event": "epoch"' not in workers  # the epochs came from progress.jsonl, not Ray's log stream
 
 
 @pytest.mark.ray
@@ -229,7 +251,7 @@ console.setup(out, False, config.train.epochs, 3)
 init_ray()
 run_kfold(config, data, folds, out, fold_resources(3, None, None), max_failures=2,
           inject_failure={"fold": 1, "epoch": 2, "marker": str(out / "failed-once")})
-console.end_live_view(final_epoch=config.train.epochs)
+console.end_live_view()
 print("trained")
 """
 
@@ -283,3 +305,19 @@ def test_tune_progress_table_records_each_trial_epoch_and_names_pruned_and_faile
     rows = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
     assert [(r["trial_id"], r["epoch"]) for r in rows] == [("t1", 1), ("t1", 2)] and "config" not in rows[0]
     assert [s for s, _ in read_scalars(tmp_path / "tensorboard" / "trial-t1" / "fold_0")["val_map"]] == [1, 2]
+
+
+def test_the_controller_merges_every_folds_report_into_means_and_per_fold_values():
+    from orchestrator.callbacks import merge_fold_metrics
+
+    per_fold = [
+        {"fold": r, "epoch": 3, "lr": 0.01, "loss": "bce", "epoch_s": 10.0 + r, "val_map": 0.5 + 0.1 * r,
+         "train_loss": 0.2, "node": f"n{r}", "resumed_after": 2 - r}
+        for r in range(3)
+    ]  # fmt: skip
+    merged = merge_fold_metrics(per_fold)
+    assert merged["val_map"] == pytest.approx(0.6) and merged["val_map_fold2"] == pytest.approx(0.7)
+    assert merged["epoch_s"] == 12.0 and merged["resumed_after"] == 0 and merged["resumed_after_fold0"] == 2
+    assert merged["node_fold1"] == "n1" and "val_iou" not in merged
+    fatal = {"fatal_error": "fold 1: FloatingPointError: nan loss", "epoch": 3}
+    assert merge_fold_metrics([fatal] * 3) == fatal
