@@ -46,7 +46,8 @@ class ModelConfig:
     empty_hidden: int = 0
     head_kernel: int = 3  # kernel of the head's first conv over the hypercolumn: 3 | 1 (fewer MACs)
     dropout: float = 0.0  # before the final conv and in the empty head
-    encoder_weights: str | None = None  # local torchvision ResNet state_dict file; never downloaded
+    # local torchvision ResNet state_dict file; never downloaded; it fits width 1.0 only
+    encoder_weights: str | None = None
 
     def validate(self) -> None:
         _choice("model.encoder", self.encoder, ENCODERS)
@@ -92,10 +93,10 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 4
-    batch_size: int = 16
+    epochs: int = 4  # epochs per fold (--epochs)
+    batch_size: int = 16  # tiles per optimizer step
     optimizer: str = "adam"  # adam | sgd
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # on conv/linear weights only, not biases or BatchNorm
     momentum: float = 0.9  # sgd only
     loss_switch_epoch: int = 2  # BCE before this epoch (0-based), Lovasz hinge (elu+1) from it on
     empty_loss_weight: float = 0.1  # weight of the empty head's BCE in the total loss
@@ -104,7 +105,8 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     eval_tta: bool = True  # horizontal-flip TTA when evaluating and predicting
     # evaluate the held-out fold every N epochs; the last epoch, snapshot epochs and (in a search)
-    # ASHA's rungs are always evaluated (salt_model/cadence.py)
+    # ASHA's rungs are always evaluated (salt_model/cadence.py); an epoch not evaluated reports its
+    # training metrics only
     eval_every: int = 1
     # flip TTA only in the evaluations that score an ensemble member (last, snapshots, SWA); the others
     # (the best-epoch watch, ASHA's rungs) run one forward pass. Off: eval_tta everywhere
@@ -122,7 +124,7 @@ class TrainConfig:
     # Ray checkpoints kept per k-fold run (CheckpointConfig.num_to_keep); a finished or stopped Tune
     # trial then keeps only its last one, without optimizer state. 0 = keep everything, untouched.
     keep_checkpoints: int = 2
-    seed: int = 0
+    seed: int = 0  # seeds each fold's weights, shuffling and augmentation
 
     def validate(self) -> None:
         _check("train.epochs", self.epochs, self.epochs >= 1, "an integer >= 1")
@@ -155,14 +157,14 @@ class TrainConfig:
 class DataConfig:
     folds: int = 3  # k of the stratified k-fold split (configs/tgs.yaml: 5)
     fold_seed: int = 42  # the split is deterministic for this seed
-    pad: int = 128  # tiles (101x101) are padded to pad x pad
+    pad: int = 128  # tiles (101x101) are padded to pad x pad; 112 or 104 cost fewer MACs
     pad_mode: str = "reflect"  # reflect | replicate
     crop_prob: float = 0.5  # random crop resized back to 101 with this probability
     crop_size: int = 90  # side of that crop
     intensity_prob: float = 0.5  # one of brightness/contrast/gamma with this probability
     synthetic_train: int = 200  # tiles generated when --data synthetic
-    synthetic_test: int = 50
-    synthetic_seed: int = 0
+    synthetic_test: int = 50  # test tiles generated when --data synthetic
+    synthetic_seed: int = 0  # seed of the generated data set
 
     def validate(self) -> None:
         _check("data.folds", self.folds, self.folds >= 2, "an integer >= 2")
@@ -185,15 +187,15 @@ class SearchConfig:
     """The space orchestrator.tune searches (read by Optuna's define-by-run function)."""
 
     trials: int = 4  # k-fold runs to try
-    schedules: tuple[str, ...] = ("cyclic", "cosine", "step", "onecycle", "constant")
+    schedules: tuple[str, ...] = ("cyclic", "cosine", "step", "onecycle", "constant")  # schedule.name choices
     lr_low: float = 3e-4  # base/peak learning rate, log-uniform in [lr_low, lr_high]
-    lr_high: float = 1e-2
+    lr_high: float = 1e-2  # upper end of the lr range
     min_lr_ratio_low: float = 3.0  # cyclic/cosine/onecycle floor = lr / ratio, ratio log-uniform
-    min_lr_ratio_high: float = 100.0
+    min_lr_ratio_high: float = 100.0  # upper end of the ratio range
     cycle_epochs_low: int = 2  # cosine restart period / cyclic cycle, in epochs
-    cycle_epochs_high: int = 20
+    cycle_epochs_high: int = 20  # upper end, bounded above by train.epochs
     switch_low: int = 1  # BCE -> Lovasz switch epoch, bounded above by train.epochs - 1
-    switch_high: int = 1000
+    switch_high: int = 1000  # upper end of the switch range
     grace_epochs: int = 0  # ASHA judges no trial before this epoch (0 = switch_low + 2)
     reduction_factor: int = 2  # ASHA keeps the top 1/reduction_factor at each rung
     early_stopping: bool = True  # ASHA on the fold-mean metric
@@ -202,10 +204,10 @@ class SearchConfig:
     # pseudo-labels (orchestrator.tune --pseudo-from RUN): also search the confidence c (pseudo.high = c,
     # pseudo.low = 1 - c) and the pseudo-labelled tiles' loss weight (log-uniform); off by default
     pseudo: bool = False
-    pseudo_confidence_low: float = 0.7
-    pseudo_confidence_high: float = 0.95
-    pseudo_weight_low: float = 0.25
-    pseudo_weight_high: float = 1.0
+    pseudo_confidence_low: float = 0.7  # c is uniform in [pseudo_confidence_low, _high]
+    pseudo_confidence_high: float = 0.95  # upper end of the c range
+    pseudo_weight_low: float = 0.25  # the weight is log-uniform in [pseudo_weight_low, _high]
+    pseudo_weight_high: float = 1.0  # upper end of the weight range
 
     def validate(self) -> None:
         _check("search.trials", self.trials, self.trials >= 1, ">= 1")
@@ -295,7 +297,7 @@ class PseudoConfig:
 
     rounds: int = 0  # rounds after the first k-fold training (0 = off)
     low: float = 0.2  # a pixel is confident below `low` or above `high` (the empty head too)
-    high: float = 0.8
+    high: float = 0.8  # confident above this (see low)
     min_fraction: float = 0.9  # a test tile is kept when at least this fraction of its pixels is confident
     weight: float = 1.0  # loss weight of a pseudo-labelled tile (a labelled tile weighs 1)
     init: str = "scratch"  # scratch | previous: a round starts from the previous round's fold weights

@@ -117,7 +117,7 @@ def test_grafana_dashboard_plots_the_fold_gauge_by_trial_and_fold():
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert all("ray_fold_val_map" in e for e in exprs)
     assert "{{trial}} fold {{fold}}" in [t["legendFormat"] for p in dashboard["panels"] for t in p["targets"]]
-    assert "dashboards/salt_folds.json" in (REPO / "README.md").read_text()
+    assert "dashboards/salt_folds.json" in (REPO / "docs" / "cluster.md").read_text()
 
 
 def test_fold_resources_from_flags_else_the_config_cluster_section():
