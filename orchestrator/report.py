@@ -25,5 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml): main with the clear-error exit of `python -m`."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

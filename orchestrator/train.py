@@ -171,5 +171,10 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml): main with the clear-error exit of `python -m`."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

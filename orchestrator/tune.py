@@ -244,5 +244,10 @@ def new_config(args: argparse.Namespace, out: Path, experiment: str) -> Config:
     return config_from_args(args)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml): main with the clear-error exit of `python -m`."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

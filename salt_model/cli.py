@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from salt_model.config import Config, load_config
 from salt_model.io import OutputError
 
 
 def make_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
-    """An entry point's parser, with its module docstring as the help text."""
+    """An entry point's parser, with its module docstring as the help text; `prog` (the `python -m`
+    form) gives way to the console script's name when it runs as one (salt-train, ...)."""
+    script = Path(sys.argv[0]).name
     return argparse.ArgumentParser(
-        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=script if script.startswith("salt-") else prog,
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
 

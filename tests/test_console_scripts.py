@@ -9,11 +9,19 @@ import pytest
 from tests.processes import REPO, start, stop
 
 SCRIPTS = {
-    "salt-train": "orchestrator.train:main",
-    "salt-tune": "orchestrator.tune:main",
-    "salt-predict": "orchestrator.predict:main",
-    "salt-report": "orchestrator.report:main",
-    "salt-fold": "salt_model.train:main",
+    "salt-train": "orchestrator.train:cli",
+    "salt-tune": "orchestrator.tune:cli",
+    "salt-predict": "orchestrator.predict:cli",
+    "salt-report": "orchestrator.report:cli",
+    "salt-fold": "salt_model.train:cli",
+}
+
+BAD_INPUT = {  # each refused before any work starts
+    "salt-train": ["--config", "/nonexistent/config.yaml", "--out", "/nonexistent/out"],
+    "salt-tune": ["--config", "/nonexistent/config.yaml"],
+    "salt-predict": ["--run", "/nonexistent/run"],
+    "salt-report": ["--run", "/nonexistent/run"],
+    "salt-fold": ["--config", "/nonexistent/config.yaml", "--out", "/nonexistent/out"],
 }
 
 
@@ -24,15 +32,21 @@ def test_pyproject_declares_the_scripts():
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_each_target_runs_as_its_script_does(script, monkeypatch, capsys):
-    """What pip's generated script does: `sys.exit(main())`, main reading sys.argv."""
+    """What pip's generated script does: `sys.exit(cli())`, cli reading sys.argv; its usage line names
+    the script, and a bad input is one `error:` line with exit code 2, as with `python -m`."""
     module, _, name = SCRIPTS[script].partition(":")
-    main = getattr(importlib.import_module(module), name)
-    assert callable(main)
+    cli = getattr(importlib.import_module(module), name)
     monkeypatch.setattr(sys, "argv", [script, "--help"])
     with pytest.raises(SystemExit) as stopped:
-        sys.exit(main())
+        sys.exit(cli())
     assert stopped.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: ")
+    assert capsys.readouterr().out.startswith(f"usage: {script} ")
+    monkeypatch.setattr(sys, "argv", [script, *BAD_INPUT[script]])
+    with pytest.raises(SystemExit) as stopped:
+        sys.exit(cli())
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
 
 
 def test_the_python_m_forms_print_their_help():
