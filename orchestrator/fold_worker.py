@@ -26,6 +26,7 @@ import torch.distributed as dist
 from ray.train import Checkpoint
 
 from orchestrator import console
+from orchestrator.checkpoint_upload import FoldUpload
 from orchestrator.faults import DETERMINISTIC, inject
 from orchestrator.resume import ResumeFailed, pick_resume, read_fold
 from orchestrator.runtime import worker_device
@@ -83,6 +84,7 @@ def fold_worker(loop_config: dict) -> None:
     node = ray.get_runtime_context().get_node_id()
 
     reports = 0
+    upload = FoldUpload(fold)  # an unchanged members file is copied inside the storage, not uploaded
     fault = inject(loop_config.get("inject_failure"), fold, lambda: resumed_after + reports)
 
     def stop_if_any_failed(reason: str | None = None) -> None:
@@ -103,8 +105,12 @@ def fold_worker(loop_config: dict) -> None:
         metrics = {**metrics, "node": node, "resumed_after": resumed_after}
         if save is not None and (epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs):
             with tempfile.TemporaryDirectory() as directory:
-                save(Path(directory))
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+                folder = Path(directory) / "checkpoint"  # FoldUpload may set a file aside in `directory`
+                folder.mkdir()
+                save(folder)
+                ray.train.report(
+                    metrics, checkpoint=Checkpoint.from_directory(folder), checkpoint_upload_fn=upload
+                )
         else:
             ray.train.report(metrics)
 
@@ -121,6 +127,9 @@ def fold_worker(loop_config: dict) -> None:
             extra=extra,  # a pseudo round's tiles, in this fold's training part only
             init_state=None if init_states is None else init_states[fold],
             eval_at=tuple(loop_config.get("eval_at") or ()),  # a search's ASHA rungs
+        )
+        print(
+            f"fold {fold}: members file uploaded {upload.uploaded}x, copied in the storage {upload.copied}x"
         )
         if reports == 0:
             # The run was already complete in the checkpoint it resumed from (the driver died after the
