@@ -1,9 +1,6 @@
-"""The search space and the Optuna searcher of orchestrator.tune.
+"""The Optuna searcher of orchestrator.tune, and the stopper that keeps Tune and the study agreed.
 
-The space is define-by-run (Optuna's own API): the LR schedule is a categorical, and each schedule
-draws only its own parameters, so TPE models them conditionally. The BCE -> Lovasz switch epoch is
-bounded by the epoch budget. With search.pseudo (and `--pseudo-from RUN`) every trial also draws the
-pseudo-label confidence and weight.
+The space itself is orchestrator/search_space.py.
 
 Ray's OptunaSearch records a trial that ASHA stopped early as COMPLETE with its early value, which
 tells TPE that a half-trained run is a finished one, and keeps its state in private attributes that a
@@ -36,7 +33,6 @@ import sqlite3
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -44,9 +40,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from orchestrator.study import STUDY_FILE, load_run_study, run_storage
-from salt_model.config import Config, SearchConfig
 from salt_model.io import atomic_write
-from salt_model.schedules import cycle_end_epochs
 
 METRIC = "best_val_map"  # mean over folds of each fold's best held-out competition metric so far
 
@@ -97,72 +91,7 @@ def rebuild_study(db: Path, snapshot: bytes) -> None:
     atomic_write(db, lambda tmp: tmp.write_bytes(data))
 
 
-def define_space(trial: optuna.Trial, search: SearchConfig, epochs: int) -> None:
-    """Optuna define-by-run space: a schedule, its own parameters, the lr and the loss switch."""
-    schedule = trial.suggest_categorical("schedule", list(search.schedules))
-    trial.suggest_float("lr", search.lr_low, search.lr_high, log=True)
-    cycle_high = max(search.cycle_epochs_low, min(search.cycle_epochs_high, epochs))
-    if schedule in ("cyclic", "cosine", "onecycle"):
-        trial.suggest_float(
-            f"{schedule}_min_lr_ratio", search.min_lr_ratio_low, search.min_lr_ratio_high, log=True
-        )
-    if schedule in ("cyclic", "cosine"):
-        trial.suggest_int(f"{schedule}_cycle_epochs", search.cycle_epochs_low, cycle_high)
-    if schedule == "step":
-        trial.suggest_int("step_epochs", 1, max(1, epochs // 2))
-        trial.suggest_float("step_gamma", 0.1, 0.7)
-    if schedule == "onecycle":
-        trial.suggest_float("onecycle_pct_start", 0.1, 0.5)
-    switch_high = max(search.switch_low, min(search.switch_high, epochs - 1))
-    trial.suggest_int("loss_switch_epoch", search.switch_low, switch_high)
-    if search.pseudo:  # the pseudo-label rule and weight (orchestrator.tune --pseudo-from RUN)
-        trial.suggest_float("pseudo_confidence", search.pseudo_confidence_low, search.pseudo_confidence_high)
-        trial.suggest_float("pseudo_weight", search.pseudo_weight_low, search.pseudo_weight_high, log=True)
-
-
-def params_to_overrides(params: dict[str, Any]) -> dict[str, Any]:
-    """A trial's sampled parameters -> dotted config overrides."""
-    schedule, lr = params["schedule"], params["lr"]
-    overrides: dict[str, Any] = {
-        "schedule.name": schedule,
-        "schedule.lr": lr,
-        "schedule.min_lr": min(lr, 1e-5),
-        "train.loss_switch_epoch": params["loss_switch_epoch"],
-    }
-    if f"{schedule}_min_lr_ratio" in params:
-        overrides["schedule.min_lr"] = lr / params[f"{schedule}_min_lr_ratio"]
-    if schedule == "cyclic":
-        overrides["schedule.max_lr"] = lr  # triangular2 between lr / ratio and lr
-    if f"{schedule}_cycle_epochs" in params:
-        overrides["schedule.cycle_epochs"] = float(params[f"{schedule}_cycle_epochs"])
-    if schedule == "step":
-        overrides["schedule.step_epochs"] = float(params["step_epochs"])
-        overrides["schedule.gamma"] = params["step_gamma"]
-    if schedule == "onecycle":
-        overrides["schedule.pct_start"] = params["onecycle_pct_start"]
-    if "pseudo_confidence" in params:
-        overrides["pseudo.high"] = params["pseudo_confidence"]
-        overrides["pseudo.low"] = round(1.0 - params["pseudo_confidence"], 9)
-    if "pseudo_weight" in params:
-        overrides["pseudo.weight"] = params["pseudo_weight"]
-    return overrides
-
-
-def trial_config(base: Config, params: dict[str, Any]) -> Config:
-    """The base config with a trial's parameters; train.snapshots is capped at the cycle ends the
-    trial's schedule has (none for onecycle/step/constant), so such trials still run."""
-    overrides = params_to_overrides(params)
-    config = base.with_overrides({**overrides, "train.snapshots": 0})
-    ends = cycle_end_epochs(config.train.epochs, config.schedule)
-    return config.with_overrides({"train.snapshots": min(base.train.snapshots, len(ends))})
-
-
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def trial_run_name(number: int) -> str:
-    """The k-fold Ray Train run (and checkpoint folder) of Optuna trial `number`."""
-    return f"trial-{number}"
 
 
 def live_trial(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> optuna.Trial:

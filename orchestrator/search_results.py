@@ -10,7 +10,8 @@ import pandas as pd
 from ray import tune
 from ray.train import Checkpoint
 
-from orchestrator.search import METRIC, close_stale, trial_run_name
+from orchestrator.search import METRIC, close_stale
+from orchestrator.search_space import trial_run_name
 from orchestrator.storage import checkpoint_at, join, latest_checkpoint
 from orchestrator.study import load_run_study, open_run_study
 from orchestrator.tracker import Tracker

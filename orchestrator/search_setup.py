@@ -18,7 +18,8 @@ from ray.tune.schedulers import ASHAScheduler
 from orchestrator import rounds
 from orchestrator.capacity import Capacity
 from orchestrator.runtime import FoldResources, default_gpus_per_fold, fold_resources, requested
-from orchestrator.search import METRIC, PruningOptunaSearch, StudyStopper, define_space
+from orchestrator.search import METRIC, PruningOptunaSearch, StudyStopper
+from orchestrator.search_space import define_space
 from orchestrator.storage import get_file, join, put_file, ray_storage
 from orchestrator.study import STUDY_NAME
 from orchestrator.tracker import Tracker

@@ -18,7 +18,8 @@ from orchestrator.callbacks import FailureNotice, FatalReason, fatal_reason, mer
 from orchestrator.faults import RunFailed, trial_fault
 from orchestrator.kfold import fit_folds, make_trainer
 from orchestrator.runtime import FoldResources
-from orchestrator.search import METRIC, InRunFolder, trial_config, trial_run_name
+from orchestrator.search import METRIC, InRunFolder
+from orchestrator.search_space import trial_config, trial_run_name
 from orchestrator.storage import join
 from orchestrator.study import load_run_study
 from salt_model.cadence import asha_rungs

@@ -38,7 +38,7 @@ from orchestrator.collect import collect_folds
 from orchestrator.finish import finalize
 from orchestrator.packing import GpuPlan
 from orchestrator.runtime import init_ray
-from orchestrator.search import METRIC, resumed_into, trial_config
+from orchestrator.search import METRIC, resumed_into
 from orchestrator.search_results import best_checkpoint, best_trial
 from orchestrator.search_setup import (
     DRIVER_RESOURCE,
@@ -52,6 +52,7 @@ from orchestrator.search_setup import (
     trial_resources,
     trial_sizes,
 )
+from orchestrator.search_space import trial_config
 from orchestrator.session import add_cluster_args, failure_args, prepare_run
 from orchestrator.storage import check_storage_writable, join, storage_root
 from orchestrator.storage import exists as storage_exists

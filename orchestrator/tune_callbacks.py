@@ -13,7 +13,8 @@ from ray import tune
 
 from orchestrator import console
 from orchestrator.collect import prune_run_checkpoints
-from orchestrator.search import METRIC, InRunFolder, trial_run_name
+from orchestrator.search import METRIC, InRunFolder
+from orchestrator.search_space import trial_run_name
 from orchestrator.storage import join
 from orchestrator.tensorboard import FoldCurves
 

@@ -160,7 +160,7 @@ def test_a_later_round_trains_pseudo_epochs_and_ends_with_round_0s_lovasz_epochs
 
 
 def test_the_search_draws_the_pseudo_rule_only_when_asked():
-    from orchestrator.search import trial_config
+    from orchestrator.search_space import trial_config
     from tests.test_tune import sample
 
     plain = load_config(None, ["train.epochs=6"])

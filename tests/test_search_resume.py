@@ -18,10 +18,10 @@ from orchestrator.search import (
     PruningOptunaSearch,
     StudyStopper,
     close_stale,
-    define_space,
     live_trial,
     resumed_into,
 )
+from orchestrator.search_space import define_space
 from orchestrator.study import open_run_study
 from salt_model.config import load_config
 

@@ -8,7 +8,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from orchestrator.search import PruningOptunaSearch, define_space, params_to_overrides, trial_config
+from orchestrator.search import PruningOptunaSearch
+from orchestrator.search_space import define_space, params_to_overrides, trial_config
 from salt_model.config import load_config
 from tests.conftest import check_run, records
 from tests.processes import run_entry
