@@ -76,3 +76,32 @@ def test_when_the_earlier_checkpoint_is_gone_the_members_file_is_uploaded(tmp_pa
     upload(write_fold(tmp_path / "l2" / "checkpoint", 0, b"m" * 100, b"s"), "checkpoint_2")
     assert (tmp_path / "store" / "run" / "checkpoint_2" / members_name(0)).read_bytes() == b"m" * 100
     assert (upload.copied, upload.uploaded) == (0, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_on_s3_the_unchanged_members_file_is_a_server_side_copy(tmp_path, monkeypatch):
+    """Against a moto S3 server, through the pyarrow S3 filesystem Ray's storage gets: the second
+    checkpoint's members file was copied inside the bucket (pyarrow's copy_file is S3 CopyObject; it
+    did not fall back to an upload) and holds the same bytes."""
+    from bench.moto_s3 import CREDS, moto_s3
+    from orchestrator.storage import ray_storage
+
+    for key, value in CREDS.items():
+        monkeypatch.setenv(key, value)
+    with moto_s3("bucket") as (endpoint, s3):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        storage = StorageContext(**ray_storage("s3://bucket/store"), experiment_dir_name="run")
+        upload = FoldUpload(0, storage=storage)
+        members = b"m" * 200_000
+        for epoch in (1, 2):
+            upload(
+                write_fold(tmp_path / f"l{epoch}" / "checkpoint", 0, members, b"s" * epoch),
+                f"checkpoint_{epoch}",
+            )
+        for epoch in (1, 2):
+            key = f"store/run/checkpoint_{epoch}/{members_name(0)}"
+            assert s3.get_object(Bucket="bucket", Key=key)["Body"].read() == members, key
+            state = f"store/run/checkpoint_{epoch}/{checkpoint_name(0)}"
+            assert s3.get_object(Bucket="bucket", Key=state)["Body"].read() == b"s" * epoch
+        assert (upload.copied, upload.uploaded) == (1, 1)

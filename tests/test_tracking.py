@@ -287,3 +287,40 @@ def test_an_unreachable_tracking_server_is_a_warning_and_the_run_goes_on(tiny_da
     assert len(warnings) == 1 and warnings[0].startswith("warning:"), result.stdout[-2000:]
     assert (out / "submission.csv").exists()
     print(f"{warnings[0]} | run took {time.time() - started:.0f}s")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.faults
+def test_ctrl_c_ends_the_runs_killed(mlflow_server, tiny_data_root, tmp_path):
+    """SIGINT to the driver alone (what Ctrl-C sends it) after an epoch was logged: the command exits
+    130 with its resume hint, and its parent and child runs end KILLED, not RUNNING."""
+    import os
+    import signal
+
+    from tests.test_faults_driver import read_until
+
+    out = tmp_path / "run"
+    overrides = [*TINY, "data.folds=2"]
+    cmd = [
+        sys.executable, "-m", "orchestrator.train",
+        *tiny_args(tiny_data_root, out, "--epochs", "6", "--mlflow", mlflow_server, overrides=overrides),
+    ]  # fmt: skip
+    env = child_env()
+    proc = start(cmd, env)
+    try:
+        state = out / "mlflow.json"
+        lines = read_until(
+            proc,
+            lambda _: state.exists() and json.loads(state.read_text()).get("lines", {}).get("kfold", 0) >= 1,
+        )
+        os.kill(proc.pid, signal.SIGINT)
+        lines += read_until(proc, lambda _: proc.poll() is not None, timeout=180)
+        code = proc.wait(timeout=60)
+    finally:
+        stop(proc, env["RAY_TMPDIR"])
+    text = "".join(lines)
+    assert code == 130, text[-3000:]
+    assert "interrupted: finished epochs are checkpointed" in text
+    parent, children = runs_of(mlflow_server, out)
+    assert parent.info.status == "KILLED" and children["kfold"].info.status == "KILLED", text[-3000:]
