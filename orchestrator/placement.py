@@ -185,9 +185,16 @@ class PlacementWatch(ControllerCallback):
 
 def fit_placed(trainer, workers: int, resources: dict, timeout_s: float):
     """trainer.fit(); a run whose fold workers were never placed, or whose nodes were preempted more
-    than --max-preemptions times, ends with `PlacementFailed` (one `error:` line, exit 2)."""
+    than --max-preemptions times, ends with `PlacementFailed` (one `error:` line, exit 2); an
+    interrupted one with KeyboardInterrupt."""
     try:
         return trainer.fit()
+    except SystemExit as stop:
+        # Ctrl-C (or SIGTERM) during fit(): Ray Train's own SIGINT handler aborts the run's controller,
+        # and the interrupted ray.get raises SystemExit(1) (measured; ray/_raylet.pyx
+        # raise_sys_exit_with_custom_error_message). As an interrupt it gets the resume hint and exit
+        # code 130, and a tracked run's MLflow runs end KILLED.
+        raise KeyboardInterrupt from stop
     except PreemptionError as error:  # more preemptions than --max-preemptions
         info = error.preemption_info
         raise PlacementFailed(

@@ -307,15 +307,17 @@ def test_ctrl_c_ends_the_runs_killed(mlflow_server, tiny_data_root, tmp_path):
         *tiny_args(tiny_data_root, out, "--epochs", "6", "--mlflow", mlflow_server, overrides=overrides),
     ]  # fmt: skip
     env = child_env()
-    proc = start(cmd, env)
+    state = out / "mlflow.json"
+    proc, sent = start(cmd, env), []
+
+    def interrupted(lines) -> bool:  # SIGINT once an epoch is in MLflow; done when the hint is out
+        if not sent and state.exists() and json.loads(state.read_text()).get("lines", {}).get("kfold", 0):
+            os.kill(proc.pid, signal.SIGINT)
+            sent.append(time.time())
+        return any("interrupted:" in line for line in lines) and proc.poll() is not None
+
     try:
-        state = out / "mlflow.json"
-        lines = read_until(
-            proc,
-            lambda _: state.exists() and json.loads(state.read_text()).get("lines", {}).get("kfold", 0) >= 1,
-        )
-        os.kill(proc.pid, signal.SIGINT)
-        lines += read_until(proc, lambda _: proc.poll() is not None, timeout=180)
+        lines = read_until(proc, interrupted, timeout=600)
         code = proc.wait(timeout=60)
     finally:
         stop(proc, env["RAY_TMPDIR"])
