@@ -15,7 +15,7 @@ training loop does, and measures them on disk:
 - after: `checkpoint.save` now: fold_{r}.pt (resume state: model, Adam, SWA running average) and
   fold_{r}_members.pt (members' weights + float32 OOF, each array stored once), for several
   snapshot/SWA settings, at a mid-run checkpoint and at the end; and what a stopped or finished
-  trial keeps after `collect.prune_run_checkpoints` (its last checkpoint, `engine.strip_resume_state`).
+  trial keeps after `collect.prune_run_checkpoints` (its last checkpoint, `fold_loop.strip_resume_state`).
 
 The held-out fold is 640 tiles (3200 / 5 folds); OOF contents are random (size is what counts).
 Prints a table and writes JSON.
@@ -35,12 +35,12 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from salt_model.checkpoint import checkpoint_name, members_name, save, strip_resume_state
 from salt_model.config import load_config  # noqa: E402
-from salt_model.engine import make_optimizer_and_scaler
-from salt_model.ensemble import FoldMembers, Member, cpu_copy
 from salt_model.io import atomic_write_text
 from salt_model.model import build_model
+from salt_model.training.checkpoint import checkpoint_name, members_name, save, strip_resume_state
+from salt_model.training.fold_loop import make_optimizer_and_scaler
+from salt_model.training.members import FoldMembers, Member, cpu_copy
 
 N_VAL, K = 640, 5
 CPU = torch.device("cpu")

@@ -10,7 +10,7 @@ process) leaves every figure it finished. Settings, each after warm-up steps:
   batches), in the config's precision and memory format (bf16 autocast and channels_last on CUDA), eager
   or `torch.compile`d;
 - pipeline: the same step fed by the real training DataLoader with each of `--workers` loader processes;
-- inference_tta: `predict.predict_probs` with flip TTA, `--infer-batch-size` tiles per call;
+- inference_tta: `inference.predict_probs` with flip TTA, `--infer-batch-size` tiles per call;
 - augment_per_core: the training transform alone on one core;
 - score_s: one `binarize` + `image_scores` pass over the training tiles (what the OOF threshold search
   repeats ~84 times per ensemble variant), so the run can budget its CPU stage.
@@ -28,14 +28,14 @@ import numpy as np
 import torch
 
 from bench import throughput
-from salt_model.augment import pad_batch
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config
-from salt_model.data import SaltData, load_split, resolve_data
-from salt_model.engine import make_optimizer_and_scaler
-from salt_model.metric import image_scores
-from salt_model.postprocess import Thresholds, binarize
-from salt_model.predict import pick_device
+from salt_model.data.augment import pad_batch
+from salt_model.data.loading import SaltData, load_split, resolve_data
+from salt_model.evaluation.inference import pick_device
+from salt_model.evaluation.metric import image_scores
+from salt_model.evaluation.thresholds import Thresholds, binarize
+from salt_model.training.fold_loop import make_optimizer_and_scaler
 
 Emit = Callable[[dict], None]
 

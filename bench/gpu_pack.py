@@ -56,7 +56,7 @@ def download_wheels(dest: Path) -> None:
 
 def reencode(src: Path, dest: Path) -> None:
     """Every tile as an 8-bit grayscale PNG (masks 0/255), checked against the original after writing."""
-    from salt_model.data import load_split
+    from salt_model.data.loading import load_split
 
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

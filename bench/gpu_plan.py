@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from salt_model.config import Config
-from salt_model.schedules import cycle_end_epochs
+from salt_model.training.schedules import cycle_end_epochs
 
 EPOCH_OVERHEAD_S = 2.0  # per epoch: the held-out loss and metric on the CPU, the SWA weight copy
 STARTUP_S = 30.0  # a fold process: torch + CUDA start, reading the tiles, cuDNN autotuning

@@ -13,7 +13,7 @@ bench/gpu_run.sh is the device machine's wrapper (the carried wheels, then this)
    (bench/gpu_plan.py), saved as WORK/config.json;
 5. train: k processes at once, `python -m bench.gpu_fold` (salt_model.train) per fold, sharing the GPU;
    a fold still running when the window closes is stopped and joins from its last checkpoint;
-6. cv: salt_model.cv over every fold's members: each variant's OOF, thresholds chosen on it;
+6. cv: salt_model.training.variants over every fold's members: each variant's OOF, thresholds chosen on it;
 7. submit: the chosen variant's members, latest first in rounds over the folds (so a cut keeps every
    fold), predict the test tiles with flip TTA (bench/quality.write_submission).
 OUT gets figures.json (rewritten after every stage), submission.csv and gpu_run.log; WORK the folds'
@@ -42,18 +42,18 @@ from bench import gpu_bench, gpu_plan
 from bench.machine import cpu_model
 from bench.quality import write_submission
 from bench.throughput import _jsonable
-from salt_model.checkpoint import load_checkpoint
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
-from salt_model.cv import cross_validate
-from salt_model.data import has_test, load_split, resolve_data
-from salt_model.engine import evaluate, fold_split
-from salt_model.ensemble import Member, cpu_copy, member_from_payload
-from salt_model.folds import load_folds
+from salt_model.data.folds import load_folds
+from salt_model.data.loading import has_test, load_split, resolve_data
+from salt_model.evaluation.inference import pick_device
+from salt_model.evaluation.metric import image_scores
+from salt_model.evaluation.thresholds import binarize, default_thresholds
 from salt_model.io import atomic_write_text
-from salt_model.metric import image_scores
 from salt_model.model import build_model
-from salt_model.postprocess import binarize, default_thresholds
-from salt_model.predict import pick_device
+from salt_model.training.checkpoint import load_checkpoint
+from salt_model.training.fold_loop import evaluate, fold_split
+from salt_model.training.members import Member, cpu_copy, member_from_payload
+from salt_model.training.variants import cross_validate
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = ["model.width=0.125", "train.batch_size=8", "data.folds=2"]  # before the user's --set

@@ -3,7 +3,7 @@
     python -m bench.members_inference --config configs/cpu.yaml --data ../shared/tgs --tiles 256 \
         --members 1,2,5,10 --out bench/members_inference.json
 
-Times `salt_model.predict.ensemble_probs`, the work each Ray Data actor does on its batches (every
+Times `salt_model.evaluation.inference.ensemble_probs`, the work each Ray Data actor does on its batches (every
 member, flip TTA, float32 mean), on real test tiles, with the config's model (weights as initialised:
 the cost does not depend on them). One warm-up batch first. Prints a table and writes JSON.
 """
@@ -24,10 +24,10 @@ if __package__ in (None, ""):
 
 from bench.machine import cpu_model  # noqa: E402
 from salt_model.config import load_config
-from salt_model.data import load_split, resolve_data
+from salt_model.data.loading import load_split, resolve_data
+from salt_model.evaluation.inference import ensemble_probs, pick_device
 from salt_model.io import atomic_write_text
 from salt_model.model import build_model
-from salt_model.predict import ensemble_probs, pick_device
 
 
 def main(argv=None) -> int:

@@ -20,8 +20,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import cpu_model  # noqa: E402
+from salt_model.evaluation.metric import competition_metric  # noqa: E402
 from salt_model.io import atomic_write_text  # noqa: E402
-from salt_model.metric import competition_metric  # noqa: E402
 
 
 def main(argv=None) -> int:

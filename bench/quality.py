@@ -3,12 +3,12 @@
     python bench/quality.py --data ../shared/tgs --config configs/cpu.yaml --folds-to-run 0 \
         --out bench/quality_cpu.json
 
-Trains the chosen folds (default: all k) one after another with `salt_model.engine.train_fold`, pure
+Trains the chosen folds (default: all k) one after another with `salt_model.training.fold_loop.train_fold`, pure
 PyTorch, so it runs the same on a laptop or a GPU box without Ray. Then it scores the held-out tiles of
-those folds together with the competition metric (salt_model.metric), for every ensemble variant the
-folds have (salt_model.cv: best epoch, last epoch, cycle-end snapshots, SWA, snapshots+SWA), at the
-default thresholds (pixel 0.5, empty head 0.5, as `engine.evaluate` scores every epoch) and at
-thresholds chosen on that variant's OOF (`postprocess.choose_thresholds`, as the top TGS solutions
+those folds together with the competition metric (salt_model.evaluation.metric), for every ensemble variant the
+folds have (salt_model.training.variants: best epoch, last epoch, cycle-end snapshots, SWA, snapshots+SWA), at the
+default thresholds (pixel 0.5, empty head 0.5, as `fold_loop.evaluate` scores every epoch) and at
+thresholds chosen on that variant's OOF (`thresholds.choose_thresholds`, as the top TGS solutions
 did), and picks the honest variant an orchestrator run would submit. Thresholds chosen on the same
 tiles they are scored on are optimistic by a little; the default figure is the unbiased one.
 
@@ -38,18 +38,18 @@ if __package__ in (None, ""):  # `python bench/quality.py`: make the repository 
 
 from bench.machine import cpu_model  # noqa: E402
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
-from salt_model.cv import cross_validate
-from salt_model.data import has_test, load_split, resolve_data
-from salt_model.engine import train_fold
-from salt_model.ensemble import Member
-from salt_model.folds import make_folds
+from salt_model.data.folds import make_folds
+from salt_model.data.loading import has_test, load_split, resolve_data
+from salt_model.data.rle import rle_encode
+from salt_model.evaluation.error_analysis import emptiness
+from salt_model.evaluation.inference import model_from_payload, pick_device, predict_probs
+from salt_model.evaluation.metric import image_scores
+from salt_model.evaluation.thresholds import Thresholds, binarize, choose_thresholds, default_thresholds
 from salt_model.io import atomic_write, atomic_write_text
-from salt_model.metric import image_scores
-from salt_model.oof_stats import emptiness
-from salt_model.postprocess import Thresholds, binarize, choose_thresholds, default_thresholds
-from salt_model.predict import model_from_payload, pick_device, predict_probs
-from salt_model.rle import rle_encode
 from salt_model.train import format_epoch
+from salt_model.training.fold_loop import train_fold
+from salt_model.training.members import Member
+from salt_model.training.variants import cross_validate
 
 
 def parse_folds(text: str | None, k: int) -> list[int]:
@@ -80,7 +80,7 @@ def oof_summary(probs: np.ndarray, empty: np.ndarray | None, truth: np.ndarray, 
     """Competition metric, empty-image accuracy, the false-empty breakdown and the all-empty baseline
     of OOF probabilities. probs (N, 101, 101) float, empty (N,) or None, truth (N, 101, 101) bool;
     `rule`: decode.empty_rule."""
-    default = default_thresholds(empty, rule)  # what engine.evaluate scores val_map with
+    default = default_thresholds(empty, rule)  # what fold_loop.evaluate scores val_map with
     chosen, chosen_score = choose_thresholds(probs, empty, truth, rule=rule)
     truly_empty = ~truth.any(axis=(1, 2))  # (N,)
 

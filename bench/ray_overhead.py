@@ -22,10 +22,10 @@ START = time.time()  # before the heavy imports: "command start"
 import torch  # noqa: E402
 
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli  # noqa: E402
-from salt_model.data import load_split, resolve_data  # noqa: E402
-from salt_model.engine import train_fold  # noqa: E402
-from salt_model.folds import make_folds  # noqa: E402
+from salt_model.data.folds import make_folds  # noqa: E402
+from salt_model.data.loading import load_split, resolve_data  # noqa: E402
 from salt_model.io import atomic_write_text  # noqa: E402
+from salt_model.training.fold_loop import train_fold  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,13 +9,13 @@ Four figures, each timed after `--warmup` untimed steps/batches, then step by st
 CPU speed about 3x: the first steps pay for allocator growth and thread-pool start-up). Each figure
 reports img/s at the median step time with its spread (img/s at the slowest and fastest 10% of steps)
 and the mean over the whole timed window:
-- model step: `engine.train_one_epoch` over pre-made batches already on the device (forward, loss,
+- model step: `fold_loop.train_one_epoch` over pre-made batches already on the device (forward, loss,
   backward, optimiser step; no data loading) -- the ceiling the data pipeline has to feed;
-- pipeline: `engine.train_one_epoch` over the training DataLoader (SaltDataset + train_transform,
+- pipeline: `fold_loop.train_one_epoch` over the training DataLoader (SaltDataset + train_transform,
   config.train.loader_workers workers, uint8 -> float on the device), i.e. a real fold's training loop;
 - augmentation per core: SaltDataset + train_transform alone in this process with cv2 and torch on
   one thread; the pipeline needs (model step / this) cores of augmentation to keep the model busy;
-- inference: `predict.predict_probs` with horizontal-flip TTA (two forward passes per tile).
+- inference: `inference.predict_probs` with horizontal-flip TTA (two forward passes per tile).
 Precision and memory format follow config.train.precision / channels_last (autocast and channels_last
 act on CUDA only, as in training); `--precision` overrides the config. The JSON holds the device, the
 torch version, the resolved config, the machine's load average and every figure with its raw seconds.
@@ -37,15 +37,15 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from bench.machine import cpu_model
-from salt_model.augment import SaltDataset, loader_worker_init, pad_batch, train_transform
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import PRECISIONS, Config
-from salt_model.data import load_split, resolve_data
-from salt_model.engine import make_optimizer_and_scaler, train_one_epoch
+from salt_model.data.augment import SaltDataset, loader_worker_init, pad_batch, train_transform
+from salt_model.data.loading import load_split, resolve_data
+from salt_model.evaluation.inference import autocast_dtype, pick_device, predict_probs
 from salt_model.io import atomic_write_text
-from salt_model.losses import loss_name
 from salt_model.model import build_model
-from salt_model.predict import autocast_dtype, pick_device, predict_probs
+from salt_model.training.fold_loop import make_optimizer_and_scaler, train_one_epoch
+from salt_model.training.losses import loss_name
 
 # Defaults per device type: a full ResNet34 step takes seconds on a laptop CPU, milliseconds on a GPU.
 DEFAULTS = {
@@ -192,7 +192,7 @@ def _train_model_step(model, compiled, data, config, epoch, timing):
 
 
 def _train_pipeline(model, data, config, epoch, timing):
-    """train_one_epoch over the real DataLoader, built as engine.train_fold builds it."""
+    """train_one_epoch over the real DataLoader, built as fold_loop.train_fold builds it."""
     device, batch = timing["device"], config.train.batch_size
     optimizer, scaler = make_optimizer_and_scaler(model, config, device)
     dataset = SaltDataset(data.images, data.masks, train_transform(config.data), seed=1)

@@ -26,10 +26,10 @@ import torch
 
 from bench.machine import cpu_model
 from salt_model.config import load_config
+from salt_model.data.segy import SegyReader, read_geometry
+from salt_model.data.synthetic_volume import make_cube, write_cube_segy
+from salt_model.evaluation.section_inference import fit_scaling
 from salt_model.model import build_model
-from salt_model.sections import fit_scaling
-from salt_model.segy import SegyReader, read_geometry
-from salt_model.synthetic_volume import make_cube, write_cube_segy
 
 TINY = ["model.encoder=resnet18", "model.width=0.125"]
 

@@ -1,6 +1,6 @@
 """Runs on each fold worker: how a fold's checkpoint files reach the run's storage (Ray Train's
 `checkpoint_upload_fn`). A checkpoint is complete in itself, so that Ray may delete older ones
-(CheckpointConfig.num_to_keep), but the members file (salt_model/checkpoint.py) changes only when the
+(CheckpointConfig.num_to_keep), but the members file (salt_model/training/checkpoint.py) changes only when the
 fold's best epoch improves or a snapshot or SWA member is added: when its bytes equal the last one
 this worker stored, it is copied inside the storage from that checkpoint (on S3 a server-side
 CopyObject, no bytes from the worker) instead of being uploaded again. Everything else goes the way
@@ -21,7 +21,7 @@ import pyarrow.fs
 import ray.train
 from ray.train import Checkpoint
 
-from salt_model.checkpoint import members_name
+from salt_model.training.checkpoint import members_name
 
 
 def file_digest(path: Path) -> str:

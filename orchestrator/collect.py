@@ -15,19 +15,19 @@ from ray.train import Checkpoint
 
 from orchestrator.storage import filesystem, is_uri, join
 from salt_model.config import Config
-from salt_model.cv import cross_validate
-from salt_model.data import SaltData
-from salt_model.engine import checkpoint_name, load_checkpoint, members_name, strip_resume_state
-from salt_model.ensemble import member_from_payload
+from salt_model.data.loading import SaltData
+from salt_model.evaluation.inference import save_fold_model
 from salt_model.io import atomic_savez
-from salt_model.predict import save_fold_model
+from salt_model.training.fold_loop import checkpoint_name, load_checkpoint, members_name, strip_resume_state
+from salt_model.training.members import member_from_payload
+from salt_model.training.variants import cross_validate
 
 
 @dataclass
 class KFoldResult:
     scores: list[float]  # best held-out metric of each fold (optimistic: the epoch was chosen on it)
     best_epochs: list[int]
-    cv: dict  # salt_model.cv.cross_validate: every ensemble variant's OOF figures and the chosen one
+    cv: dict  # salt_model.training.variants.cross_validate: every ensemble variant's OOF figures and the chosen one
     oof_probs: np.ndarray  # (N, 101, 101) float32 OOF of the chosen variant, in data order
     oof_empty: np.ndarray | None  # (N,)
     histories: list[list[dict]]
@@ -80,7 +80,7 @@ def collect_folds(
 
 def prune_run_checkpoints(run_dir: str | Path, k: int) -> tuple[str | Path | None, int]:
     """A stopped or finished k-fold run keeps only its newest complete checkpoint, stripped of the
-    optimizer state (engine.strip_resume_state). `run_dir` is a local path or a storage URI (s3://...),
+    optimizer state (fold_loop.strip_resume_state). `run_dir` is a local path or a storage URI (s3://...),
     pruned through the pyarrow filesystem Ray wrote it with. Returns (the kept checkpoint, bytes freed)."""
     fs, inner = filesystem(str(run_dir))
     infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))

@@ -15,10 +15,10 @@ from orchestrator.run_report import build as build_report
 from orchestrator.run_report import save_oof_truth
 from orchestrator.submission import predict_submission
 from salt_model.config import Config
-from salt_model.data import SaltData, has_test, load_split
+from salt_model.data.loading import SaltData, has_test, load_split
+from salt_model.evaluation.pictures import oof_gallery
+from salt_model.evaluation.thresholds import Thresholds, binarize
 from salt_model.io import atomic_write_text
-from salt_model.postprocess import Thresholds, binarize
-from salt_model.visualize import oof_gallery
 
 
 def write_cv(out: Path, result: KFoldResult, config: Config, extra: dict) -> dict:
@@ -32,7 +32,7 @@ def write_cv(out: Path, result: KFoldResult, config: Config, extra: dict) -> dic
         "oof_score": chosen.oof_score,
         "oof_score_default_thresholds": chosen.oof_score_default_thresholds,
         "thresholds": chosen.thresholds.to_dict(),
-        # salt tiles predicted empty and empty tiles given salt, per coverage class (salt_model.oof_stats)
+        # salt tiles predicted empty and empty tiles given salt, per coverage class (salt_model.evaluation.error_analysis)
         "emptiness": chosen.extra.get("emptiness"),
         "best_epoch_fold_scores": result.scores,  # optimistic: each chosen on its own held-out fold
         "best_epochs": result.best_epochs,

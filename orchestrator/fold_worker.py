@@ -2,7 +2,7 @@
 
 Each fold reports its own epoch metrics; Ray hands every rank's report to the controller's callbacks,
 which merge them (orchestrator/callbacks.py). `ray.train.report` is a barrier: every fold reports every
-epoch (an epoch that salt_model.cadence does not evaluate reports its training metrics only, so the
+epoch (an epoch that salt_model.training.cadence does not evaluate reports its training metrics only, so the
 count of reports never depends on the cadence), and each fold writes its own `fold_{r}.pt` into the
 shared checkpoint (Ray merges the ranks' files into one folder). A fold worker that dies restarts the
 group from the latest checkpoint (FailureConfig), and re-running with the same output folder resumes a
@@ -32,9 +32,9 @@ from orchestrator.resume import ResumeFailed, pick_resume, read_fold
 from orchestrator.runtime import worker_device
 from orchestrator.storage import checkpoints_before
 from salt_model.config import Config
-from salt_model.data import SaltData
-from salt_model.engine import train_fold
+from salt_model.data.loading import SaltData
 from salt_model.threads import set_cpu_threads
+from salt_model.training.fold_loop import train_fold
 
 
 def fold_worker(loop_config: dict) -> None:

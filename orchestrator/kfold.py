@@ -23,8 +23,8 @@ from orchestrator.placement import DEFAULT_PLACEMENT_TIMEOUT_S, PlacementWatch, 
 from orchestrator.runtime import FoldResources
 from orchestrator.storage import ray_storage
 from salt_model.config import Config
-from salt_model.data import SaltData
-from salt_model.folds import check_folds_trainable
+from salt_model.data.folds import check_folds_trainable
+from salt_model.data.loading import SaltData
 
 
 def make_trainer(

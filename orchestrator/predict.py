@@ -4,11 +4,11 @@
 `python -m orchestrator.predict --run DIR --segy IN.sgy --out DIR` (whole volumes: orchestrator.volume)
 
 RUN/models holds the members the run chose (cv.json "submission_variant"): k folds x s members
-(the last epoch, the cycle-end snapshots and/or SWA; salt_model.ensemble). Ray Data streams the test
+(the last epoch, the cycle-end snapshots and/or SWA; salt_model.training.members). Ray Data streams the test
 tiles once through actors that each hold every member (measured here: one actor with every fold ran
 2000 tiles in 12.8 s vs 19.6 s for one task per fold). Each actor averages the members'
 horizontally-flip-TTA'd probabilities in float32 (float16 flipped masks near the threshold), applies
-the thresholds chosen on the OOF of the same member average (salt_model.cv), and returns RLE strings,
+the thresholds chosen on the OOF of the same member average (salt_model.training.variants), and returns RLE strings,
 so only text travels back. Rows come back in any order, so every row carries its id.
 
 For a pseudo-label round the actors can also return the mean probabilities, and with `per_fold` each
@@ -29,9 +29,9 @@ from orchestrator.submission import load_models, predict_submission
 from orchestrator.volume_command import add_volume_args, predict_segy
 from salt_model.cli import make_parser, run_cli
 from salt_model.config import Config
-from salt_model.data import DataError, load_split, resolve_data
-from salt_model.metric import competition_metric
-from salt_model.postprocess import binarize, choose_thresholds, default_thresholds
+from salt_model.data.loading import DataError, load_split, resolve_data
+from salt_model.evaluation.metric import competition_metric
+from salt_model.evaluation.thresholds import binarize, choose_thresholds, default_thresholds
 
 
 def choose_oof_thresholds(oof_probs: np.ndarray, oof_empty: np.ndarray | None, truth: np.ndarray) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from orchestrator.storage import checkpoint_files
-from salt_model.engine import checkpoint_name, load_checkpoint, members_name
+from salt_model.training.fold_loop import checkpoint_name, load_checkpoint, members_name
 
 C = TypeVar("C")
 

@@ -1,4 +1,4 @@
-"""Pseudo-label rounds of `orchestrator.train` (config section `pseudo`, salt_model/pseudo.py).
+"""Pseudo-label rounds of `orchestrator.train` (config section `pseudo`, salt_model/training/pseudo_labels.py).
 
 Round 0 is the ordinary k-fold run, its outputs in the run folder itself (so a finished run can be
 given more rounds later: the same command with `--set pseudo.rounds=1` keeps round 0 and trains round 1).
@@ -36,11 +36,11 @@ import numpy as np
 
 from orchestrator.submission import predict_submission
 from salt_model.config import Config, PseudoConfig, config_changes
-from salt_model.data import SaltData
+from salt_model.data.loading import SaltData
+from salt_model.evaluation.inference import read_fold_model
+from salt_model.evaluation.thresholds import Thresholds
 from salt_model.io import atomic_write, atomic_write_text
-from salt_model.postprocess import Thresholds
-from salt_model.predict import read_fold_model
-from salt_model.pseudo import PSEUDO_FILE, PseudoLabels, select_pseudo_labels
+from salt_model.training.pseudo_labels import PSEUDO_FILE, PseudoLabels, select_pseudo_labels
 
 RoundLabels = PseudoLabels | list[PseudoLabels]  # one set for every fold, or fold r's at r
 

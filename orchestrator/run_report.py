@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.study import STUDY_FILE, load_run_study
-from salt_model import oof_stats, plots
+from salt_model.evaluation import charts, error_analysis
+from salt_model.evaluation.pictures import overlay_grid
+from salt_model.evaluation.thresholds import Thresholds, binarize
 from salt_model.io import atomic_savez, atomic_write_text
-from salt_model.postprocess import Thresholds, binarize
-from salt_model.visualize import overlay_grid
 
 
 def save_oof_truth(out: Path, ids: np.ndarray, images: np.ndarray, masks: np.ndarray) -> None:
@@ -55,10 +55,10 @@ def fold_histories(progress: pd.DataFrame, folds: int) -> list[list[dict]]:
 
 def snapshot_epochs(config: dict) -> list[int]:
     """Epochs (1-based) whose weights join the ensemble as snapshots: the last `train.snapshots` cycle
-    ends (salt_model.schedules.cycle_end_epochs) and the `train.swa_epochs` averaged at the end; [] when
+    ends (salt_model.training.schedules.cycle_end_epochs) and the `train.swa_epochs` averaged at the end; [] when
     the config (or this version of salt_model) has neither."""
-    from salt_model import schedules
     from salt_model.config import Config
+    from salt_model.training import schedules
 
     train, epochs = config.get("train", {}), config["train"]["epochs"]
     marks: set[int] = set()
@@ -113,7 +113,7 @@ def build(run: Path) -> Path:
     if not progress.empty:
         trial = pick_trial(progress, cv)
         rows = progress[progress["trial_id"] == trial]
-        plots.training_curves(
+        charts.training_curves(
             report / "curves.png", fold_histories(rows, folds), config["train"]["loss_switch_epoch"],
             snapshot_epochs(config),
         )  # fmt: skip
@@ -214,10 +214,10 @@ def oof_html(run: Path, report: Path, cv: dict) -> str:
     truth = np.unpackbits(tiles["masks"], axis=-1, count=w).astype(bool).reshape(probs.shape)
     chosen = Thresholds(**cv["thresholds"])
     pred = binarize(probs, empty, chosen)
-    grid, scores = oof_stats.threshold_curve(probs, empty, truth, chosen)
-    plots.threshold_plot(report / "threshold.png", grid, scores, chosen.pixel, cv["oof_score"])
+    grid, scores = error_analysis.threshold_curve(probs, empty, truth, chosen)
+    charts.threshold_plot(report / "threshold.png", grid, scores, chosen.pixel, cv["oof_score"])
     shown = overlay_grid(report / "worst_oof.png", tiles["images"], truth, pred, oof["ids"])
-    conf = oof_stats.empty_confusion(truth, pred)
+    conf = error_analysis.empty_confusion(truth, pred)
     confusion = table(
         [
             {
@@ -239,17 +239,17 @@ def oof_html(run: Path, report: Path, cv: dict) -> str:
             else "<p>Every OOF tile scores 1.</p>"
         )
         + "<div class=row><div><h3>By salt coverage class</h3>"
-        f"{table(oof_stats.by_coverage(truth, pred), {'score': '{:.4f}'})}</div>"
+        f"{table(error_analysis.by_coverage(truth, pred), {'score': '{:.4f}'})}</div>"
         f"<div><h3>Emptiness called wrong, by coverage class</h3>{emptiness_html(truth, pred)}</div>"
         "<div><h3>By per-image score</h3>"
-        f"{table(oof_stats.by_score_bucket(truth, pred), {'share': '{:.1%}'})}</div>"
+        f"{table(error_analysis.by_score_bucket(truth, pred), {'share': '{:.1%}'})}</div>"
         f"<div><h3>Empty-image confusion</h3>{confusion}</div></div>"
     )
 
 
 def emptiness_html(truth: np.ndarray, pred: np.ndarray) -> str:
     """Salt tiles predicted empty (false-empty rate) per coverage class, and empty tiles given salt."""
-    e = oof_stats.emptiness(truth, pred)
+    e = error_analysis.emptiness(truth, pred)
     rows = [
         {
             "class": r["class"],
@@ -275,13 +275,13 @@ def search_html(run: Path, report: Path, progress: pd.DataFrame, base: dict) -> 
         parts.append(trials.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
     study = load_run_study(run)
     if study.trials:
-        plots.optuna_history(report / "optuna_history.png", study)
+        charts.optuna_history(report / "optuna_history.png", study)
         parts.append(
             "<h3>Optimisation history (Optuna)</h3><p>Complete trials only: a pruned trial has no final value "
             f"(see the pruning picture).</p>{img('optuna_history.png', 'optimisation history')}"
             "<h3>Parameter importances (Optuna, PED-ANOVA)</h3>"
         )
-        if plots.optuna_importances(report / "importances.png", study):
+        if charts.optuna_importances(report / "importances.png", study):
             parts.append(img("importances.png", "parameter importances"))
         else:
             parts.append("<p>Needs at least two complete trials.</p>")
@@ -291,7 +291,7 @@ def search_html(run: Path, report: Path, progress: pd.DataFrame, base: dict) -> 
             trial: (list(rows["epoch"]), list(rows["best_val_map"]))
             for trial, rows in progress.groupby("trial_id", sort=False)
         }
-        plots.pruning_plot(report / "pruning.png", curves, pruned, asha_rungs(base))
+        charts.pruning_plot(report / "pruning.png", curves, pruned, asha_rungs(base))
         stops = [{"trial": t, "stopped after epoch": curves[t][0][-1]} for t in sorted(pruned) if t in curves]
         parts.append(f"<h3>Pruning (ASHA)</h3>{img('pruning.png', 'pruning')}{table(stops)}")
     return "\n".join(parts)
@@ -299,8 +299,8 @@ def search_html(run: Path, report: Path, progress: pd.DataFrame, base: dict) -> 
 
 def asha_rungs(config: dict) -> list[int]:
     """The epochs at which ASHA compares trials (orchestrator.search_setup.make_scheduler's settings)."""
-    from salt_model import cadence
     from salt_model.config import Config
+    from salt_model.training import cadence
 
     parsed = Config.from_dict(config, source="run config")
     return cadence.asha_rungs(parsed.search, parsed.train.epochs)

@@ -25,9 +25,9 @@ from orchestrator.study import STUDY_NAME
 from orchestrator.tracker import Tracker
 from orchestrator.trial import FailureRecords, PseudoSource
 from orchestrator.tune_callbacks import CheckpointPruner, ProgressTable
-from salt_model.cadence import asha_grace
 from salt_model.config import Config
-from salt_model.data import has_test, load_split
+from salt_model.data.loading import has_test, load_split
+from salt_model.training.cadence import asha_grace
 
 PSEUDO_FROM = "pseudo_from.txt"  # the --pseudo-from run of a search, so --resume keeps using it
 RUN_FILES = ("config.json", "folds.csv", PSEUDO_FROM)  # what --resume reads from --out, kept in STORAGE/run

@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 
 from salt_model.config import Config, SearchConfig
-from salt_model.schedules import cycle_end_epochs
+from salt_model.training.schedules import cycle_end_epochs
 
 
 def define_space(trial: optuna.Trial, search: SearchConfig, epochs: int) -> None:

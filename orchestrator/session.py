@@ -11,9 +11,9 @@ import numpy as np
 
 from orchestrator.placement import DEFAULT_PLACEMENT_TIMEOUT_S, check_placement_timeout
 from salt_model.config import Config
-from salt_model.data import SaltData, load_split
-from salt_model.data_checks import check_data_folder
-from salt_model.folds import check_folds_trainable, load_folds, make_folds, save_folds
+from salt_model.data.checks import check_data_folder
+from salt_model.data.folds import check_folds_trainable, load_folds, make_folds, save_folds
+from salt_model.data.loading import SaltData, load_split
 from salt_model.io import check_writable
 
 

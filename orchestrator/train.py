@@ -39,7 +39,7 @@ from orchestrator.tracking import (
 )
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config
-from salt_model.data import SaltData, has_test, load_split, resolve_data
+from salt_model.data.loading import SaltData, has_test, load_split, resolve_data
 
 
 def run_rounds(

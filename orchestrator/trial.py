@@ -22,11 +22,11 @@ from orchestrator.search import METRIC, InRunFolder
 from orchestrator.search_space import trial_config, trial_run_name
 from orchestrator.storage import join
 from orchestrator.study import load_run_study
-from salt_model.cadence import asha_rungs
 from salt_model.config import Config
-from salt_model.data import SaltData
-from salt_model.postprocess import Thresholds
-from salt_model.pseudo import PseudoLabels, select_pseudo_labels
+from salt_model.data.loading import SaltData
+from salt_model.evaluation.thresholds import Thresholds
+from salt_model.training.cadence import asha_rungs
+from salt_model.training.pseudo_labels import PseudoLabels, select_pseudo_labels
 
 
 class TrialReport(TuneReportCallback):

@@ -16,7 +16,7 @@ models/, oof.npz, cv.json and submission.csv. With --storage (s3://, gs://, a sh
 state goes there instead (STORAGE/search and STORAGE/trials) and is read back from there.
 
 `--pseudo-from RUN` (a finished orchestrator.train run folder on the same data): every trial also
-trains on the test tiles RUN's ensemble is confident about (salt_model/pseudo.py), chosen with the
+trains on the test tiles RUN's ensemble is confident about (salt_model/training/pseudo_labels.py), chosen with the
 trial's own rule: config.pseudo's, or drawn by Optuna with `--set search.pseudo=true` (confidence and
 weight). The trials' OOF stays a score on the labelled tiles.
 """
@@ -67,7 +67,7 @@ from orchestrator.tracking import (
 from orchestrator.trial import kfold_trial
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config, load_config
-from salt_model.data import resolve_data
+from salt_model.data.loading import resolve_data
 from salt_model.io import atomic_write_text
 
 

@@ -4,10 +4,10 @@
 
 Sections (inlines or crosslines) are the unit of work. Actors each hold every member of every fold,
 as in the aggregation step (orchestrator.predict: the members travel once through the object store,
-actors sized by `actor_resources`); each runs `salt_model.sections.predict_section` on batches of
+actors sized by `actor_resources`); each runs `salt_model.evaluation.section_inference.predict_section` on batches of
 sections. The driver reads sections from the file, scales them to 8 bits (4x less to ship), keeps at
 most two batches in flight per actor and writes each returned section into the on-disk cube
-(salt_model.volume_store) at once, so its memory holds a few sections, never the cube. Everything is
+(salt_model.data.volume_store) at once, so its memory holds a few sections, never the cube. Everything is
 written into a hidden folder in DIR and moved into place at the end: a failure leaves DIR as it was.
 """
 
@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from salt_model.data.segy import Geometry, SegyReader, write_probability_segy
+from salt_model.data.volume_store import ProbabilityStore
+from salt_model.evaluation.inference import model_from_payload, pick_device
+from salt_model.evaluation.section_inference import Scaling, default_stride, predict_section
+from salt_model.evaluation.volume_qc import qc_png, report_html
 from salt_model.io import atomic_write_text
-from salt_model.predict import model_from_payload, pick_device
-from salt_model.sections import Scaling, default_stride, predict_section
-from salt_model.segy import Geometry, SegyReader, write_probability_segy
-from salt_model.volume_qc import qc_png, report_html
-from salt_model.volume_store import ProbabilityStore
 
 SCALING_WARNING = (
     "amplitudes were mapped to the 8-bit tile domain by a percentile clip and the synthetic tiles' "

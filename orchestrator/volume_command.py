@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from salt_model.data.segy import ENDIANS, SegyReader, read_geometry
+from salt_model.evaluation.section_inference import BLENDS, fit_scaling
 from salt_model.io import OutputError, atomic_write, check_writable
-from salt_model.sections import BLENDS, fit_scaling
-from salt_model.segy import ENDIANS, SegyReader, read_geometry
 
 MIN_SAMPLES = 51  # half the 101-sample window: fewer is more mirror padding than data
 
@@ -144,7 +144,7 @@ def predict_segy(args: argparse.Namespace) -> int:
 
 def write_synthetic(out: Path, shape_text: str, seed: int) -> tuple[Path, np.ndarray]:
     """OUT/synthetic_input.sgy and OUT/synthetic_truth.npy (uint8, inline x crossline x sample)."""
-    from salt_model.synthetic_volume import make_cube, write_cube_segy
+    from salt_model.data.synthetic_volume import make_cube, write_cube_segy
 
     try:
         shape = tuple(int(v) for v in shape_text.split(","))

@@ -105,7 +105,7 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     eval_tta: bool = True  # horizontal-flip TTA when evaluating and predicting
     # evaluate the held-out fold every N epochs; the last epoch, snapshot epochs and (in a search)
-    # ASHA's rungs are always evaluated (salt_model/cadence.py); an epoch not evaluated reports its
+    # ASHA's rungs are always evaluated (salt_model/training/cadence.py); an epoch not evaluated reports its
     # training metrics only
     eval_every: int = 1
     # flip TTA only in the evaluations that score an ensemble member (last, snapshots, SWA); the others
@@ -114,7 +114,7 @@ class TrainConfig:
     loader_workers: int = 0  # DataLoader worker processes (0 = augment in the training process)
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
-    # Ensemble members (salt_model/ensemble.py). snapshots: keep the weights at the last N cycle ends
+    # Ensemble members (salt_model/training/members.py). snapshots: keep the weights at the last N cycle ends
     # of a cosine/cyclic schedule (schedules.cycle_end_epochs), each with its OOF probabilities.
     snapshots: int = 0
     # swa_epochs: stochastic weight averaging of the weights at the end of each of the last N epochs
@@ -276,7 +276,7 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """How probabilities become masks (salt_model/postprocess.py); the thresholds are chosen on OOF."""
+    """How probabilities become masks (salt_model/evaluation/thresholds.py); the thresholds are chosen on OOF."""
 
     # gate: a pixel is salt when p > pixel and the head's p_empty <= empty | product: when
     # p x (1 - p_empty) > pixel (the head and the pixel map decide together), then the same gate
@@ -293,7 +293,7 @@ PSEUDO_TEACHERS = ("fold", "ensemble")
 
 @dataclass(frozen=True)
 class PseudoConfig:
-    """Pseudo-label rounds (orchestrator.train; salt_model/pseudo.py has the rule)."""
+    """Pseudo-label rounds (orchestrator.train; salt_model/training/pseudo_labels.py has the rule)."""
 
     rounds: int = 0  # rounds after the first k-fold training (0 = off)
     low: float = 0.2  # a pixel is confident below `low` or above `high` (the empty head too)
@@ -354,7 +354,7 @@ class Config:
         """train.snapshots needs that many cycle ends within the epoch budget."""
         if not self.train.snapshots:
             return
-        from salt_model.schedules import cycle_end_epochs  # schedules imports this module
+        from salt_model.training.schedules import cycle_end_epochs  # schedules imports this module
 
         ends = cycle_end_epochs(self.train.epochs, self.schedule)
         if self.train.snapshots > len(ends):

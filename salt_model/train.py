@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
-from salt_model.data import load_split, resolve_data
-from salt_model.data_checks import check_data_folder
-from salt_model.engine import FoldResult, checkpoint_name, train_fold
-from salt_model.folds import check_folds_trainable, make_folds, save_folds
+from salt_model.data.checks import check_data_folder
+from salt_model.data.folds import check_folds_trainable, make_folds, save_folds
+from salt_model.data.loading import load_split, resolve_data
+from salt_model.evaluation.inference import save_fold_model
 from salt_model.io import atomic_savez, atomic_write_text, check_writable
-from salt_model.predict import save_fold_model
+from salt_model.training.fold_loop import FoldResult, checkpoint_name, train_fold
 
 
 def format_epoch(m: dict) -> str:

@@ -96,7 +96,7 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory, tiny_config) -> Path:
-    from salt_model.data import resolve_data
+    from salt_model.data.loading import resolve_data
 
     return resolve_data("synthetic", tiny_config.data, cache_dir=tmp_path_factory.mktemp("synthetic"))
 
@@ -132,9 +132,9 @@ def fold_checkpoints(tiny_config, tiny_data_root, tmp_path_factory):
     """3 folds trained in-process (no Ray) with IN_PROCESS_MEMBERS and an empty head with a hidden layer,
     a checkpoint per epoch as Ray Train lays it out (checkpoint_{epoch}/, every fold's files merged):
     (config, data, folds, checkpoint root). Shared by the collection, emptiness and teacher tests."""
-    from salt_model.data import load_split
-    from salt_model.engine import train_fold
-    from salt_model.folds import make_folds
+    from salt_model.data.folds import make_folds
+    from salt_model.data.loading import load_split
+    from salt_model.training.fold_loop import train_fold
 
     config = tiny_config.with_overrides([*IN_PROCESS_MEMBERS, "model.empty_hidden=8"])
     data = load_split(tiny_data_root, "train")

@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from salt_model.augment import SaltDataset, eval_transform, pad_amounts, pad_batch, train_transform, unpad
 from salt_model.config import DataConfig
+from salt_model.data.augment import (
+    SaltDataset,
+    eval_transform,
+    pad_amounts,
+    pad_batch,
+    train_transform,
+    unpad,
+)
 
 LOW, HIGH = 40, 200
 

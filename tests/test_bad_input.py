@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from salt_model.config import load_config
-from salt_model.data import DataError, load_split
-from salt_model.data_checks import DataWarning, check_data_folder
-from salt_model.folds import make_folds
+from salt_model.data.checks import DataWarning, check_data_folder
+from salt_model.data.folds import make_folds
+from salt_model.data.loading import DataError, load_split
 from tests.conftest import TINY
 from tests.processes import run_in_one_process
 

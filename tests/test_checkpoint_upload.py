@@ -14,7 +14,7 @@ from ray.train import Checkpoint  # noqa: E402
 from ray.train.v2._internal.execution.storage import StorageContext  # noqa: E402
 
 from orchestrator.checkpoint_upload import FoldUpload  # noqa: E402
-from salt_model.checkpoint import checkpoint_name, members_name  # noqa: E402
+from salt_model.training.checkpoint import checkpoint_name, members_name  # noqa: E402
 
 
 class CountingFS(fsspec_local.LocalFileSystem):

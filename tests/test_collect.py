@@ -23,7 +23,7 @@ def run_dir(fold_checkpoints):
 def test_collect_folds_writes_every_variant_and_the_chosen_members(run_dir, tmp_path, capsys):
     from orchestrator.collect import collect_folds
     from orchestrator.finish import print_cv_table, write_cv
-    from salt_model.postprocess import Thresholds, choose_thresholds
+    from salt_model.evaluation.thresholds import Thresholds, choose_thresholds
 
     config, data, folds, root = run_dir
     out = tmp_path / "out"

@@ -240,8 +240,8 @@ from orchestrator import console
 from orchestrator.kfold import run_kfold
 from orchestrator.runtime import fold_resources, init_ray
 from salt_model.config import load_config
-from salt_model.data import load_split
-from salt_model.folds import make_folds
+from salt_model.data.loading import load_split
+from salt_model.data.folds import make_folds
 
 root, out, overrides = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 config = load_config(None, overrides)

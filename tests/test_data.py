@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import salt_model.synthetic as synthetic
 from salt_model.config import DataConfig
-from salt_model.data import DataError, SaltData, has_test, load_split, resolve_data
-from salt_model.rle import rle_decode, rle_encode
+from salt_model.data import synthetic
+from salt_model.data.loading import DataError, SaltData, has_test, load_split, resolve_data
+from salt_model.data.rle import rle_decode, rle_encode
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "tgs"
 realdata = pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} not present")

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from salt_model.engine import load_checkpoint
+from salt_model.evaluation.inference import read_fold_model
 from salt_model.io import OutputError, atomic_write, atomic_write_text, check_writable
-from salt_model.predict import read_fold_model
+from salt_model.training.fold_loop import load_checkpoint
 from tests.test_cli import _run, _train_args
 
 

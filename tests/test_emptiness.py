@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from salt_model.config import ModelConfig, load_config
-from salt_model.losses import bce_loss
-from salt_model.metric import competition_metric
+from salt_model.evaluation.metric import competition_metric
+from salt_model.evaluation.thresholds import EMPTY_GRID, Thresholds, at_edge, binarize, choose_thresholds
 from salt_model.model import build_model
-from salt_model.postprocess import EMPTY_GRID, Thresholds, at_edge, binarize, choose_thresholds
+from salt_model.training.losses import bce_loss
 from tests.conftest import collected_run
 
 CPU = torch.device("cpu")

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from salt_model import engine
 from salt_model.config import load_config
-from salt_model.data import load_split, resolve_data
-from salt_model.engine import fold_split, load_checkpoint, train_fold
-from salt_model.metric import competition_metric
+from salt_model.data.loading import load_split, resolve_data
+from salt_model.evaluation.inference import predict_probs
+from salt_model.evaluation.metric import competition_metric
 from salt_model.model import build_model
-from salt_model.predict import predict_probs
+from salt_model.training import fold_loop
+from salt_model.training.fold_loop import fold_split, load_checkpoint, train_fold
 
 CPU = torch.device("cpu")
 
@@ -75,7 +75,7 @@ def test_learnability_on_generated_data(tmp_path_factory):
     assert result.best_score == max(h["val_map"] for h in result.history)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     # the returned OOF probabilities are the best epoch's: they reproduce its score
-    from salt_model.postprocess import Thresholds, binarize
+    from salt_model.evaluation.thresholds import Thresholds, binarize
 
     pred = binarize(result.oof_probs, result.oof_empty, Thresholds(empty=0.5))
     assert competition_metric(truth, pred) == pytest.approx(result.best_score, abs=0.02)
@@ -143,7 +143,7 @@ def test_members_are_deep_copies_and_best_keeps_only_its_oof(tiny_config, tiny_d
     the final weights, never the live state_dict."""
     config = _tiny(tiny_config, "train.epochs=2", "schedule.lr=0.01")
     models, epoch_probs = [], []
-    real_build, real_evaluate = engine.build_model, engine.evaluate
+    real_build, real_evaluate = fold_loop.build_model, fold_loop.evaluate
 
     def build(cfg):
         models.append(real_build(cfg))
@@ -154,8 +154,8 @@ def test_members_are_deep_copies_and_best_keeps_only_its_oof(tiny_config, tiny_d
         epoch_probs.append(probs.copy())
         return {**metrics, "val_map": [0.9, 0.1][epoch]}, probs, empty
 
-    monkeypatch.setattr(engine, "build_model", build)
-    monkeypatch.setattr(engine, "evaluate", evaluate)
+    monkeypatch.setattr(fold_loop, "build_model", build)
+    monkeypatch.setattr(fold_loop, "evaluate", evaluate)
     live_after = {}
 
     def report(metrics, save):

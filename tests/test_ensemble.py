@@ -4,14 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from salt_model import engine
-from salt_model.augment import pad_batch
 from salt_model.config import load_config
-from salt_model.cv import cross_validate
-from salt_model.data import load_split
-from salt_model.engine import fold_split, load_checkpoint, members_name, strip_resume_state, train_fold
-from salt_model.ensemble import Member, mean_probs
-from salt_model.postprocess import choose_thresholds
+from salt_model.data.augment import pad_batch
+from salt_model.data.loading import load_split
+from salt_model.evaluation.thresholds import choose_thresholds
+from salt_model.training import fold_loop
+from salt_model.training.fold_loop import (
+    fold_split,
+    load_checkpoint,
+    members_name,
+    strip_resume_state,
+    train_fold,
+)
+from salt_model.training.members import Member, mean_probs
+from salt_model.training.variants import cross_validate
 from tests.conftest import IN_PROCESS_MEMBERS
 
 CPU = torch.device("cpu")
@@ -29,14 +35,14 @@ def run(tiny_config, tiny_data, tmp_path_factory):
     config = tiny_config.with_overrides(MEMBERS)
     root = tmp_path_factory.mktemp("members")
     probs, saved = [], []
-    real_evaluate = engine.evaluate
+    real_evaluate = fold_loop.evaluate
 
     def evaluate(model, data, epoch, config, device, tta=None):
         out = real_evaluate(model, data, epoch, config, device, tta=tta)
         probs.append(out[1].copy())
         return out
 
-    engine.evaluate = evaluate
+    fold_loop.evaluate = evaluate
     try:
         result = train_fold(
             config,
@@ -46,7 +52,7 @@ def run(tiny_config, tiny_data, tmp_path_factory):
             device=CPU,
         )
     finally:
-        engine.evaluate = real_evaluate
+        fold_loop.evaluate = real_evaluate
     return config, result, probs, saved
 
 
@@ -251,8 +257,8 @@ def test_aggregation_loads_every_member_and_refuses_a_partial_models_folder(tiny
     import json
 
     from orchestrator.submission import load_models
+    from salt_model.evaluation.inference import ensemble_probs, model_from_payload, save_fold_model
     from salt_model.model import build_model
-    from salt_model.predict import ensemble_probs, model_from_payload, save_fold_model
 
     state = build_model(tiny_config.model).state_dict()
     for fold in range(2):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from salt_model.config import load_config
-from salt_model.data import load_split
-from salt_model.engine import train_fold
-from salt_model.losses import compute_loss
+from salt_model.data.loading import load_split
 from salt_model.model import build_model
+from salt_model.training.fold_loop import train_fold
+from salt_model.training.losses import compute_loss
 from tests.conftest import TINY
 from tests.processes import REPO, run_in_one_process
 
@@ -63,7 +63,7 @@ def test_shipped_configs_build_their_model_and_train_one_batch(name):
 
 
 def test_one_epoch_with_bf16_autocast_on_the_cpu(tiny_config, tiny_data_root, monkeypatch):
-    import salt_model.engine as engine
+    from salt_model.training import fold_loop
 
     config = tiny_config.with_overrides(
         {"train.epochs": 1, "train.precision": "bf16", "train.eval_tta": False}
@@ -76,7 +76,7 @@ def test_one_epoch_with_bf16_autocast_on_the_cpu(tiny_config, tiny_data_root, mo
         first.register_forward_hook(lambda module, args, output: seen.add(output.dtype))
         return model
 
-    monkeypatch.setattr(engine, "build_model", watched)
+    monkeypatch.setattr(fold_loop, "build_model", watched)
     data = load_split(tiny_data_root, "train")
     data = data.subset(np.arange(12))  # bf16 on a CPU is slow: one batch of 8 training tiles, 4 held out
     result = train_fold(config, data, 0, device="cpu")

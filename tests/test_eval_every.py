@@ -10,11 +10,11 @@ import optuna
 import pytest
 import torch
 
-from salt_model import engine
-from salt_model.cadence import asha_rungs, eval_epochs
-from salt_model.data import load_split
-from salt_model.engine import train_fold
-from salt_model.folds import make_folds
+from salt_model.data.folds import make_folds
+from salt_model.data.loading import load_split
+from salt_model.training import fold_loop
+from salt_model.training.cadence import asha_rungs, eval_epochs
+from salt_model.training.fold_loop import train_fold
 from tests.conftest import TINY, tiny_args
 
 CPU = torch.device("cpu")
@@ -44,13 +44,13 @@ def test_the_evaluated_epochs_are_the_cadence_plus_last_snapshots_and_extra():
 def runs(tiny_config, tiny_data_root, monkeypatch_module):
     """Fold 0 at the cadence (ASHA-like extra epoch 2), and at every epoch; the TTA of each evaluation."""
     calls: list[bool] = []
-    real = engine.predict_probs
+    real = fold_loop.predict_probs
 
     def spy(model, images, config, device, tta=True, **kw):
         calls.append(tta)
         return real(model, images, config, device, tta=tta, **kw)
 
-    monkeypatch_module.setattr(engine, "predict_probs", spy)
+    monkeypatch_module.setattr(fold_loop, "predict_probs", spy)
     data = load_split(tiny_data_root, "train").subset(list(range(24)))  # evaluations are counted, not scored
     folds = make_folds(data.masks, 3, tiny_config.data.fold_seed)
     out = {}
@@ -131,8 +131,8 @@ def test_a_tiny_search_with_eval_every_still_prunes_at_the_rungs(ray_cluster, ti
 
 def test_an_unevaluated_epoch_is_checkpointed_and_resumed_from(tiny_config, tiny_data_root, tmp_path):
     """eval_every > 1: epoch 1 is trained, not scored, and still checkpointed (every epoch reports)."""
-    from salt_model.checkpoint import load_checkpoint
-    from salt_model.engine import checkpoint_name
+    from salt_model.training.checkpoint import load_checkpoint
+    from salt_model.training.fold_loop import checkpoint_name
 
     config = tiny_config.with_overrides(["train.epochs=2", "train.eval_every=2", "train.eval_tta=false"])
     data = load_split(tiny_data_root, "train").subset(list(range(24)))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from salt_model.data import load_split
-from salt_model.folds import make_folds
+from salt_model.data.folds import make_folds
+from salt_model.data.loading import load_split
 
 pytestmark = [pytest.mark.ray, pytest.mark.faults]
 

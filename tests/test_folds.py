@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from salt_model.data import DataError
-from salt_model.folds import coverage_class, load_folds, make_folds, save_folds
+from salt_model.data.folds import coverage_class, load_folds, make_folds, save_folds
+from salt_model.data.loading import DataError
 
 
 def _masks(n=200, seed=0):

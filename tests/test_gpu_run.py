@@ -11,7 +11,7 @@ import pytest
 
 from bench import gpu_plan
 from salt_model.config import load_config
-from salt_model.data import resolve_data
+from salt_model.data.loading import resolve_data
 from tests import processes
 from tests.processes import child_env
 

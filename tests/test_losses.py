@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from salt_model.config import TrainConfig
-from salt_model.losses import bce_loss, compute_loss, loss_name, lovasz_hinge
+from salt_model.training.losses import bce_loss, compute_loss, loss_name, lovasz_hinge
 
 CFG = TrainConfig(loss_switch_epoch=3, empty_loss_weight=0.1, deep_supervision_weight=0.1)
 
@@ -149,7 +149,7 @@ def test_loss_ignores_the_padded_border(epoch):
     """Tiles are 101x101 reflect-padded to 128 (13 px before, 14 after): only the centre is scored."""
     import numpy as np
 
-    from salt_model.augment import pad_amounts
+    from salt_model.data.augment import pad_amounts
 
     gen = torch.Generator().manual_seed(0)
     centre = (torch.rand(3, 1, 101, 101, generator=gen) > 0.6).float()

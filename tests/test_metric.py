@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from salt_model.metric import THRESHOLDS, competition_metric, image_scores, iou, mean_iou
+from salt_model.evaluation.metric import THRESHOLDS, competition_metric, image_scores, iou, mean_iou
 
 
 def _mask(n_pixels, shape=(10, 10)):

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from salt_model.config import ModelConfig, TrainConfig
-from salt_model.losses import compute_loss
 from salt_model.model import (
     SCSE,
     DecoderBlock,
@@ -15,6 +14,7 @@ from salt_model.model import (
     build_model,
     load_torchvision_weights,
 )
+from salt_model.training.losses import compute_loss
 
 torch.set_num_threads(2)
 

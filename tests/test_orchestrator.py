@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from salt_model.data import load_split
-from salt_model.rle import rle_decode
+from salt_model.data.loading import load_split
+from salt_model.data.rle import rle_decode
 from tests.processes import run_entry
 
 pytestmark = pytest.mark.ray
@@ -52,7 +52,7 @@ def test_kfold_train_ends_with_every_fold_and_a_valid_submission(train_run, tiny
     assert f"from {len(paths)} members (3 folds x {len(paths) // 3})" in printed
 
     # the thresholds were chosen on the OOF of that same member average, stored once in float32
-    from salt_model.postprocess import Thresholds, choose_thresholds
+    from salt_model.evaluation.thresholds import Thresholds, choose_thresholds
 
     oof = np.load(out / "oof.npz")
     assert oof["probs"].dtype == np.float32 and str(oof["variant"]) == chosen
@@ -86,7 +86,7 @@ def test_kfold_train_ends_with_every_fold_and_a_valid_submission(train_run, tiny
 
 def member_average(run, images):
     """The run's own members, each loaded from RUN/models and run with flip TTA, averaged here."""
-    from salt_model.predict import model_from_payload, predict_probs, read_fold_model
+    from salt_model.evaluation.inference import model_from_payload, predict_probs, read_fold_model
 
     probs_sum, empty_sum, paths = 0.0, 0.0, sorted((run / "models").glob("fold_*.pt"))
     for path in paths:
@@ -97,7 +97,7 @@ def member_average(run, images):
 
 
 def test_the_submission_is_the_thresholded_average_of_the_runs_own_models(train_run, tiny_data_root):
-    from salt_model.postprocess import Thresholds, binarize
+    from salt_model.evaluation.thresholds import Thresholds, binarize
 
     out, _ = train_run
     test = load_split(tiny_data_root, "test")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from salt_model.metric import competition_metric
-from salt_model.postprocess import Thresholds, binarize, choose_thresholds
+from salt_model.evaluation.metric import competition_metric
+from salt_model.evaluation.thresholds import Thresholds, binarize, choose_thresholds
 
 
 def _square(n=101, top=20, size=30) -> np.ndarray:

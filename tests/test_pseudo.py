@@ -9,11 +9,16 @@ import torch
 
 from orchestrator.rounds import choose_round
 from salt_model.config import load_config
-from salt_model.data import SaltData, load_split
-from salt_model.engine import train_fold
-from salt_model.losses import compute_loss
-from salt_model.postprocess import Thresholds
-from salt_model.pseudo import PseudoLabels, confident_fraction, confident_tiles, select_pseudo_labels
+from salt_model.data.loading import SaltData, load_split
+from salt_model.evaluation.thresholds import Thresholds
+from salt_model.training.fold_loop import train_fold
+from salt_model.training.losses import compute_loss
+from salt_model.training.pseudo_labels import (
+    PseudoLabels,
+    confident_fraction,
+    confident_tiles,
+    select_pseudo_labels,
+)
 from tests.conftest import TINY
 
 RULE = {"low": 0.2, "high": 0.8, "min_fraction": 0.9}
@@ -175,8 +180,8 @@ def test_the_search_draws_the_pseudo_rule_only_when_asked():
 
 def test_a_round_can_start_from_the_previous_rounds_weights(tiny_config, tiny_data_root, tmp_path):
     from orchestrator.rounds import previous_weights
+    from salt_model.evaluation.inference import save_fold_model
     from salt_model.model import build_model
-    from salt_model.predict import save_fold_model
 
     data = load_split(tiny_data_root, "train")
     folds = np.arange(len(data)) % 3

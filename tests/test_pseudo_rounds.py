@@ -16,9 +16,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from salt_model.data import load_split
-from salt_model.postprocess import Thresholds, binarize
-from salt_model.pseudo import PseudoLabels, confident_tiles
+from salt_model.data.loading import load_split
+from salt_model.evaluation.thresholds import Thresholds, binarize
+from salt_model.training.pseudo_labels import PseudoLabels, confident_tiles
 from tests.conftest import ROUND_1, RULE, SEARCH, check_run, records, tiny_args
 from tests.processes import child_env, run_entry, start, stop
 from tests.test_faults_driver import read_until

@@ -18,8 +18,8 @@ import pytest
 
 from orchestrator.report import main
 from orchestrator.run_report import asha_rungs, build, read_progress, save_oof_truth, snapshot_epochs
-from salt_model import oof_stats
 from salt_model.config import load_config
+from salt_model.evaluation import error_analysis
 from salt_model.io import atomic_savez
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -150,11 +150,11 @@ def test_oof_tables_count_every_tile_once():
     pred = truth.copy()
     pred[0, :3, :3] = True  # a false positive on an empty tile
     pred[5] = False  # missed salt
-    conf = oof_stats.empty_confusion(truth, pred)
+    conf = error_analysis.empty_confusion(truth, pred)
     assert conf == {"empty_pred_empty": 2, "empty_pred_salt": 1, "salt_pred_empty": 1, "salt_pred_salt": 2}
-    rows = {r["class"]: r for r in oof_stats.by_coverage(truth, pred)}
+    rows = {r["class"]: r for r in error_analysis.by_coverage(truth, pred)}
     assert rows["empty"]["tiles"] == 3 and rows["empty"]["score"] == pytest.approx(2 / 3)
-    assert sum(r["tiles"] for r in oof_stats.by_score_bucket(truth, pred)) == 6
+    assert sum(r["tiles"] for r in error_analysis.by_score_bucket(truth, pred)) == 6
 
 
 def test_asha_rungs_follow_the_scheduler_settings():

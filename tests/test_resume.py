@@ -14,7 +14,7 @@ from ray.train import Checkpoint
 from orchestrator.faults import DETERMINISTIC
 from orchestrator.resume import ResumeFailed, pick_resume, read_fold
 from orchestrator.storage import checkpoints_before
-from salt_model.engine import checkpoint_name, members_name
+from salt_model.training.fold_loop import checkpoint_name, members_name
 
 K = 3
 NAMES = ("checkpoint_2026-12-02_01-00-00.000000", "checkpoint_2026-12-02_01-01-00.000000")

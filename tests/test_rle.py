@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from salt_model.rle import rle_decode, rle_encode
+from salt_model.data.rle import rle_decode, rle_encode
 
 
 def test_column_major_hand_example():

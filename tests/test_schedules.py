@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from salt_model.config import ScheduleConfig, TrainConfig
-from salt_model.schedules import cycle_end_epochs, lr_at, make_optimizer, set_lr
+from salt_model.training.schedules import cycle_end_epochs, lr_at, make_optimizer, set_lr
 
 SPE = 10  # steps per epoch
 

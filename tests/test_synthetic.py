@@ -3,9 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from salt_model.data import load_split
-from salt_model.rle import rle_decode
-from salt_model.synthetic import generate
+from salt_model.data.loading import load_split
+from salt_model.data.rle import rle_decode
+from salt_model.data.synthetic import generate
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from salt_model.data import load_split
-from salt_model.postprocess import Thresholds, binarize
-from salt_model.predict import load_fold_model, predict_probs
-from salt_model.pseudo import PseudoLabels, confident_tiles
+from salt_model.data.loading import load_split
+from salt_model.evaluation.inference import load_fold_model, predict_probs
+from salt_model.evaluation.thresholds import Thresholds, binarize
+from salt_model.training.pseudo_labels import PseudoLabels, confident_tiles
 from tests.conftest import collected_run
 
 pytestmark = pytest.mark.ray

@@ -111,7 +111,7 @@ def check_search_outputs(out, data_root, trials=3, epochs=3, failed=()):
         and best["best_val_map"] == table[table["state"] == "COMPLETE"]["best_val_map"].max()
     )
     assert len(cv["fold_scores"]) == 2
-    from salt_model.data import load_split
+    from salt_model.data.loading import load_split
 
     sub = pd.read_csv(out / "submission.csv", keep_default_na=False)
     assert list(sub["id"]) == list(load_split(data_root, "test").ids)

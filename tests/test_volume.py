@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from salt_model.config import Config, load_config
+from salt_model.data.segy import SegyError, SegyReader, read_geometry, write_probability_segy
+from salt_model.data.synthetic_volume import make_cube, write_cube_segy
+from salt_model.data.volume_store import ProbabilityStore
+from salt_model.evaluation.section_inference import fit_scaling, predict_section, window_starts
 from salt_model.model import build_model
-from salt_model.sections import fit_scaling, predict_section, window_starts
-from salt_model.segy import SegyError, SegyReader, read_geometry, write_probability_segy
-from salt_model.synthetic_volume import make_cube, write_cube_segy
-from salt_model.volume_store import ProbabilityStore
 from tests.conftest import TINY
 
 segyio = pytest.importorskip("segyio")
@@ -62,9 +62,9 @@ def random_members(tiny_config):
 @pytest.fixture(scope="module")
 def trained_member(tiny_config):
     """A tiny model trained for 5 epochs on 101x101 tiles cut from a synthetic cube (another seed)."""
-    from salt_model.data import SaltData
-    from salt_model.engine import train_fold
-    from salt_model.predict import model_from_payload
+    from salt_model.data.loading import SaltData
+    from salt_model.evaluation.inference import model_from_payload
+    from salt_model.training.fold_loop import train_fold
 
     amplitudes, truth = make_cube((12, 202, 202), seed=7)
     scaling = fit_scaling(amplitudes.reshape(-1, amplitudes.shape[-1]))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from salt_model.data import DataError
+from salt_model.data.loading import DataError
 from salt_model.io import atomic_write_text
 
 

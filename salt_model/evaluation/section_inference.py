@@ -3,7 +3,7 @@
 A SEG-Y section is (traces, samples); the model was trained on tiles with depth down the rows, so a
 section is transposed to (samples, traces) before tiling and back after. Windows of the training tile
 size (101) overlap by `stride` (default about half a tile); each window is predicted exactly as the
-evaluation predicts a tile (`salt_model.predict.ensemble_probs`: padding to cfg.pad, horizontal-flip
+evaluation predicts a tile (`salt_model.evaluation.inference.ensemble_probs`: padding to cfg.pad, horizontal-flip
 TTA, the mean over every fold member), and overlapping windows are blended with smooth weights
 normalised by their sum, as in nnU-Net's sliding-window inference (Isensee et al., 2021,
 https://www.nature.com/articles/s41592-020-01008-z), so that no window border shows. The empty-mask
@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from salt_model.augment import _NP_MODE, SIZE
-from salt_model.predict import ensemble_probs, pick_device
+from salt_model.data.augment import _NP_MODE, SIZE
+from salt_model.evaluation.inference import ensemble_probs, pick_device
 
 BLENDS = ("gaussian", "hann")
-# The 8-bit tile domain: the synthetic generator's tiles (salt_model.synthetic: mean ~120, std 20..36)
+# The 8-bit tile domain: the synthetic generator's tiles (salt_model.data.synthetic: mean ~120, std 20..36)
 # and the Kaggle tiles' grey levels sit about here.
 TILE_MEAN, TILE_STD = 120.0, 28.0
 ROBUST_SIGMAS = 2.326  # the 1st/99th percentiles of a normal distribution, in standard deviations
@@ -121,7 +121,7 @@ def predict_section(
 ) -> np.ndarray:
     """One SEG-Y section (traces, samples) -> salt probability (traces, samples) float32, no Ray.
 
-    `members`: (model, config) pairs (salt_model.predict.model_from_payload), all averaged.
+    `members`: (model, config) pairs (salt_model.evaluation.inference.model_from_payload), all averaged.
     `section`: raw amplitudes (scaled with `scaling`, fitted on this section when None) or, when
     uint8, already in the tile domain. `live` (traces,) bool: rows False come back NaN (dead or
     missing traces, read as zeros).

@@ -15,10 +15,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from salt_model.ensemble import HONEST, Member, fold_variants, mean_probs
-from salt_model.metric import image_scores
-from salt_model.oof_stats import emptiness
-from salt_model.postprocess import RULES, Thresholds, at_edge, binarize, choose_thresholds, default_thresholds
+from salt_model.evaluation.error_analysis import emptiness
+from salt_model.evaluation.metric import image_scores
+from salt_model.evaluation.thresholds import (
+    RULES,
+    Thresholds,
+    at_edge,
+    binarize,
+    choose_thresholds,
+    default_thresholds,
+)
+from salt_model.training.members import HONEST, Member, fold_variants, mean_probs
 
 
 @dataclass

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from salt_model.metric import image_scores
-from salt_model.postprocess import PIXEL_GRID, Thresholds, binarize
+from salt_model.evaluation.metric import image_scores
+from salt_model.evaluation.thresholds import PIXEL_GRID, Thresholds, binarize
 
 SCORE_BUCKETS = (
     (0.0, 0.0, "0 (miss)"),

@@ -4,7 +4,7 @@
   average (inside the SWA window), config. The LR schedule is a pure function of the step, so the step
   is its state (as nanoGPT and torchvision's references checkpoint model + optimizer + args together).
   After the last epoch the model is the "last" member and is not stored here a second time.
-- `fold_{r}_members.pt`, the members (salt_model.ensemble): each member's weights and float32 OOF,
+- `fold_{r}_members.pt`, the members (salt_model.training.members): each member's weights and float32 OOF,
   serialized once per change. Ray copies both into every checkpoint folder; they carry per-fold names
   because Ray merges every worker's files into one folder.
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from salt_model.config import Config, config_changes
-from salt_model.ensemble import FoldMembers, cpu_copy
 from salt_model.io import atomic_torch_save, atomic_write
+from salt_model.training.members import FoldMembers, cpu_copy
 
 
 def checkpoint_name(fold: int) -> str:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from salt_model.data import SaltData
+from salt_model.data.loading import SaltData
+from salt_model.evaluation.thresholds import Thresholds, binarize
 from salt_model.io import atomic_savez
-from salt_model.postprocess import Thresholds, binarize
 
 PSEUDO_FILE = "pseudo.npz"
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from salt_model.data.rle import rle_encode
 from salt_model.io import atomic_write, atomic_write_text
-from salt_model.rle import rle_encode
 
 GENERATOR_VERSION = 1  # bump whenever the output for a given seed changes (cached folders use it)
 SIZE = 101

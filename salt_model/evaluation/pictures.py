@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from salt_model.evaluation.metric import image_scores
 from salt_model.io import atomic_write
-from salt_model.metric import image_scores
 
 SCALE = 2  # 101 px tiles drawn at 202 px
 

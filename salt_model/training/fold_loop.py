@@ -1,13 +1,13 @@
 """Training one fold: `train_one_epoch`, `evaluate` and `train_fold`, kept apart as in torchvision's
 references/segmentation/train.py.
 
-`train_fold` evaluates on the held-out fold at the epochs salt_model.cadence names (every epoch by
+`train_fold` evaluates on the held-out fold at the epochs salt_model.training.cadence names (every epoch by
 default; always the last and the snapshot epochs), collects the fold's ensemble members with their
-out-of-fold probabilities (salt_model.ensemble: cycle-end snapshots, SWA, the last epoch, and the best
+out-of-fold probabilities (salt_model.training.members: cycle-end snapshots, SWA, the last epoch, and the best
 epoch's OOF), and hands every epoch to one `report` hook: the CLI uses it to print and checkpoint, the
 Ray orchestrator to gather the folds' metrics and write the shared checkpoint.
 
-A checkpoint is two files per fold (salt_model.checkpoint): the resume state and the members.
+A checkpoint is two files per fold (salt_model.training.checkpoint): the resume state and the members.
 """
 
 from __future__ import annotations
@@ -21,9 +21,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from salt_model.augment import SaltDataset, loader_worker_init, train_transform
-from salt_model.cadence import eval_epochs, eval_tta
-from salt_model.checkpoint import (  # noqa: F401  (checkpoint_name & co. are part of this API)
+from salt_model.config import Config
+from salt_model.data.augment import SaltDataset, loader_worker_init, train_transform
+from salt_model.data.folds import make_folds
+from salt_model.data.loading import SaltData
+from salt_model.evaluation.inference import autocast, autocast_dtype, pick_device, predict_probs
+from salt_model.evaluation.metric import image_scores, iou
+from salt_model.evaluation.thresholds import binarize, default_thresholds
+from salt_model.model import build_model
+from salt_model.threads import set_cpu_threads
+from salt_model.training.cadence import eval_epochs, eval_tta
+from salt_model.training.checkpoint import (  # noqa: F401  (checkpoint_name & co. are part of this API)
     checkpoint_name,
     load_checkpoint,
     members_name,
@@ -31,17 +39,9 @@ from salt_model.checkpoint import (  # noqa: F401  (checkpoint_name & co. are pa
     save,
     strip_resume_state,
 )
-from salt_model.config import Config
-from salt_model.data import SaltData
-from salt_model.ensemble import FoldMembers, Member
-from salt_model.folds import make_folds
-from salt_model.losses import compute_loss, loss_name
-from salt_model.metric import image_scores, iou
-from salt_model.model import build_model
-from salt_model.postprocess import binarize, default_thresholds
-from salt_model.predict import autocast, autocast_dtype, pick_device, predict_probs
-from salt_model.schedules import lr_at, make_optimizer, set_lr
-from salt_model.threads import set_cpu_threads
+from salt_model.training.losses import compute_loss, loss_name
+from salt_model.training.members import FoldMembers, Member
+from salt_model.training.schedules import lr_at, make_optimizer, set_lr
 
 # report(metrics, save): `metrics` is this epoch's dict; `save(directory)` writes this fold's
 # checkpoint file into `directory` and returns its path (call it only on epochs you checkpoint).
@@ -165,10 +165,10 @@ def train_fold(
     orchestrator passes its worker's CPU share here, which wins over config.train.threads (None: use
     config.train.threads, where 0 leaves the libraries' defaults).
 
-    `extra`: pseudo-labelled tiles (salt_model.pseudo) added to this fold's training part only, each
+    `extra`: pseudo-labelled tiles (salt_model.training.pseudo_labels) added to this fold's training part only, each
     weighing config.pseudo.weight in the loss; the held-out fold stays real labels. `init_state`: model
     weights to start from (a pseudo round with pseudo.init=previous), ignored when resuming.
-    `eval_at`: 1-based epochs evaluated besides salt_model.cadence's (a search passes ASHA's rungs).
+    `eval_at`: 1-based epochs evaluated besides salt_model.training.cadence's (a search passes ASHA's rungs).
     An epoch that is not evaluated reports its training metrics only (no val_* keys; best_val_map
     once some epoch was evaluated).
     """

@@ -12,7 +12,7 @@ is the same at any cadence.
 from __future__ import annotations
 
 from salt_model.config import Config, SearchConfig
-from salt_model.schedules import cycle_end_epochs
+from salt_model.training.schedules import cycle_end_epochs
 
 
 def member_epochs(config: Config) -> set[int]:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from salt_model.data import DataError, SaltData, _check_subset, _csv_ids, _few, _png_files
-from salt_model.rle import rle_decode
+from salt_model.data.loading import DataError, SaltData, _check_subset, _csv_ids, _few, _png_files
+from salt_model.data.rle import rle_decode
 
 
 class DataWarning(UserWarning):

@@ -1,6 +1,6 @@
 """A generated seismic cube with salt bodies and known truth, written as SEG-Y.
 
-The recipe is the tile generator's (salt_model.synthetic) in 3D, so a model trained on the synthetic
+The recipe is the tile generator's (salt_model.data.synthetic) in 3D, so a model trained on the synthetic
 tiles sees the same textures along any inline or crossline: layered reflectors along gently dipping,
 folded surfaces, plus noise; salt as smooth blobs (low-pass noise thresholded, growing with depth)
 whose interior is weak chaotic texture with a brighter rim. Amplitudes are raw floats around +-1000

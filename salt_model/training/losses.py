@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from salt_model.augment import SIZE as TILE
-from salt_model.augment import pad_amounts
 from salt_model.config import TrainConfig
+from salt_model.data.augment import SIZE as TILE
+from salt_model.data.augment import pad_amounts
 
 
 def lovasz_hinge(

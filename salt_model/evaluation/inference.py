@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from salt_model.augment import pad_batch, unpad
 from salt_model.config import Config
+from salt_model.data.augment import pad_batch, unpad
 from salt_model.io import atomic_torch_save
 from salt_model.model import build_model
 
@@ -130,7 +130,7 @@ def save_fold_model(
     payload = {
         "config": config.to_dict(),
         "fold": fold,
-        "member": member,  # salt_model.ensemble: last | snap{epoch} | swa
+        "member": member,  # salt_model.training.members: last | snap{epoch} | swa
         "score": score,
         "epoch": epoch,
         "state_dict": model_state,

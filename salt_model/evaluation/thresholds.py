@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from salt_model.metric import image_scores
+from salt_model.evaluation.metric import image_scores
 
 PIXEL_GRID = tuple(float(v) for v in np.round(np.arange(0.05, 0.951, 0.025), 3))
 AREA_GRID = (0, 5, 10, 20, 40, 60, 80, 120, 160, 240, 320, 480)

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from salt_model.augment import pad_batch
 from salt_model.config import Config
-from salt_model.predict import autocast, autocast_dtype
-from salt_model.schedules import cycle_end_epochs
+from salt_model.data.augment import pad_batch
+from salt_model.evaluation.inference import autocast, autocast_dtype
+from salt_model.training.schedules import cycle_end_epochs
 
 HONEST = ("last", "snapshots", "swa", "snapshots+swa")  # chosen without the held-out labels
 OPTIMISTIC = ("best",)  # chosen on the held-out fold it is scored on
@@ -72,7 +72,7 @@ class FoldMembers:
     def after_epoch(self, epoch: int, model: torch.nn.Module, score: float | None, probs, empty) -> None:
         """Takes the members of `epoch` (1-based count of epochs trained) after its evaluation.
         An epoch that was not evaluated (score None) only joins the SWA average; it cannot be a
-        snapshot or the last epoch (salt_model.cadence always evaluates those)."""
+        snapshot or the last epoch (salt_model.training.cadence always evaluates those)."""
         if score is None:
             assert epoch not in self.snapshot_epochs and epoch != self.epochs, f"epoch {epoch} unscored"
         elif "best" not in self.members or score > self.best.score:
@@ -96,7 +96,7 @@ class FoldMembers:
         device: torch.device,
     ) -> float:
         """Makes the SWA member: averaged weights, BatchNorm re-estimated on `train_images`, then
-        evaluated on the held-out tiles with `evaluate` (engine.evaluate). Returns its val_map."""
+        evaluated on the held-out tiles with `evaluate` (fold_loop.evaluate). Returns its val_map."""
         if self.swa_state is None:
             raise RuntimeError("finish_swa: no epoch of the SWA window was averaged")
         swa_model = copy.deepcopy(model)

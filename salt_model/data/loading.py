@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from salt_model import synthetic
 from salt_model.config import DataConfig
+from salt_model.data import synthetic
 
 SIZE = 101
 SPLITS = ("train", "test")
