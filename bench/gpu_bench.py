@@ -32,7 +32,7 @@ from salt_model.cli import add_config_args, config_from_args, make_parser, run_c
 from salt_model.config import Config
 from salt_model.data.augment import pad_batch
 from salt_model.data.loading import SaltData, load_split, resolve_data
-from salt_model.evaluation.inference import pick_device
+from salt_model.device import pick_device
 from salt_model.evaluation.metric import image_scores
 from salt_model.evaluation.thresholds import Thresholds, binarize
 from salt_model.training.fold_loop import make_optimizer_and_scaler

@@ -45,7 +45,7 @@ from bench.throughput import _jsonable
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.data.folds import load_folds
 from salt_model.data.loading import has_test, load_split, resolve_data
-from salt_model.evaluation.inference import pick_device
+from salt_model.device import pick_device
 from salt_model.evaluation.metric import image_scores
 from salt_model.evaluation.thresholds import binarize, default_thresholds
 from salt_model.io import atomic_write_text

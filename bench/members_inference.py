@@ -25,7 +25,8 @@ if __package__ in (None, ""):
 from bench.machine import cpu_model  # noqa: E402
 from salt_model.config import load_config
 from salt_model.data.loading import load_split, resolve_data
-from salt_model.evaluation.inference import ensemble_probs, pick_device
+from salt_model.device import pick_device
+from salt_model.evaluation.inference import ensemble_probs
 from salt_model.io import atomic_write_text
 from salt_model.model import build_model
 

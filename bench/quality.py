@@ -41,8 +41,9 @@ from salt_model.cli import add_config_args, config_from_args, make_parser, run_c
 from salt_model.data.folds import make_folds
 from salt_model.data.loading import has_test, load_split, resolve_data
 from salt_model.data.rle import rle_encode
+from salt_model.device import pick_device
 from salt_model.evaluation.error_analysis import emptiness
-from salt_model.evaluation.inference import model_from_payload, pick_device, predict_probs
+from salt_model.evaluation.inference import model_from_payload, predict_probs
 from salt_model.evaluation.metric import image_scores
 from salt_model.evaluation.thresholds import Thresholds, binarize, choose_thresholds, default_thresholds
 from salt_model.io import atomic_write, atomic_write_text

@@ -41,7 +41,8 @@ from salt_model.cli import add_config_args, config_from_args, make_parser, run_c
 from salt_model.config import PRECISIONS, Config
 from salt_model.data.augment import SaltDataset, loader_worker_init, pad_batch, train_transform
 from salt_model.data.loading import load_split, resolve_data
-from salt_model.evaluation.inference import autocast_dtype, pick_device, predict_probs
+from salt_model.device import autocast_dtype, pick_device
+from salt_model.evaluation.inference import predict_probs
 from salt_model.io import atomic_write_text
 from salt_model.model import build_model
 from salt_model.training.fold_loop import make_optimizer_and_scaler, train_one_epoch

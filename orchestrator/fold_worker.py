@@ -33,7 +33,7 @@ from orchestrator.runtime import worker_device
 from orchestrator.storage import checkpoints_before
 from salt_model.config import Config
 from salt_model.data.loading import SaltData
-from salt_model.threads import set_cpu_threads
+from salt_model.device import set_cpu_threads
 from salt_model.training.fold_loop import train_fold
 
 

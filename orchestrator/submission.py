@@ -16,7 +16,8 @@ import ray
 from orchestrator.capacity import Capacity, cluster_capacity
 from salt_model.data.loading import SaltData
 from salt_model.data.rle import rle_encode
-from salt_model.evaluation.inference import ensemble_probs, model_from_payload, pick_device, read_fold_model
+from salt_model.device import pick_device
+from salt_model.evaluation.inference import ensemble_probs, model_from_payload, read_fold_model
 from salt_model.evaluation.thresholds import Thresholds, binarize
 from salt_model.io import atomic_savez, atomic_write
 

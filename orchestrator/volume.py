@@ -24,7 +24,8 @@ import ray
 
 from salt_model.data.segy import Geometry, SegyReader, write_probability_segy
 from salt_model.data.volume_store import ProbabilityStore
-from salt_model.evaluation.inference import model_from_payload, pick_device
+from salt_model.device import pick_device
+from salt_model.evaluation.inference import model_from_payload
 from salt_model.evaluation.section_inference import Scaling, default_stride, predict_section
 from salt_model.evaluation.volume_qc import qc_png, report_html
 from salt_model.io import atomic_write_text

@@ -6,7 +6,6 @@ holding the resolved config and the best weights, so an ensemble rebuilds exactl
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -14,32 +13,9 @@ import torch
 
 from salt_model.config import Config
 from salt_model.data.augment import pad_batch, unpad
+from salt_model.device import autocast, autocast_dtype, pick_device
 from salt_model.io import atomic_torch_save
 from salt_model.model import build_model
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for this precision on this device; None means full fp32. On a CPU only an
-    explicit bf16 autocasts (the GPU users' precision path, runnable anywhere); auto stays fp32."""
-    if precision == "fp32":
-        return None
-    if device.type != "cuda":
-        return torch.bfloat16 if precision == "bf16" else None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()

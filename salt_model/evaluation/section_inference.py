@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from salt_model.data.augment import _NP_MODE, SIZE
-from salt_model.evaluation.inference import ensemble_probs, pick_device
+from salt_model.device import pick_device
+from salt_model.evaluation.inference import ensemble_probs
 
 BLENDS = ("gaussian", "hann")
 # The 8-bit tile domain: the synthetic generator's tiles (salt_model.data.synthetic: mean ~120, std 20..36)

@@ -25,11 +25,11 @@ from salt_model.config import Config
 from salt_model.data.augment import SaltDataset, loader_worker_init, train_transform
 from salt_model.data.folds import make_folds
 from salt_model.data.loading import SaltData
-from salt_model.evaluation.inference import autocast, autocast_dtype, pick_device, predict_probs
+from salt_model.device import autocast, autocast_dtype, pick_device, set_cpu_threads
+from salt_model.evaluation.inference import predict_probs
 from salt_model.evaluation.metric import image_scores, iou
 from salt_model.evaluation.thresholds import binarize, default_thresholds
 from salt_model.model import build_model
-from salt_model.threads import set_cpu_threads
 from salt_model.training.cadence import eval_epochs, eval_tta
 from salt_model.training.checkpoint import (  # noqa: F401  (checkpoint_name & co. are part of this API)
     checkpoint_name,

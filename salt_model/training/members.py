@@ -28,7 +28,7 @@ import torch
 
 from salt_model.config import Config
 from salt_model.data.augment import pad_batch
-from salt_model.evaluation.inference import autocast, autocast_dtype
+from salt_model.device import autocast, autocast_dtype
 from salt_model.training.schedules import cycle_end_epochs
 
 HONEST = ("last", "snapshots", "swa", "snapshots+swa")  # chosen without the held-out labels
