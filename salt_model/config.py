@@ -91,6 +91,23 @@ class ScheduleConfig:
         _check("schedule.warmup_epochs", self.warmup_epochs, self.warmup_epochs >= 0, ">= 0")
 
 
+def cycle_end_epochs(epochs: int, cfg: ScheduleConfig) -> list[int]:
+    """Completed-epoch counts (1-based) at which a cosine/cyclic cycle ends, for snapshot ensembling.
+
+    A cycle ending mid-epoch (fractional cycle_epochs) maps to the last epoch finished inside it, where the
+    lr is lowest before the restart. Only whole cycles within the run count; [] for other schedules.
+    """
+    if cfg.name not in ("cosine", "cyclic"):
+        return []
+    ends, k = [], 1
+    while k * cfg.cycle_epochs <= epochs + 1e-9:
+        end = math.floor(k * cfg.cycle_epochs + 1e-9)
+        if end >= 1 and (not ends or end != ends[-1]):
+            ends.append(end)
+        k += 1
+    return ends
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 4  # epochs per fold (--epochs)
@@ -354,8 +371,6 @@ class Config:
         """train.snapshots needs that many cycle ends within the epoch budget."""
         if not self.train.snapshots:
             return
-        from salt_model.training.schedules import cycle_end_epochs  # schedules imports this module
-
         ends = cycle_end_epochs(self.train.epochs, self.schedule)
         if self.train.snapshots > len(ends):
             how = (

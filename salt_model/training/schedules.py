@@ -18,7 +18,12 @@ from collections.abc import Iterable
 
 import torch
 
-from salt_model.config import SCHEDULES, ScheduleConfig, TrainConfig
+from salt_model.config import (
+    SCHEDULES,
+    ScheduleConfig,
+    TrainConfig,
+    cycle_end_epochs,  # noqa: F401  (defined beside ScheduleConfig: the snapshot check needs it)
+)
 
 
 def lr_at(step: int, steps_per_epoch: int, epochs: int, cfg: ScheduleConfig) -> float:
@@ -54,23 +59,6 @@ def _schedule(epoch: float, epochs: int, cfg: ScheduleConfig) -> float:
         t = min((epoch - rise) / (epochs - rise), 1.0)
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
     raise ValueError(f"schedule.name={cfg.name!r} is not allowed; choose one of {list(SCHEDULES)}")
-
-
-def cycle_end_epochs(epochs: int, cfg: ScheduleConfig) -> list[int]:
-    """Completed-epoch counts (1-based) at which a cosine/cyclic cycle ends, for snapshot ensembling.
-
-    A cycle ending mid-epoch (fractional cycle_epochs) maps to the last epoch finished inside it, where the
-    lr is lowest before the restart. Only whole cycles within the run count; [] for other schedules.
-    """
-    if cfg.name not in ("cosine", "cyclic"):
-        return []
-    ends, k = [], 1
-    while k * cfg.cycle_epochs <= epochs + 1e-9:
-        end = math.floor(k * cfg.cycle_epochs + 1e-9)
-        if end >= 1 and (not ends or end != ends[-1]):
-            ends.append(end)
-        k += 1
-    return ends
 
 
 def make_optimizer(
