@@ -163,5 +163,5 @@ def run_kfold(
     )
     result = fit_folds(trainer, config, resources, placement_timeout_s, failure_file, "the run")
     if result.checkpoint is None:
-        raise RuntimeError(f"the run in {out} finished without a checkpoint")
+        raise RunFailed(f"the run in {out} finished without a checkpoint (its logs are in {out / 'logs'})")
     return collect_folds(result.checkpoint, out, data, folds, config.data.folds)

@@ -10,6 +10,7 @@ import pandas as pd
 from ray import tune
 from ray.train import Checkpoint
 
+from orchestrator.faults import RunFailed
 from orchestrator.search import METRIC, close_stale
 from orchestrator.search_space import trial_run_name
 from orchestrator.storage import checkpoint_at, join, latest_checkpoint
@@ -73,7 +74,10 @@ def best_checkpoint(best: pd.Series, trials_storage: str) -> Checkpoint:
     if checkpoint is None:
         checkpoint = latest_checkpoint(join(trials_storage, trial_run_name(best["params"]["study_trial"])))
     if checkpoint is None:
-        raise RuntimeError(f"best trial {best['trial_id']} has no checkpoint under {trials_storage}")
+        raise RunFailed(
+            f"best trial {best['trial_id']} has no checkpoint under {trials_storage}: was the storage "
+            "moved or pruned by hand? `--resume` with the storage the search wrote to finds it"
+        )
     return checkpoint
 
 
@@ -87,7 +91,10 @@ def best_trial(results: tune.ResultGrid, out: Path, config: Config, tracker: Tra
     tag_trial_states(tracker, table)
     finished = table[table["state"] != "FAIL"].dropna(subset=[METRIC])  # a failed trial is no ensemble
     if finished.empty:
-        raise RuntimeError(f"no trial reported a result; see the trial logs under {out / 'tune'}")
+        raise RunFailed(
+            f"no trial reported a result: every trial failed (trials.csv says why); each trial's "
+            f"traceback is in its error.txt under {out / 'tune'}"
+        )
     complete = finished[finished["epochs_run"] >= config.train.epochs]  # a stopped trial lacks members
     best = (complete if not complete.empty else finished).iloc[0]
     print("\n" + table.drop(columns=INTERNAL).to_string(index=False))

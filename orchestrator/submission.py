@@ -14,6 +14,7 @@ import pandas as pd
 import ray
 
 from orchestrator.capacity import Capacity, cluster_capacity
+from orchestrator.faults import RunFailed
 from salt_model.data.loading import SaltData
 from salt_model.data.rle import rle_encode
 from salt_model.device import pick_device
@@ -137,8 +138,9 @@ def predict_submission(
     got = set(rows["id"])
     missing = [i for i in test.ids if i not in got]
     if missing or len(rows) != len(test):
-        raise RuntimeError(
-            f"prediction returned {len(rows)} rows for {len(test)} test tiles; missing {missing[:5]}"
+        raise RunFailed(
+            f"prediction returned {len(rows)} rows for {len(test)} test tiles (missing {missing[:5]}); "
+            "the Ray workers' lines are in the output folder's logs/workers.log"
         )
     rows = rows.set_index("id").loc[test.ids].reset_index()  # the test split's id order
     submission = rows[["id", "rle_mask"]]

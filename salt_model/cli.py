@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from salt_model.config import Config, load_config
+from salt_model.config import Config, load_config, parse_override
 from salt_model.io import OutputError
 
 
@@ -42,13 +43,38 @@ def add_config_args(parser: argparse.ArgumentParser, epochs: bool = True) -> Non
     )
 
 
+# epoch counts that `--epochs E` scales with it unless --set names them: the BCE -> Lovasz switch and
+# the SWA window keep their share of the epochs (rounded up, at most E)
+SCALED_WITH_EPOCHS = ("train.loss_switch_epoch", "train.swa_epochs")
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
     if args.folds is not None:
         overrides.append(f"data.folds={args.folds}")
-    if getattr(args, "epochs", None) is not None:
-        overrides.append(f"train.epochs={args.epochs}")
+    epochs = getattr(args, "epochs", None)
+    if epochs is not None:
+        overrides += scaled_with_epochs(load_config(args.config).train, args.overrides, epochs)
+        overrides.append(f"train.epochs={epochs}")
     return load_config(args.config, overrides)
+
+
+def scaled_with_epochs(train, overrides: list[str], epochs: int) -> list[str]:
+    """Overrides that keep the config's epoch counts in proportion to `--epochs` (each said on the
+    console); the ones --set names are the user's."""
+    if epochs < 1 or epochs == train.epochs:
+        return []  # a bad --epochs is refused by the config check, naming it
+    named = {parse_override(item)[0] for item in overrides}
+    scaled = []
+    for key in SCALED_WITH_EPOCHS:
+        old = getattr(train, key.split(".")[1])
+        new = min(epochs, math.ceil(old * epochs / train.epochs))
+        if key not in named and new != old:
+            print(
+                f"--epochs {epochs}: {key} {old} -> {new} (scaled with the epochs; --set {key}=N to choose)"
+            )
+            scaled.append(f"{key}={new}")
+    return scaled
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:

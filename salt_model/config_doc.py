@@ -29,7 +29,8 @@ there, not this file. tests/test_config_doc.py checks that it is current. -->
 
 `orchestrator.train`, `orchestrator.tune` and `salt_model.train` take `--config FILE` (YAML or JSON)
 and any number of `--set section.key=value` overrides (`--folds K` and `--epochs E` set `data.folds`
-and `train.epochs`). An unknown key or a bad value is an error naming the key and what is allowed.
+and `train.epochs`; `--epochs E` also scales `train.loss_switch_epoch` and `train.swa_epochs` with it,
+rounded up, unless `--set` names them, and says so). An unknown key or a bad value is an error naming the key and what is allowed.
 Keys a file does not set keep the defaults below; the built-in defaults are the embedded default run
 (narrow model, 3 folds, 4 epochs, 4 trials). A config file may start with `extends: OTHER.yaml`
 (relative to the file): OTHER is read first and this file's keys replace its keys one by one.

@@ -119,3 +119,26 @@ def test_bad_inputs_exit_with_one_clean_line(tiny_data_root, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}: {stderr!r}"
         for piece in cases[name][1]:
             assert piece in lines[0], f"{name}: {piece!r} not in {lines[0]!r}"
+
+
+def _parsed(*argv: str):
+    from salt_model.cli import add_config_args, config_from_args, make_parser
+
+    parser = make_parser("test", None)
+    add_config_args(parser)
+    return config_from_args(parser.parse_args(list(argv)))
+
+
+def test_epochs_alone_works_for_every_count_and_scales_the_loss_switch(capsys):
+    for epochs in (1, 2, 3, 9):  # the defaults: 4 epochs, Lovasz from epoch 2
+        train = _parsed("--epochs", str(epochs)).train
+        assert train.epochs == epochs and train.loss_switch_epoch == min(epochs, -(-2 * epochs // 4))
+    assert "--epochs 1: train.loss_switch_epoch 2 -> 1 (scaled with the epochs" in capsys.readouterr().out
+    preset = _parsed("--config", "configs/cpu.yaml", "--epochs", "10").train  # 20 epochs, switch 15
+    assert (preset.epochs, preset.loss_switch_epoch) == (10, 8)
+
+
+def test_a_loss_switch_set_on_the_command_line_is_kept_and_checked():
+    assert _parsed("--epochs", "10", "--set", "train.loss_switch_epoch=3").train.loss_switch_epoch == 3
+    with pytest.raises(ValueError, match="train.loss_switch_epoch=5 is out of range"):
+        _parsed("--epochs", "2", "--set", "train.loss_switch_epoch=5")
