@@ -4,7 +4,6 @@ submission (orchestrator/submission.py) and the run report (orchestrator/run_rep
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from salt_model.config import Config
 from salt_model.data.loading import SaltData, has_test, load_split
 from salt_model.evaluation.pictures import oof_gallery
 from salt_model.evaluation.thresholds import Thresholds, binarize
-from salt_model.io import atomic_write_text
+from salt_model.io import atomic_write_json
 
 
 def write_cv(out: Path, result: KFoldResult, config: Config, extra: dict) -> dict:
@@ -40,7 +39,7 @@ def write_cv(out: Path, result: KFoldResult, config: Config, extra: dict) -> dic
         **extra,
         "config": config.to_dict(),
     }
-    atomic_write_text(out / "cv.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "cv.json", summary)
     return summary
 
 

@@ -39,7 +39,7 @@ from salt_model.config import Config, PseudoConfig, config_changes
 from salt_model.data.loading import SaltData
 from salt_model.evaluation.inference import read_fold_model
 from salt_model.evaluation.thresholds import Thresholds
-from salt_model.io import atomic_write, atomic_write_text
+from salt_model.io import atomic_write, atomic_write_json
 from salt_model.training.pseudo_labels import PSEUDO_FILE, PseudoLabels, select_pseudo_labels
 
 RoundLabels = PseudoLabels | list[PseudoLabels]  # one set for every fold, or fold r's at r
@@ -227,11 +227,11 @@ def write_rounds(out: Path, entries: list[dict], config: Config) -> dict:
             else "the last round (pseudo.submit=last)"
         ),
     }
-    atomic_write_text(out / "rounds.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "rounds.json", summary)
     cv_path = out / "cv.json"
     cv = json.loads(cv_path.read_text())
     cv["pseudo"] = summary
-    atomic_write_text(cv_path, json.dumps(cv, indent=2) + "\n")
+    atomic_write_json(cv_path, cv)
     keep = out / "round_0_submission.csv"
     if not keep.exists():
         atomic_write(keep, lambda tmp: shutil.copyfile(out / "submission.csv", tmp))

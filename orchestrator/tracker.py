@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from orchestrator import console
-from salt_model.io import atomic_write_text
+from salt_model.io import atomic_write_json
 
 STATE_FILE = "mlflow.json"
 # The client's defaults retry an unreachable server for minutes; a run should not wait on its tracker.
@@ -143,7 +143,7 @@ class Tracker:
 
     def _save(self, **changes) -> None:
         state = {**self.state(), **changes}
-        atomic_write_text(self.out / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        atomic_write_json(self.out / STATE_FILE, state)
 
     def child_id(self, key: str) -> str | None:
         return self.state().get("children", {}).get(key)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import time
 from pathlib import Path
 
@@ -68,7 +67,7 @@ from orchestrator.trial import kfold_trial
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config, load_config
 from salt_model.data.loading import resolve_data
-from salt_model.io import atomic_write_text
+from salt_model.io import atomic_write_json, atomic_write_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +158,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
 
     best_params = best["params"]
     best_config = trial_config(config, best_params)
-    atomic_write_text(out / "best_config.json", json.dumps(best_config.to_dict(), indent=2) + "\n")
+    atomic_write_json(out / "best_config.json", best_config.to_dict())
     print(
         f"\nbest trial {best['trial_id']} ({best['state']}): fold-mean {METRIC} {best[METRIC]:.4f}; "
         f"config in {out / 'best_config.json'}"

@@ -13,7 +13,6 @@ written into a hidden folder in DIR and moved into place at the end: a failure l
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -28,7 +27,7 @@ from salt_model.device import pick_device
 from salt_model.evaluation.inference import model_from_payload
 from salt_model.evaluation.section_inference import Scaling, default_stride, predict_section
 from salt_model.evaluation.volume_qc import qc_png, report_html
-from salt_model.io import atomic_write_text
+from salt_model.io import atomic_write_json
 
 SCALING_WARNING = (
     "amplitudes were mapped to the 8-bit tile domain by a percentile clip and the synthetic tiles' "
@@ -159,7 +158,7 @@ def run_volume(
             / max(sum(v for key, v in timings.items() if key.startswith("predict_")), 1e-9)
         )
         report_html(tmp / "report.html", summary, pictures)
-        atomic_write_text(tmp / "volume.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(tmp / "volume.json", summary)
         for item in sorted(tmp.iterdir()):  # the complete set, moved into place file by file
             item.replace(out / item.name)
         return summary

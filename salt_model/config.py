@@ -419,9 +419,9 @@ class Config:
         return Config.from_dict(raw, source="overrides")
 
     def save(self, path: str | Path) -> None:
-        from salt_model.io import atomic_write_text
+        from salt_model.io import atomic_write_json
 
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_json(Path(path), self.to_dict())
 
 
 # train keys that change how a run executes, not what it trains: a resume may change them freely

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -69,6 +70,25 @@ def atomic_torch_save(path: Path, payload) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_json(path: Path, value) -> None:
+    """`value` as indented JSON with a final newline, written atomically (every JSON file of a run)."""
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def load_torch_dict(path: Path, what: str, kind: str) -> dict:
+    """A torch file saved as a dict, loaded safely (weights_only, on the CPU); ValueError naming `what`
+    and the file when it is not a readable `kind` (truncated, foreign) or holds something else."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{what} {path}: not a readable {kind} ({err})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{what} {path}: expected a dict, got {type(payload).__name__}")
+    return payload
 
 
 def atomic_savez(path: Path, **arrays) -> None:

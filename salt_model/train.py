@@ -8,7 +8,6 @@ result_fold_F.json. Re-running the same command resumes from fold_F.pt; --restar
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from salt_model.data.checks import check_data_folder
 from salt_model.data.folds import check_folds_trainable, make_folds, save_folds
 from salt_model.data.loading import load_split, resolve_data
 from salt_model.evaluation.inference import save_fold_model
-from salt_model.io import atomic_savez, atomic_write_text, check_writable
+from salt_model.io import atomic_savez, atomic_write_json, check_writable
 from salt_model.training.fold_loop import FoldResult, checkpoint_name, train_fold
 
 
@@ -60,7 +59,7 @@ def save_fold_outputs(out: Path, result: FoldResult, config, ids: np.ndarray) ->
         "members": {name: {"epoch": m.epoch, "val_map": m.score} for name, m in result.members.items()},
         "history": result.history,
     }
-    atomic_write_text(out / f"result_fold_{result.fold}.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / f"result_fold_{result.fold}.json", summary)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from salt_model.data.loading import load_split
-from salt_model.evaluation.inference import load_fold_model, predict_probs
+from salt_model.evaluation.inference import model_from_payload, predict_probs, read_fold_model
 from salt_model.evaluation.thresholds import Thresholds, binarize
 from salt_model.training.pseudo_labels import PseudoLabels, confident_tiles
 from tests.conftest import collected_run
@@ -52,7 +52,7 @@ def test_fold_r_pseudo_masks_are_fold_r_own_models_thresholded_prediction(round_
         assert members, "no member of this fold"
         probs, empty = [], []
         for path in members:
-            model, cfg = load_fold_model(path, CPU)
+            model, cfg = model_from_payload(read_fold_model(path), CPU)
             p, e = predict_probs(model, test.images, cfg, CPU, tta=True)
             probs.append(p)
             empty.append(e)

@@ -3,7 +3,8 @@
 The recipe follows the common TGS solutions (e.g. the 1st-place write-up,
 https://www.kaggle.com/c/tgs-salt-identification-challenge/discussion/69291): horizontal flips only
 (seismic has a real up/down), a random crop resized back to 101x101, mild brightness/contrast/gamma,
-and padding 101 -> 128 by reflection so that five 2x downsamplings divide the input.
+and padding 101 -> data.pad (128 by default; 112 or 104 cost less) by reflection, so that the
+encoder's five 2x downsamplings divide the input.
 
 Image and mask must stay aligned: the crop resizes the image bilinearly and the mask with
 INTER_NEAREST_EXACT, whose pixel-centre convention matches INTER_LINEAR (cv2's INTER_NEAREST is
@@ -18,8 +19,8 @@ import numpy as np
 import torch
 
 from salt_model.config import DataConfig
+from salt_model.data import SIZE
 
-SIZE = 101
 _CV2_BORDER = {"reflect": cv2.BORDER_REFLECT_101, "replicate": cv2.BORDER_REPLICATE}
 _NP_MODE = {"reflect": "reflect", "replicate": "edge"}  # numpy 'reflect' == cv2 BORDER_REFLECT_101
 

@@ -24,9 +24,8 @@ import numpy as np
 import pandas as pd
 
 from salt_model.config import DataConfig
-from salt_model.data import synthetic
+from salt_model.data import SIZE, synthetic
 
-SIZE = 101
 SPLITS = ("train", "test")
 LAYOUT = "root/train/images/<id>.png, root/train/masks/<id>.png and root/test/images/<id>.png"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -22,11 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from salt_model.data import SIZE
 from salt_model.data.rle import rle_encode
 from salt_model.io import atomic_write, atomic_write_text
 
 GENERATOR_VERSION = 1  # bump whenever the output for a given seed changes (cached folders use it)
-SIZE = 101
 EMPTY_FRACTION = 0.39
 FLAT_FRACTION = 0.02
 _Y, _X = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)

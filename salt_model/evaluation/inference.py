@@ -14,7 +14,7 @@ import torch
 from salt_model.config import Config
 from salt_model.data.augment import pad_batch, unpad
 from salt_model.device import autocast, autocast_dtype, pick_device
-from salt_model.io import atomic_torch_save
+from salt_model.io import atomic_torch_save, load_torch_dict
 from salt_model.model import build_model
 
 
@@ -119,11 +119,8 @@ def read_fold_model(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"fold model {path}: not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"fold model {path}: not a readable salt-orchestrator model file ({err})") from None
-    if not isinstance(payload, dict) or "state_dict" not in payload or "config" not in payload:
+    payload = load_torch_dict(path, "fold model", "salt-orchestrator model file")  # a truncated or foreign file: ValueError
+    if "state_dict" not in payload or "config" not in payload:
         raise ValueError(f"fold model {path}: expected a dict with 'config' and 'state_dict'")
     return payload
 
@@ -138,10 +135,6 @@ def model_from_payload(payload: dict, device: torch.device | None = None) -> tup
     model.load_state_dict(payload["state_dict"])
     model.to(device, memory_format=_memory_format(config, device)).eval()
     return model, config
-
-
-def load_fold_model(path: str | Path, device: torch.device | None = None) -> tuple[torch.nn.Module, Config]:
-    return model_from_payload(read_fold_model(path), device)
 
 
 def _memory_format(config: Config, device: torch.device) -> torch.memory_format:

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from salt_model.io import load_torch_dict
+
 LAYERS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 STEMS = ("imagenet", "full")
 
@@ -131,12 +133,7 @@ def load_torchvision_weights(encoder: ResNetEncoder, path: str | Path) -> ResNet
         )
     if not path.is_file():
         raise ValueError(f"encoder weights {path}: no such file (expected a local torchvision .pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"encoder weights {path}: not a loadable torch state_dict ({err})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"encoder weights {path}: expected a state_dict (dict), got {type(state).__name__}")
+    state = load_torch_dict(path, "encoder weights", "torch state_dict")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if "conv1.weight" in state and state["conv1.weight"].ndim == 4 and state["conv1.weight"].shape[1] == 3:
         state["conv1.weight"] = state["conv1.weight"].sum(

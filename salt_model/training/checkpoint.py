@@ -16,10 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from salt_model.config import Config, config_changes
-from salt_model.io import atomic_torch_save, atomic_write
+from salt_model.io import atomic_torch_save, atomic_write, load_torch_dict
 from salt_model.training.members import FoldMembers, cpu_copy
 
 
@@ -36,11 +34,8 @@ def load_checkpoint(path: str | Path) -> dict:
     """A fold's resume state with its members file (beside it) under "members"."""
     path = Path(path)
     ckpt = _load(path)
-    if "best_state" in ckpt or "members_file" not in ckpt:
-        raise ValueError(
-            f"checkpoint {path}: an older single-file fold checkpoint (best_state inside); "
-            "this version keeps members apart: retrain, or use the version that wrote it"
-        )
+    if "members_file" not in ckpt:
+        raise ValueError(f"checkpoint {path}: not a fold checkpoint (it names no members file)")
     members_path = path.parent / ckpt["members_file"]
     if not members_path.is_file():
         raise ValueError(f"checkpoint {path}: its members file {members_path.name} is missing")
@@ -65,13 +60,7 @@ def strip_resume_state(path: str | Path) -> int:
 
 
 def _load(path: Path) -> dict:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"checkpoint {path}: not a readable fold checkpoint ({err})") from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"checkpoint {path}: expected a dict, got {type(payload).__name__}")
-    return payload
+    return load_torch_dict(path, "checkpoint", "fold checkpoint")
 
 
 def save(directory: Path, fold, model, optimizer, scaler, state, members: FoldMembers, config) -> Path:

@@ -32,7 +32,6 @@ from salt_model.device import autocast, autocast_dtype
 from salt_model.training.schedules import cycle_end_epochs
 
 HONEST = ("last", "snapshots", "swa", "snapshots+swa")  # chosen without the held-out labels
-OPTIMISTIC = ("best",)  # chosen on the held-out fold it is scored on
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Cross-validation of the ensemble variants: per-fold and overall OOF scores, and the honest choice.
 
-The best epoch of a fold is picked on that fold's held-out tiles, so its OOF score is optimistic
-(issue 13, defect 4). The last epoch, the cycle-end snapshot ensemble and SWA are fixed before the
+The best epoch of a fold is picked on that fold's held-out tiles, so its OOF score is optimistic: it
+is chosen on the tiles it is scored on. The last epoch, the cycle-end snapshot ensemble and SWA are fixed before the
 held-out labels are seen; the run uses whichever of these honest variants scores highest on OOF, and
 reports the best-epoch figure beside them. Each variant's thresholds are chosen on the OOF of that
 same member average, since averaging members moves probabilities (the empty head's most of all)
-towards 0.5, so thresholds tuned on one model do not fit an average (issue 13, defect 5): every
+towards 0.5, so thresholds tuned on one model do not fit an average: every
 multi-member variant also reports its score at the single model's thresholds, which measures it.
 """
 
