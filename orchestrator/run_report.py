@@ -54,20 +54,15 @@ def fold_histories(progress: pd.DataFrame, folds: int) -> list[list[dict]]:
 
 
 def snapshot_epochs(config: dict) -> list[int]:
-    """Epochs (1-based) whose weights join the ensemble as snapshots: the last `train.snapshots` cycle
-    ends (salt_model.training.schedules.cycle_end_epochs) and the `train.swa_epochs` averaged at the end; [] when
-    the config (or this version of salt_model) has neither."""
+    """Epochs (1-based) whose weights join the ensemble besides the last: the snapshots
+    (salt_model.training.cadence) and the `train.swa_epochs` averaged at the end."""
     from salt_model.config import Config
-    from salt_model.training import schedules
+    from salt_model.training import cadence
 
-    train, epochs = config.get("train", {}), config["train"]["epochs"]
-    marks: set[int] = set()
-    if train.get("snapshots") and hasattr(schedules, "cycle_end_epochs"):
-        ends = schedules.cycle_end_epochs(epochs, Config.from_dict(config, source="run config").schedule)
-        marks.update(ends[-train["snapshots"] :])
-    if train.get("swa_epochs"):
-        marks.update(range(epochs - train["swa_epochs"] + 1, epochs + 1))
-    return sorted(marks)
+    run = Config.from_dict(config, source="run config")
+    t = run.train
+    swa = range(t.epochs - t.swa_epochs + 1, t.epochs + 1) if t.swa_epochs else []
+    return sorted({*cadence.snapshot_epochs(run), *swa})
 
 
 def table(rows: list[dict], fmt: dict | None = None) -> str:

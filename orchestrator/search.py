@@ -39,7 +39,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher
 
-from orchestrator.study import STUDY_FILE, load_run_study, run_storage
+from orchestrator.study import STUDY_FILE, STUDY_NAME, load_run_study, run_storage
 from salt_model.io import atomic_write
 
 METRIC = "best_val_map"  # mean over folds of each fold's best held-out competition metric so far
@@ -117,7 +117,7 @@ class PruningOptunaSearch(InRunFolder, Searcher):
         mode: str,
         epochs: int,
         out: Path | None = None,
-        study_name: str = "tune",
+        study_name: str = STUDY_NAME,
         seed: int | None = None,
         failure_reason=None,
     ):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from salt_model.data.folds import coverage_class
 from salt_model.evaluation.metric import image_scores
 from salt_model.evaluation.thresholds import PIXEL_GRID, Thresholds, binarize
 
@@ -37,15 +38,10 @@ def threshold_curve(
     return grid, np.asarray(scores)
 
 
-def coverage_classes(truth: np.ndarray) -> np.ndarray:
-    """(N,) int 0..10: round(salt coverage * 10), the classes the folds are stratified on."""
-    return np.round(truth.reshape(len(truth), -1).mean(axis=1) * 10).astype(int)
-
-
 def coverage_groups(truth: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """(label, (N,) bool selector) of every non-empty coverage group: "empty", "0 (<5%)" (class 0
     mixes empty tiles with tiny salt: split, they fail differently), then "c (lo-hi%)" for c = 1..10."""
-    classes = coverage_classes(truth)
+    classes = coverage_class(truth)
     empty = ~truth.any(axis=(1, 2))
     groups = [("empty", (classes == 0) & empty), ("0 (<5%)", (classes == 0) & ~empty)]
     groups += [(f"{c} ({c * 10 - 5}-{min(100, c * 10 + 5)}%)", classes == c) for c in range(1, 11)]

@@ -119,7 +119,9 @@ def read_fold_model(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"fold model {path}: not found")
-    payload = load_torch_dict(path, "fold model", "salt-orchestrator model file")  # a truncated or foreign file: ValueError
+    payload = load_torch_dict(
+        path, "fold model", "salt-orchestrator model file"
+    )  # a truncated or foreign file: ValueError
     if "state_dict" not in payload or "config" not in payload:
         raise ValueError(f"fold model {path}: expected a dict with 'config' and 'state_dict'")
     return payload

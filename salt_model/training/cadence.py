@@ -15,12 +15,16 @@ from salt_model.config import Config, SearchConfig
 from salt_model.training.schedules import cycle_end_epochs
 
 
-def member_epochs(config: Config) -> set[int]:
-    """1-based epochs whose evaluation scores an ensemble member: the snapshots and the last epoch."""
+def snapshot_epochs(config: Config) -> list[int]:
+    """1-based epochs whose weights are kept as snapshot members: the last train.snapshots cycle ends."""
     t = config.train
     ends = cycle_end_epochs(t.epochs, config.schedule)
-    snapshots = ends[len(ends) - t.snapshots :] if t.snapshots else []
-    return {*snapshots, t.epochs}
+    return ends[len(ends) - t.snapshots :] if t.snapshots else []
+
+
+def member_epochs(config: Config) -> set[int]:
+    """1-based epochs whose evaluation scores an ensemble member: the snapshots and the last epoch."""
+    return {*snapshot_epochs(config), config.train.epochs}
 
 
 def eval_epochs(config: Config, extra: tuple[int, ...] | list[int] = ()) -> set[int]:

@@ -29,7 +29,7 @@ import torch
 from salt_model.config import Config
 from salt_model.data.augment import pad_batch
 from salt_model.device import autocast, autocast_dtype
-from salt_model.training.schedules import cycle_end_epochs
+from salt_model.training.cadence import snapshot_epochs
 
 HONEST = ("last", "snapshots", "swa", "snapshots+swa")  # chosen without the held-out labels
 
@@ -55,8 +55,7 @@ class FoldMembers:
     def __init__(self, config: Config):
         t = config.train
         self.epochs = t.epochs
-        ends = cycle_end_epochs(t.epochs, config.schedule)
-        self.snapshot_epochs = ends[len(ends) - t.snapshots :] if t.snapshots else []
+        self.snapshot_epochs = snapshot_epochs(config)
         self.swa_first = t.epochs - t.swa_epochs + 1 if t.swa_epochs else None  # 1-based epoch
         self.members: dict[str, Member] = {}
         self.swa_state: dict | None = None  # running average of the weights in the SWA window
