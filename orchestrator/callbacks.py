@@ -17,6 +17,7 @@ from ray.train import UserCallback
 from orchestrator import console
 from orchestrator.storage import get_file, put_file
 from orchestrator.tensorboard import FoldCurves
+from salt_model import run_folder
 from salt_model.io import atomic_write_text
 
 FOLD_KEYS = ("val_map", "val_iou", "val_loss", "train_loss", "best_val_map", "train_tiles")
@@ -98,8 +99,8 @@ class ProgressFile(FailureNotice):
             return  # FatalReason keeps it
         merged = merge_fold_metrics(metrics)
         Path(self.out).mkdir(parents=True, exist_ok=True)
-        with open(Path(self.out) / "progress.jsonl", "a") as f:
+        with open(Path(self.out) / run_folder.PROGRESS, "a") as f:
             f.write(json.dumps({"time": time.time(), **merged}) + "\n")
         if self.curves is None:
-            self.curves = FoldCurves(Path(self.out) / "tensorboard", self.folds)
+            self.curves = FoldCurves(Path(self.out) / run_folder.TENSORBOARD, self.folds)
         self.curves.add(merged)

@@ -14,6 +14,7 @@ import pyarrow.fs as pafs
 from ray.train import Checkpoint
 
 from orchestrator.storage import filesystem, is_uri, join
+from salt_model import run_folder
 from salt_model.config import Config
 from salt_model.data.loading import SaltData
 from salt_model.evaluation.inference import save_fold_model
@@ -55,7 +56,7 @@ def collect_folds(
     rule = Config.from_dict(per_fold[0][2]["config"], source="checkpoint").decode.empty_rule
     cv = cross_validate([(val, members) for val, members, _ in per_fold], data.masks, rule=rule)
     chosen = cv["variants"][cv["chosen"]]
-    models = out / "models"
+    models = out / run_folder.MODELS
     for stale in models.glob("fold_*.pt"):  # a rerun may choose another variant
         stale.unlink()
     paths = []
@@ -74,7 +75,7 @@ def collect_folds(
         oof_empty = np.zeros(len(data), dtype=np.float32)
         oof_empty[cv["index"]] = chosen.empty
         arrays["empty"] = oof_empty
-    atomic_savez(out / "oof.npz", **arrays)
+    atomic_savez(out / run_folder.OOF, **arrays)
     return KFoldResult(scores, epochs, cv, oof_probs, oof_empty, histories, paths)
 
 

@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 from orchestrator.progress_view import LOCK, ProgressView
+from salt_model import run_folder
 
 MARK = "[salt] "  # a worker line that starts with this is ours: JSON event or plain message
 
@@ -38,7 +39,7 @@ class _State:
 
 def setup(out: Path, verbose: bool, epochs: int, folds: int) -> Path:
     """Call before Ray starts: route Ray/Optuna/warnings to OUT/logs and create the live view."""
-    log_dir = Path(out) / "logs"
+    log_dir = Path(out) / run_folder.LOGS
     log_dir.mkdir(parents=True, exist_ok=True)
     _State.log_dir, _State.verbose = log_dir, verbose
     _State.view = ProgressView(epochs, folds)

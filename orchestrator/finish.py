@@ -13,6 +13,7 @@ from orchestrator.collect import KFoldResult
 from orchestrator.run_report import build as build_report
 from orchestrator.run_report import save_oof_truth
 from orchestrator.submission import predict_submission
+from salt_model import run_folder
 from salt_model.config import Config
 from salt_model.data.loading import SaltData, has_test, load_split
 from salt_model.evaluation.pictures import oof_gallery
@@ -39,7 +40,7 @@ def write_cv(out: Path, result: KFoldResult, config: Config, extra: dict) -> dic
         **extra,
         "config": config.to_dict(),
     }
-    atomic_write_json(out / "cv.json", summary)
+    atomic_write_json(out / run_folder.CV, summary)
     return summary
 
 
@@ -68,7 +69,7 @@ def finalize(
     )
     if has_test(root):
         predict_submission(
-            out, load_split(root, "test"), summary["thresholds"], out / "submission.csv",
+            out, load_split(root, "test"), summary["thresholds"], out / run_folder.SUBMISSION,
             probs_out=probs_out, per_fold=per_fold,
         )  # fmt: skip
     write_report(out)

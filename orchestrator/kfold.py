@@ -22,6 +22,7 @@ from orchestrator.fold_worker import fold_worker
 from orchestrator.placement import DEFAULT_PLACEMENT_TIMEOUT_S, PlacementWatch, bound_placement, fit_placed
 from orchestrator.runtime import FoldResources
 from orchestrator.storage import ray_storage
+from salt_model import run_folder
 from salt_model.config import Config
 from salt_model.data.folds import check_folds_trainable
 from salt_model.data.loading import SaltData
@@ -138,10 +139,10 @@ def run_kfold(
     """
     check_folds_trainable(folds, config.data.folds, config.train.batch_size)
     out.mkdir(parents=True, exist_ok=True)
-    failure_file = out / "failure.json"
+    failure_file = out / run_folder.FAILURE
     failure_file.unlink(missing_ok=True)  # a new attempt (e.g. after fixing the config)
     data_ref = ray.put(data)
-    storage = storage or str(out.resolve() / "ray")
+    storage = storage or str(out.resolve() / run_folder.RAY)
     run_name = run_name or run_name_for(out)
     trainer = make_trainer(
         config,

@@ -27,6 +27,7 @@ from orchestrator import console
 from orchestrator.runtime import init_ray
 from orchestrator.submission import load_models, predict_submission
 from orchestrator.volume_command import add_volume_args, predict_segy
+from salt_model import run_folder
 from salt_model.cli import make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data.loading import DataError, load_split, resolve_data
@@ -48,10 +49,10 @@ def choose_oof_thresholds(oof_probs: np.ndarray, oof_empty: np.ndarray | None, t
 
 def thresholds_for_run(run: Path, root: Path) -> dict:
     """The run's OOF-chosen thresholds from cv.json, or chosen now from oof.npz and the train masks."""
-    cv = run / "cv.json"
+    cv = run / run_folder.CV
     if cv.exists():
         return json.loads(cv.read_text())["thresholds"]
-    oof_path = run / "oof.npz"
+    oof_path = run / run_folder.OOF
     if not oof_path.exists():
         raise ValueError(f"run folder {run}: neither cv.json nor oof.npz; was it trained to the end?")
     oof = np.load(oof_path, allow_pickle=False)
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     if not run.is_dir():
         raise ValueError(f"--run {run}: no such folder")
     config = (
-        Config.from_dict(json.loads((run / "config.json").read_text()))
-        if (run / "config.json").exists()
+        Config.from_dict(json.loads((run / run_folder.CONFIG).read_text()))
+        if (run / run_folder.CONFIG).exists()
         else Config()
     )
     load_models(run)  # a corrupted or foreign model file is refused before Ray starts
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         run,
         test,
         thresholds,
-        Path(args.out) if args.out else run / "submission.csv",
+        Path(args.out) if args.out else run / run_folder.SUBMISSION,
         batch_size=args.batch_size,
     )
     print(f"predicted {len(test)} tiles in {time.perf_counter() - start:.1f}s")

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.submission import predict_submission
+from salt_model import run_folder
 from salt_model.config import Config, PseudoConfig, config_changes
 from salt_model.data.loading import SaltData
 from salt_model.evaluation.inference import read_fold_model
@@ -44,7 +45,7 @@ from salt_model.training.pseudo_labels import PSEUDO_FILE, PseudoLabels, select_
 
 RoundLabels = PseudoLabels | list[PseudoLabels]  # one set for every fold, or fold r's at r
 
-TEST_PROBS = "test_probs.npz"
+TEST_PROBS = run_folder.TEST_PROBS
 # a fold's member whose weights a round started with pseudo.init=previous takes, in this order
 INIT_MEMBERS = ("last", "swa")
 
@@ -75,8 +76,8 @@ def round_config(config: Config, r: int) -> Config:
 def finished(folder: Path, config: Config) -> dict | None:
     """The round's cv.json when it finished with this config (and wrote its submission), else None.
     Pseudo rounds always have test tiles (orchestrator.train refuses them otherwise)."""
-    cv_path = folder / "cv.json"
-    if not cv_path.exists() or not (folder / "submission.csv").exists():
+    cv_path = folder / run_folder.CV
+    if not cv_path.exists() or not (folder / run_folder.SUBMISSION).exists():
         return None
     summary = json.loads(cv_path.read_text())
     raw = summary["config"]
@@ -102,7 +103,12 @@ def test_probabilities(
     if not path.exists():
         print(f"{folder}: predicting the test tiles for the next round's pseudo-labels")
         predict_submission(
-            folder, test, summary["thresholds"], folder / "submission.csv", probs_out=path, per_fold=per_fold
+            folder,
+            test,
+            summary["thresholds"],
+            folder / run_folder.SUBMISSION,
+            probs_out=path,
+            per_fold=per_fold,
         )
     with np.load(path, allow_pickle=False) as saved:
         if not np.array_equal(saved["ids"], test.ids):
@@ -186,8 +192,8 @@ def previous_weights(folder: Path, k: int) -> list[dict]:
     """Each fold's start weights for pseudo.init=previous: its last-epoch (or SWA) member of `folder`."""
     states = []
     for fold in range(k):
-        paths = [folder / "models" / f"fold_{fold}_{m}.pt" for m in INIT_MEMBERS]
-        paths += sorted((folder / "models").glob(f"fold_{fold}_*.pt"))
+        paths = [folder / run_folder.MODELS / f"fold_{fold}_{m}.pt" for m in INIT_MEMBERS]
+        paths += sorted((folder / run_folder.MODELS).glob(f"fold_{fold}_*.pt"))
         path = next((p for p in paths if p.exists()), None)
         if path is None:
             raise ValueError(f"{folder / 'models'}: no model of fold {fold} to start round from")
@@ -227,14 +233,14 @@ def write_rounds(out: Path, entries: list[dict], config: Config) -> dict:
             else "the last round (pseudo.submit=last)"
         ),
     }
-    atomic_write_json(out / "rounds.json", summary)
-    cv_path = out / "cv.json"
+    atomic_write_json(out / run_folder.ROUNDS, summary)
+    cv_path = out / run_folder.CV
     cv = json.loads(cv_path.read_text())
     cv["pseudo"] = summary
     atomic_write_json(cv_path, cv)
     keep = out / "round_0_submission.csv"
     if not keep.exists():
-        atomic_write(keep, lambda tmp: shutil.copyfile(out / "submission.csv", tmp))
-    source = keep if chosen == 0 else round_dir(out, chosen) / "submission.csv"
-    atomic_write(out / "submission.csv", lambda tmp: shutil.copyfile(source, tmp))
+        atomic_write(keep, lambda tmp: shutil.copyfile(out / run_folder.SUBMISSION, tmp))
+    source = keep if chosen == 0 else round_dir(out, chosen) / run_folder.SUBMISSION
+    atomic_write(out / run_folder.SUBMISSION, lambda tmp: shutil.copyfile(source, tmp))
     return summary

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.study import STUDY_FILE, load_run_study
+from salt_model import run_folder
 from salt_model.evaluation import charts, error_analysis
 from salt_model.evaluation.pictures import overlay_grid
 from salt_model.evaluation.thresholds import Thresholds, binarize
@@ -22,12 +23,12 @@ from salt_model.io import atomic_savez, atomic_write_text
 def save_oof_truth(out: Path, ids: np.ndarray, images: np.ndarray, masks: np.ndarray) -> None:
     """OUT/oof_truth.npz: what the report needs from the data set, so the run folder stands alone."""
     atomic_savez(
-        out / "oof_truth.npz", ids=ids, images=images, masks=np.packbits(masks.astype(bool), axis=-1)
+        out / run_folder.OOF_TRUTH, ids=ids, images=images, masks=np.packbits(masks.astype(bool), axis=-1)
     )
 
 
 def read_progress(run: Path) -> pd.DataFrame:
-    path = run / "progress.jsonl"
+    path = run / run_folder.PROGRESS
     if not path.exists():
         return pd.DataFrame()
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -86,16 +87,16 @@ def img(name: str, alt: str) -> str:
 def build(run: Path) -> Path:
     """Writes run/report/index.html and its PNGs from what the run folder holds now; returns the page."""
     run = Path(run)
-    if not (run / "config.json").exists():
+    if not (run / run_folder.CONFIG).exists():
         raise ValueError(
             f"--run {run}: not a run folder (no config.json); expected an orchestrator.train/tune --out"
         )
-    report = run / "report"
+    report = run / run_folder.REPORT
     report.mkdir(exist_ok=True)
     for old in report.glob("*.png"):  # a rebuild draws only what the run holds now
         old.unlink()
-    base = json.loads((run / "config.json").read_text())
-    cv = json.loads((run / "cv.json").read_text()) if (run / "cv.json").exists() else None
+    base = json.loads((run / run_folder.CONFIG).read_text())
+    cv = json.loads((run / run_folder.CV).read_text()) if (run / run_folder.CV).exists() else None
     config = cv["config"] if cv else base
     folds = config["data"]["folds"]
     progress = read_progress(run)
@@ -120,15 +121,15 @@ def build(run: Path) -> Path:
     else:
         sections.append("<h2>Training curves</h2><p>No epoch reported yet.</p>")
 
-    if cv and (run / "oof.npz").exists() and (run / "oof_truth.npz").exists():
+    if cv and (run / run_folder.OOF).exists() and (run / run_folder.OOF_TRUTH).exists():
         sections.append(oof_html(run, report, cv))
     else:
         sections.append(
             "<h2>Out-of-fold predictions</h2><p>Not collected yet (the folds are still training).</p>"
         )
 
-    if (run / "rounds.json").exists():
-        sections.append(rounds_html(json.loads((run / "rounds.json").read_text())))
+    if (run / run_folder.ROUNDS).exists():
+        sections.append(rounds_html(json.loads((run / run_folder.ROUNDS).read_text())))
     if is_search:
         sections.append(search_html(run, report, progress, base))
     page = PAGE.format(title=html.escape(run.resolve().name), body="\n".join(sections))
@@ -197,8 +198,8 @@ def summary_html(run: Path, cv: dict | None, config: dict, is_search: bool) -> s
 
 
 def oof_html(run: Path, report: Path, cv: dict) -> str:
-    oof = np.load(run / "oof.npz")
-    tiles = np.load(run / "oof_truth.npz")
+    oof = np.load(run / run_folder.OOF)
+    tiles = np.load(run / run_folder.OOF_TRUTH)
     probs = oof["probs"].astype(np.float32)
     empty = oof.get("empty")
     if list(tiles["ids"]) != list(oof["ids"]):
@@ -265,8 +266,8 @@ def emptiness_html(truth: np.ndarray, pred: np.ndarray) -> str:
 
 def search_html(run: Path, report: Path, progress: pd.DataFrame, base: dict) -> str:
     parts = ["<h2>Search</h2>"]
-    if (run / "trials.csv").exists():
-        trials = pd.read_csv(run / "trials.csv")
+    if (run / run_folder.TRIALS).exists():
+        trials = pd.read_csv(run / run_folder.TRIALS)
         parts.append(trials.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
     study = load_run_study(run)
     if study.trials:

@@ -16,6 +16,7 @@ from orchestrator.search_space import trial_run_name
 from orchestrator.storage import checkpoint_at, join, latest_checkpoint
 from orchestrator.study import load_run_study, open_run_study
 from orchestrator.tracker import Tracker
+from salt_model import run_folder
 from salt_model.config import Config
 from salt_model.io import atomic_write
 
@@ -47,7 +48,7 @@ def trial_table(results: tune.ResultGrid, out: Path) -> pd.DataFrame:
             }
         )
     table = pd.DataFrame(rows).sort_values(METRIC, ascending=False, na_position="last")
-    atomic_write(out / "trials.csv", lambda tmp: table.drop(columns=INTERNAL).to_csv(tmp, index=False))
+    atomic_write(out / run_folder.TRIALS, lambda tmp: table.drop(columns=INTERNAL).to_csv(tmp, index=False))
     return table
 
 

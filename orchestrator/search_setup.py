@@ -25,12 +25,17 @@ from orchestrator.study import STUDY_NAME
 from orchestrator.tracker import Tracker
 from orchestrator.trial import FailureRecords, PseudoSource
 from orchestrator.tune_callbacks import CheckpointPruner, ProgressTable
+from salt_model import run_folder
 from salt_model.config import Config
 from salt_model.data.loading import has_test, load_split
 from salt_model.training.cadence import asha_grace
 
-PSEUDO_FROM = "pseudo_from.txt"  # the --pseudo-from run of a search, so --resume keeps using it
-RUN_FILES = ("config.json", "folds.csv", PSEUDO_FROM)  # what --resume reads from --out, kept in STORAGE/run
+PSEUDO_FROM = run_folder.PSEUDO_FROM  # the --pseudo-from run of a search, so --resume keeps using it
+RUN_FILES = (
+    run_folder.CONFIG,
+    run_folder.FOLDS,
+    PSEUDO_FROM,
+)  # what --resume reads from --out, kept in STORAGE/run
 DRIVER_RESOURCE = "tune_driver"  # a trial's driver holds one of these and no CPU
 
 
@@ -102,12 +107,12 @@ def make_scheduler(config: Config) -> ASHAScheduler | None:
 
 def pseudo_run_summary(run: Path) -> dict:
     """RUN's cv.json, checked before anything starts: --pseudo-from needs a finished training run."""
-    if not (run / "cv.json").exists() or not (run / "models").is_dir():
+    if not (run / run_folder.CV).exists() or not (run / run_folder.MODELS).is_dir():
         raise ValueError(
             f"--pseudo-from {run}: not a finished orchestrator.train run folder (no cv.json and models/); "
             "train it first: python -m orchestrator.train ... --out RUN"
         )
-    return json.loads((run / "cv.json").read_text())
+    return json.loads((run / run_folder.CV).read_text())
 
 
 def trial_callbacks(tracker: Tracker | None, config: Config, out: Path, run_storage: str | None) -> list:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.placement import DEFAULT_PLACEMENT_TIMEOUT_S, check_placement_timeout
+from salt_model import run_folder
 from salt_model.config import Config
 from salt_model.data.checks import check_data_folder
 from salt_model.data.folds import check_folds_trainable, load_folds, make_folds, save_folds
@@ -83,7 +84,7 @@ def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.nda
     """Loads the train split, writes config.json and folds.csv (or checks the ones already there)."""
     data = load_split(root, "train")
     check_data_folder(root, data)  # bad input is refused before anything is written
-    folds_path = out / "folds.csv"
+    folds_path = out / run_folder.FOLDS
     if folds_path.exists():  # a resumed run keeps its split
         folds = load_folds(folds_path, data.ids)
         if folds.max() + 1 != config.data.folds:
@@ -97,5 +98,5 @@ def prepare_run(config: Config, root: Path, out: Path) -> tuple[SaltData, np.nda
     check_writable(out)
     if not folds_path.exists():
         save_folds(folds_path, data.ids, folds)
-    config.save(out / "config.json")
+    config.save(out / run_folder.CONFIG)
     return data, folds

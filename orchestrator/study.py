@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STUDY_FILE = "optuna.db"  # the Optuna study in the run folder
+from salt_model import run_folder
+
+STUDY_FILE = run_folder.STUDY  # the Optuna study in the run folder
 STUDY_NAME = "salt-orchestrator"  # orchestrator.tune's study
 
 

@@ -15,6 +15,7 @@ import ray
 
 from orchestrator.capacity import Capacity, cluster_capacity
 from orchestrator.faults import RunFailed
+from salt_model import run_folder
 from salt_model.data.loading import SaltData
 from salt_model.data.rle import rle_encode
 from salt_model.device import pick_device
@@ -73,13 +74,13 @@ class EnsemblePredictor:
 
 def load_models(run: Path) -> list[dict]:
     """Every member file in RUN/models; as many as cv.json says the submission uses, when it says."""
-    paths = sorted((run / "models").glob("fold_*.pt"))
+    paths = sorted((run / run_folder.MODELS).glob("fold_*.pt"))
     if not paths:
         raise ValueError(
             f"run folder {run}: no fold models in {run / 'models'}; train first "
             "(python -m orchestrator.train ... --out RUN)"
         )
-    cv = run / "cv.json"
+    cv = run / run_folder.CV
     expected = json.loads(cv.read_text()).get("submission_members") if cv.exists() else None
     if expected is not None and expected != len(paths):
         raise ValueError(

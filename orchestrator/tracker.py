@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from orchestrator import console
+from salt_model import run_folder
 from salt_model.io import atomic_write_json
 
-STATE_FILE = "mlflow.json"
+STATE_FILE = run_folder.TRACKING
 # The client's defaults retry an unreachable server for minutes; a run should not wait on its tracker.
 CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",

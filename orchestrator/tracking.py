@@ -25,6 +25,7 @@ import importlib.util
 from pathlib import Path
 
 from orchestrator.tracker import Tracker
+from salt_model import run_folder
 
 INSTALL = 'pip install -e ".[tracking]"'
 
@@ -66,8 +67,15 @@ def start_tracker(uri: str | None, out: Path, config, command: str, data_root: P
 
 def run_artifacts(out: Path) -> list[Path]:
     """What a user opens from a finished run folder, for the parent run."""
-    names = ["cv.json", "report", "submission.csv", "trials.csv", "best_config.json", "rounds.json"]
-    return [Path(out) / name for name in names + ["config.json"]]
+    names = [
+        run_folder.CV,
+        run_folder.REPORT,
+        run_folder.SUBMISSION,
+        run_folder.TRIALS,
+        run_folder.BEST_CONFIG,
+        run_folder.ROUNDS,
+    ]
+    return [Path(out) / name for name in names + [run_folder.CONFIG]]
 
 
 @contextlib.contextmanager

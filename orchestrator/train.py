@@ -37,6 +37,7 @@ from orchestrator.tracking import (
     tracked,
     tracking_uri,
 )
+from salt_model import run_folder
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data.loading import SaltData, has_test, load_split, resolve_data
@@ -80,12 +81,12 @@ def run_rounds(
             init = None
             if r > 0:
                 folder.mkdir(parents=True, exist_ok=True)
-                cfg.save(folder / "config.json")  # what the round trains with (its report reads it)
+                cfg.save(folder / run_folder.CONFIG)  # what the round trains with (its report reads it)
                 if config.pseudo.init == "previous":
                     init = rounds.previous_weights(rounds.round_dir(out, r - 1), config.data.folds)
             console.restart_live_view(f"round {r} " if r else "", epochs=cfg.train.epochs)
             key = "kfold" if r == 0 else f"round_{r}"
-            with follow(tracker, key, f"round {r}", folder / "progress.jsonl"):
+            with follow(tracker, key, f"round {r}", folder / run_folder.PROGRESS):
                 result = run_kfold(
                     cfg, data, folds, folder, resources, storage=storage, **failures,
                     pseudo=None if labels is None else rounds.training_tiles(labels), init_states=init,
@@ -149,7 +150,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     capacity = cluster_capacity(args.cluster_config, attached)
     gpus, cpus = requested(args, config.cluster)
     resources = fold_resources(config.data.folds, cpus, gpus, capacity=capacity)
-    storage = storage_root(args.storage, out / "ray")
+    storage = storage_root(args.storage, out / run_folder.RAY)
     check_storage_writable(storage)
     print(
         f"{config.data.folds} fold workers x {resources.as_dict()} on a cluster with {ray.cluster_resources()} "
@@ -159,7 +160,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
         print(GpuPlan(1, config.data.folds, resources.gpus, capacity.max_total("GPU"), noun="run").line())
     if config.pseudo.rounds == 0:
         console.view().start("run")  # elapsed counts from here
-        with follow(tracker, "kfold", "k-fold", out / "progress.jsonl"):
+        with follow(tracker, "kfold", "k-fold", out / run_folder.PROGRESS):
             result = run_kfold(config, data, folds, out, resources, storage=storage, **failures)
         console.end_live_view()
         finalize(result, out, config, data, root)

@@ -22,6 +22,7 @@ from orchestrator.search import METRIC, InRunFolder
 from orchestrator.search_space import trial_config, trial_run_name
 from orchestrator.storage import join
 from orchestrator.study import load_run_study
+from salt_model import run_folder
 from salt_model.config import Config
 from salt_model.data.loading import SaltData
 from salt_model.evaluation.thresholds import Thresholds
@@ -43,7 +44,7 @@ class TrialReport(TuneReportCallback):
 
 def failure_file(out: Path, number: int) -> Path:
     """Where the k-fold run of Optuna trial `number` records a deterministic failure."""
-    return out / "failures" / f"{trial_run_name(number)}.json"
+    return out / run_folder.FAILURES / f"{trial_run_name(number)}.json"
 
 
 def failure_uri(run_storage: str | None, number: int) -> str | None:

@@ -64,6 +64,7 @@ from orchestrator.tracking import (
     tracking_uri,
 )
 from orchestrator.trial import kfold_trial
+from salt_model import run_folder
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.config import Config, load_config
 from salt_model.data.loading import resolve_data
@@ -85,7 +86,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
             raise ValueError("--resume needs --out: the folder of the search to continue")
         args.out = time.strftime("runs/tune-%Y%m%d-%H%M%S")
     out = Path(args.out)
-    storage = storage_root(args.storage, out / "tune")
+    storage = storage_root(args.storage, out / run_folder.TUNE)
     experiment = join(storage, "search")  # Ray Tune's experiment state
     trials_storage = join(storage, "trials") if args.storage else str((out / "trials").resolve())
     run_storage = join(storage, "run") if args.storage else None  # copies of what --resume reads in OUT
@@ -158,7 +159,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
 
     best_params = best["params"]
     best_config = trial_config(config, best_params)
-    atomic_write_json(out / "best_config.json", best_config.to_dict())
+    atomic_write_json(out / run_folder.BEST_CONFIG, best_config.to_dict())
     print(
         f"\nbest trial {best['trial_id']} ({best['state']}): fold-mean {METRIC} {best[METRIC]:.4f}; "
         f"config in {out / 'best_config.json'}"
@@ -213,12 +214,12 @@ def resumed_config(args: argparse.Namespace, out: Path, experiment: str, run_sto
     fetched = fetch_run_files(out, run_storage)
     if fetched:
         print(f"--resume: {', '.join(fetched)} copied into {out} from {run_storage}")
-    if not (out / "config.json").exists():
+    if not (out / run_folder.CONFIG).exists():
         raise ValueError(
             f"--resume: no {out / 'config.json'}"
             + (f" and none in {run_storage}" if run_storage else "; pass the --storage the search ran with")
         )
-    config = load_config(out / "config.json")  # the search goes on with the config it started with
+    config = load_config(out / run_folder.CONFIG)  # the search goes on with the config it started with
     ignored = [
         flag
         for flag, value in (

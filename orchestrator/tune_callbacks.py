@@ -17,6 +17,7 @@ from orchestrator.search import METRIC, InRunFolder
 from orchestrator.search_space import trial_run_name
 from orchestrator.storage import join
 from orchestrator.tensorboard import FoldCurves
+from salt_model import run_folder
 
 
 class ProgressTable(InRunFolder, tune.Callback):
@@ -38,7 +39,7 @@ class ProgressTable(InRunFolder, tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.best = max(self.best, result.get(METRIC, -math.inf))
         metrics = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k != "config"}
-        with open(self.out / "progress.jsonl", "a") as f:
+        with open(self.out / run_folder.PROGRESS, "a") as f:
             line = {
                 "trial_id": trial.trial_id,
                 "study_trial": trial.config.get("study_trial"),
@@ -47,7 +48,7 @@ class ProgressTable(InRunFolder, tune.Callback):
             f.write(json.dumps({**line, **metrics}) + "\n")
         if trial.trial_id not in self.curves:
             self.curves[trial.trial_id] = FoldCurves(
-                self.out / "tensorboard" / f"trial-{trial.trial_id}", self.folds
+                self.out / run_folder.TENSORBOARD / f"trial-{trial.trial_id}", self.folds
             )
         self.curves[trial.trial_id].add(result)
         view = console.view()

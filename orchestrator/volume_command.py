@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from salt_model import run_folder
 from salt_model.data.segy import ENDIANS, SegyReader, read_geometry
 from salt_model.evaluation.section_inference import BLENDS, fit_scaling
 from salt_model.io import OutputError, atomic_write, check_writable
@@ -94,7 +95,7 @@ def predict_segy(args: argparse.Namespace) -> int:
     run, out = Path(args.run), Path(args.out)
     if not run.is_dir():
         raise ValueError(f"--run {run}: no such folder")
-    if not (run / "models").is_dir() or not any((run / "models").glob("fold_*.pt")):
+    if not (run / run_folder.MODELS).is_dir() or not any((run / run_folder.MODELS).glob("fold_*.pt")):
         raise ValueError(f"run folder {run}: no fold models in {run / 'models'}; train first")
     try:
         check_writable(out)

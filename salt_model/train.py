@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from salt_model import run_folder
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.data.checks import check_data_folder
 from salt_model.data.folds import check_folds_trainable, make_folds, save_folds
@@ -86,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     folds = make_folds(data.masks, config.data.folds, config.data.fold_seed)
     check_folds_trainable(folds, config.data.folds, config.train.batch_size)
     check_writable(out)  # only once the data is known to be good
-    save_folds(out / "folds.csv", data.ids, folds)
-    config.save(out / "config.json")
+    save_folds(out / run_folder.FOLDS, data.ids, folds)
+    config.save(out / run_folder.CONFIG)
 
     ckpt = out / checkpoint_name(args.fold)
     resume = ckpt if ckpt.exists() and not args.restart else None
