@@ -199,7 +199,13 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("python -m bench.gpu_bench", __doc__)
+    examples = [
+        (
+            "eager and compiled settings, one JSON line each",
+            "--data DIR --config configs/tgs.yaml --compile --out FIGURES.jsonl",
+        )
+    ]
+    parser = make_parser("python -m bench.gpu_bench", __doc__, examples)
     add_config_args(parser, epochs=False)
     parser.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda ... (default: cuda if any)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (default: eager)")

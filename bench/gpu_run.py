@@ -76,7 +76,11 @@ class Log:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("python -m bench.gpu_run", __doc__)
+    examples = [
+        ("the GPU run", "--data .tgs --out $OUT --work /tmp/gpu-run --budget-s 540"),
+        ("the same path on CPU", "--smoke --data DIR --out /tmp/gpu-smoke"),
+    ]
+    parser = make_parser("python -m bench.gpu_run", __doc__, examples)
     add_config_args(parser)
     parser.set_defaults(config=str(REPO / "configs" / "tgs.yaml"))
     parser.add_argument("--out", required=True, metavar="DIR", help="figures.json, submission.csv, log")

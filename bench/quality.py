@@ -52,6 +52,13 @@ from salt_model.training.fold_loop import train_fold
 from salt_model.training.members import Member
 from salt_model.training.variants import cross_validate
 
+EXAMPLES = [
+    (
+        "fold 0 of the CPU preset's 3 folds on the real data",
+        "--data ../shared/tgs --config configs/cpu.yaml --folds-to-run 0 --out bench/quality_cpu.json",
+    ),
+]
+
 
 def parse_folds(text: str | None, k: int) -> list[int]:
     """'0,2' -> [0, 2]; None -> all k folds. Raises ValueError naming the bad entry."""
@@ -151,17 +158,22 @@ def write_submission(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("python bench/quality.py", __doc__)
+    parser = make_parser("python bench/quality.py", __doc__, EXAMPLES)
     add_config_args(parser)
     parser.add_argument(
         "--folds-to-run",
         default=None,
         metavar="F,F,...",
-        help="comma-separated folds to train (default: all data.folds)",
+        help="which of the K folds (--folds) to train and score, comma-separated 0-based indices, e.g. 0,2 "
+        "(default: all K)",
     )
-    parser.add_argument("--out", default="bench/quality.json", help="JSON results file")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--submission", default=None, help="also predict the test tiles into this CSV")
+    parser.add_argument("--out", default="bench/quality.json", metavar="FILE", help="JSON results file")
+    parser.add_argument(
+        "--device", default=None, metavar="DEVICE", help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--submission", default=None, metavar="FILE", help="also predict the test tiles into this CSV"
+    )
     args = parser.parse_args(argv)
     config = config_from_args(args)
     run_folds = parse_folds(args.folds_to_run, config.data.folds)

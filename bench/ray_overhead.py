@@ -29,9 +29,10 @@ from salt_model.training.fold_loop import train_fold  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("python bench/ray_overhead.py", __doc__)
+    examples = [("2 folds of 2 epochs, the defaults", "--folds 2 --epochs 2 --out bench/ray_overhead.json")]
+    parser = make_parser("python bench/ray_overhead.py", __doc__, examples)
     add_config_args(parser)
-    parser.add_argument("--out", default="bench/ray_overhead.json")
+    parser.add_argument("--out", default="bench/ray_overhead.json", metavar="FILE", help="JSON results file")
     args = parser.parse_args(argv)
     if args.folds is None:
         args.folds = 2

@@ -56,7 +56,11 @@ DEFAULTS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("python -m bench.throughput", __doc__)
+    examples = [
+        ("the built-in model on generated tiles", ""),
+        ("the competition recipe on a GPU", "--data DIR --config configs/tgs.yaml --device cuda --compile"),
+    ]
+    parser = make_parser("python -m bench.throughput", __doc__, examples)
     add_config_args(parser, epochs=False)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument(

@@ -54,13 +54,15 @@ def finalize(
     probs_out: Path | None = None,
     per_fold: bool = False,
 ) -> dict:
-    """cv.json, a score table, oof_gallery.png, and submission.csv when there are test tiles.
+    """cv.json (with the data folder `root`), a score table, oof_gallery.png, and submission.csv when
+    there are test tiles.
 
     The submission uses the variant collect_folds chose and the thresholds chosen on its own OOF;
     `probs_out` also keeps the ensemble's test probabilities (for the next pseudo-label round), and with
     `per_fold` each fold's own (pseudo.teacher=fold)."""
     truth = data.masks.astype(bool)
-    summary = write_cv(out, result, config, extra or {})
+    # the data folder, absolute: orchestrator.predict's default --data
+    summary = write_cv(out, result, config, {"data": str(Path(root).resolve()), **(extra or {})})
     save_oof_truth(out, data.ids, data.images, truth)
     print_cv_table(summary)
     pred = binarize(result.oof_probs, result.oof_empty, Thresholds(**summary["thresholds"]))

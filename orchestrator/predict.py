@@ -1,9 +1,11 @@
-"""Aggregation: all ensemble members of all folds averaged on the test tiles, as submission.csv.
+"""Aggregation: a finished run's ensemble (every member of every fold, averaged) predicts the test tiles
+into a submission, with the thresholds the run chose on its out-of-fold predictions; with --segy it
+predicts a whole SEG-Y volume instead.
 
-`python -m orchestrator.predict --run DIR --data DIR --out FILE`
-`python -m orchestrator.predict --run DIR --segy IN.sgy --out DIR` (whole volumes: orchestrator.volume)
+`python -m orchestrator.predict --run DIR [--data DIR] [--out FILE]`
+`python -m orchestrator.predict --run DIR --segy IN.sgy [--out DIR]` (whole volumes: orchestrator.volume)
 
-RUN/models holds the members the run chose (cv.json "submission_variant"): k folds x s members
+--data defaults to the data the run was trained on, as its cv.json records it (`data`). RUN/models holds the members the run chose (cv.json "submission_variant"): k folds x s members
 (the last epoch, the cycle-end snapshots and/or SWA; salt_model.training.members). Ray Data streams the test
 tiles once through actors that each hold every member (measured here: one actor with every fold ran
 2000 tiles in 12.8 s vs 19.6 s for one task per fold). Each actor averages the members'
@@ -17,6 +19,7 @@ fold's own members' mean (pseudo.teacher=fold: fold r's tiles are labelled by fo
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator import console
-from orchestrator.runtime import init_ray
+from orchestrator.runtime import add_address_arg, init_ray
 from orchestrator.submission import load_models, predict_submission
 from orchestrator.volume_command import add_volume_args, predict_segy
 from salt_model import run_folder
@@ -33,6 +36,13 @@ from salt_model.config import Config
 from salt_model.data.loading import DataError, load_split, resolve_data
 from salt_model.evaluation.metric import competition_metric
 from salt_model.evaluation.thresholds import binarize, choose_thresholds, default_thresholds
+
+EXAMPLES = [
+    ("RUN/submission.csv again, from the data the run was trained on", "--run runs/cpu"),
+    ("other test tiles", "--run runs/cpu --data /data/tgs-new --out runs/cpu/new.csv"),
+    ("a whole SEG-Y volume (docs/volumes.md)", "--run runs/cpu --segy survey.sgy --out runs/survey"),
+    ("a generated cube with salt; prints the IoU against its truth", "--run runs/cpu --segy synthetic"),
+]
 
 
 def choose_oof_thresholds(oof_probs: np.ndarray, oof_empty: np.ndarray | None, truth: np.ndarray) -> dict:
@@ -68,26 +78,28 @@ def thresholds_for_run(run: Path, root: Path) -> dict:
     return chosen["thresholds"]
 
 
+def trained_on(run: Path) -> str:
+    """--data's default: the data folder RUN was trained on, as its cv.json records it."""
+    cv = run / run_folder.CV
+    recorded = json.loads(cv.read_text()).get("data") if cv.exists() else None
+    if recorded is None:
+        raise ValueError(
+            f"--run {run}: its cv.json does not say which data it was trained on (a run from before it "
+            "was recorded, or not finished); pass --data DIR, or --data synthetic for generated tiles"
+        )
+    if not Path(recorded).is_dir():
+        raise ValueError(
+            f"--run {run} was trained on {recorded} (its cv.json), which is not on this machine; pass --data "
+            "DIR, or --data synthetic for generated tiles"
+        )
+    print(f"data: {recorded} (what {run} was trained on; --data to choose other test tiles)")
+    return recorded
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("python -m orchestrator.predict", __doc__)
-    parser.add_argument(
-        "--run", required=True, help="output folder of orchestrator.train or orchestrator.tune"
-    )
-    parser.add_argument(
-        "--data", default=None, help="Kaggle-layout folder with test/images, or 'synthetic' (or --segy)"
-    )
-    parser.add_argument(
-        "--out", default=None, help="submission file (default: RUN/submission.csv); with --segy a folder"
-    )
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    console.add_verbose_arg(parser)
-    add_volume_args(parser)
-    args = parser.parse_args(argv)
+    args = make_arg_parser().parse_args(argv)
     if args.segy is not None:
         return predict_segy(args)
-    if args.data is None:
-        raise ValueError("give --data DIR (the test tiles) or --segy IN.sgy (a seismic volume)")
     run = Path(args.run)
     if not run.is_dir():
         raise ValueError(f"--run {run}: no such folder")
@@ -97,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         else Config()
     )
     load_models(run)  # a corrupted or foreign model file is refused before Ray starts
-    root = resolve_data(args.data, config.data)
+    root = resolve_data(args.data if args.data is not None else trained_on(run), config.data)
     thresholds = thresholds_for_run(run, root)
     test = load_split(root, "test")
     console.setup(run, args.verbose, config.train.epochs, config.data.folds)
@@ -112,6 +124,41 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"predicted {len(test)} tiles in {time.perf_counter() - start:.1f}s")
     return 0
+
+
+def make_arg_parser() -> argparse.ArgumentParser:
+    parser = make_parser("python -m orchestrator.predict", __doc__, EXAMPLES)
+    parser.add_argument(
+        "--run",
+        required=True,
+        metavar="DIR",
+        help="the run folder (--out) of a finished orchestrator.train or orchestrator.tune",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="Kaggle-layout folder with test/images, or 'synthetic' (default: the data RUN was trained on, "
+        "from RUN/cv.json)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="PATH",
+        help="the submission CSV (default: RUN/submission.csv); with --segy the output folder (default: "
+        "runs/volume-DATE-TIME, the start time)",
+    )
+    add_address_arg(parser)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="test tiles per forward pass on each prediction actor",
+    )
+    console.add_verbose_arg(parser)
+    add_volume_args(parser)
+    return parser
 
 
 def cli() -> None:

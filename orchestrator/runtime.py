@@ -41,6 +41,16 @@ JOB_ENV = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
 FAKE_GPUS = "SALT_FAKE_GPUS"
 
 
+def add_address_arg(parser) -> None:
+    parser.add_argument(
+        "--address",
+        default=None,
+        metavar="HOST:PORT",
+        help="the Ray cluster to attach to, or 'local' for a new local Ray (default: RAY_ADDRESS, else the "
+        "cluster `ray start` left on this machine, else a new local Ray)",
+    )
+
+
 def existing_cluster(address: str | None) -> str | None:
     """HOST:PORT of the cluster to attach to: `address`, RAY_ADDRESS, or the one `ray start` left in
     RAY_TMPDIR (/tmp/ray)/ray_current_cluster; None to start a local Ray ("local" forces that)."""

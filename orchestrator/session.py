@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.placement import DEFAULT_PLACEMENT_TIMEOUT_S, check_placement_timeout
+from orchestrator.runtime import add_address_arg
 from salt_model import run_folder
 from salt_model.config import Config
 from salt_model.data.checks import check_data_folder
@@ -19,29 +20,37 @@ from salt_model.io import check_writable
 
 
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local Ray)"
-    )
+    add_address_arg(parser)
     parser.add_argument(
         "--gpus-per-fold",
         type=float,
         default=None,
-        help="GPUs per fold worker (default: with GPUs the share of 1/0.5/0.25 busying the most, else 0)",
+        metavar="GPUS",
+        help="GPUs per fold worker, a fraction shares one (default: with GPUs the share of 1/0.5/0.25 "
+        "busying the most, else 0)",
     )
     parser.add_argument(
         "--cpus-per-fold",
         type=float,
         default=None,
+        metavar="CPUS",
         help="CPUs per fold worker (default: the cluster's CPUs shared among the fold workers)",
     )
-    parser.add_argument("--max-failures", type=int, default=3, help="fold-worker failures to recover from")
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=3,
+        metavar="N",
+        help="fold-worker failures the run recovers from, each by restarting the k workers from the last "
+        "checkpoint; -1: any number",
+    )
     parser.add_argument(
         "--max-preemptions",
         type=int,
         default=-1,
         metavar="N",
         help="restarts after a node preemption (a drained spot node), counted apart from --max-failures "
-        "(default -1: any number)",
+        "(default: -1, any number)",
     )
     parser.add_argument(
         "--placement-timeout",
@@ -49,17 +58,19 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PLACEMENT_TIMEOUT_S,
         metavar="SECONDS",
         help="how long the fold workers may wait for the cluster to place them before the run ends "
-        f"with an error (default {DEFAULT_PLACEMENT_TIMEOUT_S:g})",
+        "with an error",
     )
     parser.add_argument(
         "--storage",
         default=None,
-        help="where Ray keeps its run state and checkpoints (default OUT/ray, OUT/tune and OUT/trials); "
-        "on a multi-node cluster a place every node reaches: s3://bucket/runs, gs://... or a shared mount",
+        metavar="URI",
+        help="where Ray keeps its run state and checkpoints: s3://bucket/runs, gs://... or a folder; on a "
+        "multi-node cluster a place every node reaches (default: OUT/ray, OUT/tune and OUT/trials)",
     )
     parser.add_argument(
         "--cluster-config",
         default=None,
+        metavar="FILE",
         help="the cluster launcher YAML whose node types size the fold workers (default: the autoscaler's "
         "config, ~/ray_bootstrap_config.yaml on a `ray up` head, else the nodes up now)",
     )

@@ -1,18 +1,22 @@
-"""K-fold training on Ray, from data to submission in one command.
+"""K-fold training on Ray, from data to submission in one command: all k folds train at once, one Ray
+Train worker each, and the run folder (--out) gets the fold models, their out-of-fold scores and, when
+the data has test tiles, submission.csv. The same command with the same --out resumes an interrupted run
+from its last checkpoint.
 
-`python -m orchestrator.train --data DIR --folds K --epochs E --out DIR [--config FILE] [--set KEY=VALUE]`
+`python -m orchestrator.train [--data DIR] [--folds K] [--epochs E] [--out DIR] [--config FILE] [--set KEY=VALUE]`
 
-All k folds train at once, one Ray Train worker each (a GPU each when the cluster has GPUs, a
-fraction when that leaves fewer GPUs idle, or --gpus-per-fold). Outputs in --out: config.json, folds.csv, progress.jsonl (one line per
-epoch while it runs), ray/ (Ray's run state and checkpoints,
-unless --storage puts them elsewhere), models/fold_{r}_{member}.pt (the
-chosen ensemble variant's members), oof.npz, cv.json (per-fold and overall OOF of every variant: best
-epoch, last epoch, snapshots, SWA; the one the submission uses and its OOF-chosen thresholds; config)
-and, when the data has test images, submission.csv. Running the same command again resumes an interrupted run from its last checkpoint.
+Each fold worker gets a GPU when the cluster has GPUs, a fraction when that leaves fewer GPUs idle, or
+--gpus-per-fold. Outputs in --out (default runs/train-DATE-TIME, printed at the start): config.json,
+folds.csv, progress.jsonl (one line per epoch while it runs), ray/ (Ray's run state and checkpoints,
+unless --storage puts them elsewhere), models/fold_{r}_{member}.pt (the chosen ensemble variant's
+members), oof.npz, cv.json (per-fold and overall OOF of every variant: best epoch, last epoch,
+snapshots, SWA; the one the submission uses and its OOF-chosen thresholds; the data; config) and, when
+the data has test images, submission.csv.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import time
 from pathlib import Path
@@ -38,9 +42,18 @@ from orchestrator.tracking import (
     tracking_uri,
 )
 from salt_model import run_folder
-from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
+from salt_model.cli import add_config_args, config_from_args, dated_out, make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data.loading import SaltData, has_test, load_split, resolve_data
+
+EXAMPLES = [
+    ("generated tiles, a quick look", "--folds 2 --epochs 1"),
+    ("the real data with the CPU preset", "--data /data/tgs --config configs/cpu.yaml --out runs/cpu"),
+    (
+        "the competition recipe on a GPU cluster",
+        "--data /data/tgs --config configs/tgs.yaml --storage s3://BUCKET/salt --out runs/tgs",
+    ),
+]
 
 
 def run_rounds(
@@ -117,13 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
-    parser = make_parser("python -m orchestrator.train", __doc__)
-    add_config_args(parser)
-    parser.add_argument("--out", required=True, help="run folder (re-use it to resume)")
-    add_cluster_args(parser)
-    add_tracking_arg(parser)
-    console.add_verbose_arg(parser)
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     if args.mlflow:
         args.overrides.append(f"tracking.mlflow_uri={args.mlflow}")
     config = config_from_args(args)
@@ -170,6 +177,27 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
         tracker.artifacts(run_artifacts(out))
     print(f"done in {time.perf_counter() - start:.0f}s; outputs in {out}")
     return 0
+
+
+def make_arg_parser() -> argparse.ArgumentParser:
+    parser = make_parser("python -m orchestrator.train", __doc__, EXAMPLES)
+    add_config_args(parser)
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="the run folder; pass it again to resume (default: runs/train-DATE-TIME, the start time)",
+    )
+    add_cluster_args(parser)
+    add_tracking_arg(parser)
+    console.add_verbose_arg(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = make_arg_parser().parse_args(argv)
+    dated_out(args, "train")
+    return args
 
 
 def cli() -> None:

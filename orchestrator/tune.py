@@ -1,4 +1,6 @@
-"""Search the training recipe with Ray Tune + Optuna; every trial is a full k-fold run.
+"""Search the training recipe with Ray Tune + Optuna: every trial is a full k-fold run scored on the mean
+over its folds, weak trials are stopped early, and the best trial's fold models are the ensemble that
+writes submission.csv, with no retraining. --resume continues an interrupted search in its --out.
 
 `python -m orchestrator.tune [--data DIR] [--config FILE] [--set KEY=VALUE] [--trials N] [--out DIR] [--resume]`
 
@@ -9,7 +11,7 @@ epoch; ASHA stops weak trials on the epoch, never before the grace period, and t
 the Optuna study as PRUNED. The best trial's k fold models are the ensemble: no retraining, its
 fold models go straight to the aggregation step and submission.csv.
 
-Outputs in --out: config.json (the base config), optuna.db (the study: `optuna-dashboard
+Outputs in --out (default runs/tune-DATE-TIME, printed at the start): config.json (the base config), optuna.db (the study: `optuna-dashboard
 sqlite:///OUT/optuna.db` or optuna.load_study), tune/ (Ray Tune's experiment state, for --resume),
 trials/ (each trial's k-fold checkpoints), trials.csv, best_config.json, and for the best trial
 models/, oof.npz, cv.json and submission.csv. With --storage (s3://, gs://, a shared mount) Ray's
@@ -65,10 +67,23 @@ from orchestrator.tracking import (
 )
 from orchestrator.trial import kfold_trial
 from salt_model import run_folder
-from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
+from salt_model.cli import add_config_args, config_from_args, dated_out, make_parser, run_cli
 from salt_model.config import Config, load_config
 from salt_model.data.loading import resolve_data
 from salt_model.io import atomic_write_json, atomic_write_text
+
+EXAMPLES = [
+    ("the built-in search on generated tiles", ""),
+    (
+        "the competition recipe's search, 20 trials",
+        "--data /data/tgs --config configs/tgs.yaml --trials 20 --out runs/search",
+    ),
+    ("continue it after an interruption", "--out runs/search --resume"),
+    (
+        "every trial also trains on runs/cpu's pseudo-labels",
+        "--data /data/tgs --pseudo-from runs/cpu --out runs/pseudo",
+    ),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,10 +96,6 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     if args.mlflow and not args.resume:
         args.overrides.append(f"tracking.mlflow_uri={args.mlflow}")
     failures = failure_args(args)
-    if args.out is None:
-        if args.resume:
-            raise ValueError("--resume needs --out: the folder of the search to continue")
-        args.out = time.strftime("runs/tune-%Y%m%d-%H%M%S")
     out = Path(args.out)
     storage = storage_root(args.storage, out / run_folder.TUNE)
     experiment = join(storage, "search")  # Ray Tune's experiment state
@@ -184,24 +195,42 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
     return 0
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = make_parser("python -m orchestrator.tune", __doc__)
+def make_arg_parser() -> argparse.ArgumentParser:
+    parser = make_parser("python -m orchestrator.tune", __doc__, EXAMPLES)
     add_config_args(parser)
-    parser.add_argument("--trials", type=int, default=None, help="number of trials (search.trials)")
     parser.add_argument(
-        "--out", default=None, help="run folder (default runs/tune-DATE-TIME; needed with --resume)"
+        "--trials",
+        type=int,
+        default=None,
+        metavar="N",
+        help="trials to run: search.trials (default: the config's)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="the search's run folder; needed with --resume (default: runs/tune-DATE-TIME, the start time)",
     )
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     parser.add_argument(
         "--pseudo-from",
         default=None,
+        metavar="DIR",
         help="a finished orchestrator.train run folder: its ensemble pseudo-labels the test tiles each "
         "trial adds to its training folds (with --set search.pseudo=true the rule and weight are searched)",
     )
     add_cluster_args(parser)
     add_tracking_arg(parser)
     console.add_verbose_arg(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = make_arg_parser().parse_args(argv)
+    if args.out is None and args.resume:
+        raise ValueError("--resume needs --out: the folder of the search to continue")
+    dated_out(args, "tune")
+    return args
 
 
 def resumed_config(args: argparse.Namespace, out: Path, experiment: str, run_storage: str | None) -> Config:

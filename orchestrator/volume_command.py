@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from salt_model import run_folder
+from salt_model.cli import dated_out
 from salt_model.data.segy import ENDIANS, SegyReader, read_geometry
 from salt_model.evaluation.section_inference import BLENDS, fit_scaling
 from salt_model.io import OutputError, atomic_write, check_writable
@@ -23,8 +24,8 @@ def add_volume_args(parser: argparse.ArgumentParser) -> None:
         "--segy",
         default=None,
         metavar="IN.sgy",
-        help="SEG-Y file to predict, or 'synthetic' (a generated cube with salt and known truth); "
-        "--out is then the output folder (default: none)",
+        help="SEG-Y file to predict, or 'synthetic' (a generated cube with salt and known truth); --out is "
+        "then the output folder",
     )
     g.add_argument(
         "--direction",
@@ -51,7 +52,7 @@ def add_volume_args(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="window stride in samples/traces, 1..101 (default: 51, about half a tile)",
     )
-    g.add_argument("--blend", default="gaussian", choices=BLENDS, help="window weights (default: gaussian)")
+    g.add_argument("--blend", default="gaussian", choices=BLENDS, help="window weights")
     g.add_argument(
         "--clip-percentile",
         type=float,
@@ -84,19 +85,18 @@ def predict_segy(args: argparse.Namespace) -> int:
     from orchestrator.submission import actor_resources, load_models
     from orchestrator.volume import directions_for, run_volume
 
-    if args.out is None:
-        raise ValueError("--segy needs --out DIR (the output folder)")
     if args.data is not None:
         raise ValueError("--segy predicts a volume and --data the test tiles: give one of them")
     if args.stride is not None and not 1 <= args.stride <= 101:
         raise ValueError(f"--stride {args.stride}: expected 1..101 (the window size)")
     if args.sections_per_batch < 1 or (args.actors is not None and args.actors < 1):
         raise ValueError("--sections-per-batch and --actors: expected at least 1")
-    run, out = Path(args.run), Path(args.out)
+    run = Path(args.run)
     if not run.is_dir():
         raise ValueError(f"--run {run}: no such folder")
     if not (run / run_folder.MODELS).is_dir() or not any((run / run_folder.MODELS).glob("fold_*.pt")):
         raise ValueError(f"run folder {run}: no fold models in {run / 'models'}; train first")
+    out = dated_out(args, "volume")  # once the input is known to be good
     try:
         check_writable(out)
     except OutputError as err:

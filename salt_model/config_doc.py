@@ -1,4 +1,5 @@
-"""docs/configuration.md, generated from salt_model/config.py so that it cannot drift from the code.
+"""docs/configuration.md, generated from salt_model/config.py so that it cannot drift from the code: one
+table per config section with each key's type, default and meaning (the comment beside the field).
 
 config.py documents each field with a comment: on the field's own line, or on the comment lines right
 above it (both when there are both). `render()` turns every section into a table of key, type,
@@ -8,6 +9,7 @@ tests/test_config_doc.py fails when the committed page and `render()` differ.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import io
@@ -115,12 +117,26 @@ def render() -> str:
     return "\n".join([INTRO, *(section_table(name, cls, source) for name, cls in SECTIONS.items())])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("python -m salt_model.config_doc", __doc__)
+EXAMPLES = [
+    ("rewrite docs/configuration.md after editing a field comment in config.py", ""),
+    ("write it elsewhere, e.g. to compare", "--out /tmp/configuration.md"),
+]
+
+
+def make_arg_parser() -> argparse.ArgumentParser:
+    parser = make_parser("python -m salt_model.config_doc", __doc__, EXAMPLES)
     parser.add_argument(
-        "--out", type=Path, default=DOC, metavar="FILE", help=f"where to write the page (default: {DOC})"
+        "--out",
+        type=Path,
+        default=DOC,
+        metavar="FILE",
+        help="where to write the page (default: docs/configuration.md in this repository)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_arg_parser().parse_args(argv)
     atomic_write_text(args.out, render())
     print(f"wrote {args.out}")
     return 0

@@ -1,26 +1,43 @@
-"""Train one fold without Ray: `python -m salt_model.train --data DIR --fold F --folds K --epochs E --out DIR`.
+"""Train one fold without Ray, in plain PyTorch: fold F of the K-fold split is held out for validation
+and the other K-1 train; the folder (--out) gets the fold's checkpoint, its ensemble members' weights and
+their out-of-fold predictions. The same command with the same --out resumes from the checkpoint.
 
-Writes into --out: config.json, folds.csv, fold_F.pt and fold_F_members.pt (the resumable checkpoint,
-every epoch), model_fold_F_{member}.pt (each ensemble member's weights: last, snap{epoch}, swa),
-oof_fold_F.npz (float32 OOF probabilities `probs_{member}` of every member, best epoch included) and
-result_fold_F.json. Re-running the same command resumes from fold_F.pt; --restart ignores it.
+`python -m salt_model.train [--data DIR] [--folds K] [--fold F] [--epochs E] [--out DIR]`
+
+Writes into --out (default runs/fold-DATE-TIME, printed at the start): config.json, folds.csv, fold_F.pt
+and fold_F_members.pt (the resumable checkpoint, every epoch), model_fold_F_{member}.pt (each ensemble
+member's weights: last, snap{epoch}, swa), oof_fold_F.npz (float32 OOF probabilities `probs_{member}` of
+every member, best epoch included) and result_fold_F.json. --restart ignores an existing fold_F.pt.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
 from salt_model import run_folder
-from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
+from salt_model.cli import add_config_args, config_from_args, dated_out, make_parser, run_cli
 from salt_model.data.checks import check_data_folder
 from salt_model.data.folds import check_folds_trainable, make_folds, save_folds
 from salt_model.data.loading import load_split, resolve_data
 from salt_model.evaluation.inference import save_fold_model
 from salt_model.io import atomic_savez, atomic_write_json, check_writable
 from salt_model.training.fold_loop import FoldResult, checkpoint_name, train_fold
+
+EXAMPLES = [
+    ("generated tiles, a quick look", "--folds 3 --fold 0 --epochs 2"),
+    (
+        "fold 2 of the CPU preset's 3 folds",
+        "--data /data/tgs --config configs/cpu.yaml --fold 2 --out runs/fold2",
+    ),
+    (
+        "fold 0 of the competition recipe on the second GPU",
+        "--data /data/tgs --config configs/tgs.yaml --device cuda:1 --out runs/fold0",
+    ),
+]
 
 
 def format_epoch(m: dict) -> str:
@@ -64,21 +81,7 @@ def save_fold_outputs(out: Path, result: FoldResult, config, ids: np.ndarray) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser("python -m salt_model.train", __doc__)
-    add_config_args(parser)
-    parser.add_argument("--fold", type=int, default=0, help="which fold to hold out (0-based)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
-    parser.add_argument(
-        "--allow-change",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="resume although this schedule/train key differs from the checkpoint's (e.g. train.epochs "
-        "to extend a run; the LR curve then bends); repeatable",
-    )
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     config = config_from_args(args)
     out = Path(args.out)
     root = resolve_data(args.data, config.data)
@@ -119,6 +122,43 @@ def main(argv: list[str] | None = None) -> int:
         f"({time.perf_counter() - start:.0f}s); outputs in {out}"
     )
     return 0
+
+
+def make_arg_parser() -> argparse.ArgumentParser:
+    parser = make_parser("python -m salt_model.train", __doc__, EXAMPLES)
+    add_config_args(parser)
+    parser.add_argument(
+        "--fold",
+        type=int,
+        default=0,
+        metavar="F",
+        help="the one fold to train: fold F (0..K-1) is held out for validation, the other K-1 train",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="the output folder; pass it again to resume (default: runs/fold-DATE-TIME, the start time)",
+    )
+    parser.add_argument(
+        "--device", default=None, metavar="DEVICE", help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    parser.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="resume although this schedule/train key differs from the checkpoint's (e.g. train.epochs "
+        "to extend a run; the LR curve then bends); repeatable",
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = make_arg_parser().parse_args(argv)
+    dated_out(args, "fold")
+    return args
 
 
 def cli() -> None:

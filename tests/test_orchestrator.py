@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -114,9 +115,11 @@ def test_the_submission_is_the_thresholded_average_of_the_runs_own_models(train_
 
 
 def test_predict_reproduces_the_runs_submission_byte_for_byte(train_run, tiny_data_root, tmp_path):
+    """Without --data: the data the run was trained on, from its cv.json."""
     out, _ = train_run
+    assert json.loads((out / "cv.json").read_text())["data"] == str(Path(tiny_data_root).resolve())
     target = tmp_path / "again.csv"
-    args = ["--run", str(out), "--data", str(tiny_data_root), "--out", str(target), "--verbose"]
+    args = ["--run", str(out), "--out", str(target), "--verbose"]
     result = run_entry("orchestrator.predict", args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert target.read_bytes() == (out / "submission.csv").read_bytes()
