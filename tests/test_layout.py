@@ -10,6 +10,7 @@ from tests.processes import REPO
 # Each salt_model part (a folder or a top-level module) may import only parts of a lower rank.
 RANKS = {
     "io": 0,
+    "run_folder": 0,
     "device": 0,
     "config": 1,
     "cli": 2,
