@@ -64,7 +64,7 @@ def collect_folds(
         config = Config.from_dict(ckpt["config"], source="checkpoint")
         for name in chosen.member_names[fold]:
             m = members[name]
-            path = models / f"fold_{fold}_{name}.pt"
+            path = models / run_folder.member_file(fold, name)
             save_fold_model(path, m.state, config, fold, m.score, m.epoch, member=name)
             paths.append(path)
     oof_probs = np.zeros(data.images.shape, dtype=np.float32)

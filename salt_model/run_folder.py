@@ -12,7 +12,7 @@ CONFIG = "config.json"  # the resolved config the run trained with
 BEST_CONFIG = "best_config.json"  # a search: the best trial's config, to train again with
 TRIALS = "trials.csv"  # a search: every trial, its parameters, state and score
 ROUNDS = "rounds.json"  # pseudo-label rounds: each round's figures and the round submitted
-MODELS = "models"  # the chosen variant's members, k folds x s: what orchestrator.predict loads
+MODELS = "models"  # ensemble members, models/fold_{F}_{member}.pt: what orchestrator.predict loads
 
 # -- machine state (what a resume reads)
 RAY = "ray"  # Ray Train's run state and checkpoints (without --storage)
@@ -31,3 +31,9 @@ TRACKING = "mlflow.json"  # which MLflow runs this folder's command logs to
 PROGRESS = "progress.jsonl"  # every epoch's fold metrics (the live view and the report read it)
 LOGS = "logs"  # Ray's own output: driver.log, workers.log, driver-native.log
 TENSORBOARD = "tensorboard"  # per-fold curves as TensorBoard event files
+
+
+def member_file(fold: int, member: str) -> str:
+    """An ensemble member's weights under MODELS (member: last, snap{epoch}, swa, best), the same file
+    name for a k-fold run's chosen members and for salt_model.train's one fold."""
+    return f"fold_{fold}_{member}.pt"

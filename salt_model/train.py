@@ -5,8 +5,8 @@ their out-of-fold predictions. The same command with the same --out resumes from
 `python -m salt_model.train [--data DIR] [--folds K] [--fold F] [--epochs E] [--out DIR]`
 
 Writes into --out (default runs/fold-DATE-TIME, printed at the start): config.json, folds.csv, fold_F.pt
-and fold_F_members.pt (the resumable checkpoint, every epoch), model_fold_F_{member}.pt (each ensemble
-member's weights: last, snap{epoch}, swa), oof_fold_F.npz (float32 OOF probabilities `probs_{member}` of
+and fold_F_members.pt (the resumable checkpoint, every epoch), models/fold_F_{member}.pt (each ensemble
+member's weights: last, snap{epoch}, swa; the layout of a k-fold run's models/), oof_fold_F.npz (float32 OOF probabilities `probs_{member}` of
 every member, best epoch included) and result_fold_F.json. --restart ignores an existing fold_F.pt.
 """
 
@@ -58,7 +58,7 @@ def save_fold_outputs(out: Path, result: FoldResult, config, ids: np.ndarray) ->
     for name, m in result.members.items():
         if m.state is not None:
             save_fold_model(
-                out / f"model_fold_{result.fold}_{name}.pt",
+                out / run_folder.MODELS / run_folder.member_file(result.fold, name),
                 m.state,
                 config,
                 result.fold,

@@ -18,7 +18,7 @@ OUTPUTS = (
     "config.json",
     "folds.csv",
     "fold_0.pt",
-    "model_fold_0_last.pt",
+    "models/fold_0_last.pt",
     "oof_fold_0.npz",
     "result_fold_0.json",
 )
@@ -66,7 +66,7 @@ def test_train_writes_every_output(trained, tiny_data_root):
         assert oof["probs_last"].shape == (len(oof["ids"]), 101, 101)
         assert oof["probs_last"].dtype == np.float32 and "probs_best" in oof
         assert 0 < len(oof["ids"]) < n_tiles
-    model = torch.load(out / "model_fold_0_last.pt", map_location="cpu", weights_only=True)
+    model = torch.load(out / "models" / "fold_0_last.pt", map_location="cpu", weights_only=True)
     assert model["fold"] == 0 and model["state_dict"]
     assert Config.from_dict(model["config"]) == Config.from_dict(config)  # JSON has lists for tuples
     ckpt = torch.load(out / "fold_0.pt", map_location="cpu", weights_only=True)
