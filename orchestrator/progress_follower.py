@@ -6,27 +6,12 @@ new epoch goes to the live view and, with tracking on, into the run's MLflow chi
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from pathlib import Path
 
 from orchestrator import console
 from orchestrator.tracker import Tracker
-
-
-def read_records(path: Path) -> list[dict]:
-    """The complete lines of a progress.jsonl, parsed (a line still being written is left for later)."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return records
+from salt_model.io import read_jsonl
 
 
 class ProgressFollower:
@@ -39,7 +24,7 @@ class ProgressFollower:
         every_s: float = 1.0,
     ):  # fmt: skip
         self.path, self.tracker, self.run_id, self.key = Path(progress), tracker, run_id, key
-        self.shown = len(read_records(self.path))  # a resumed run's earlier epochs are not news
+        self.shown = len(read_jsonl(self.path))  # a resumed run's earlier epochs are not news
         self.every_s = every_s
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -47,7 +32,7 @@ class ProgressFollower:
 
     def poll(self) -> None:
         with self._lock:
-            records = read_records(self.path)
+            records = read_jsonl(self.path)
             for record in records[self.shown :]:
                 console.show_epoch(record)
             self.shown = max(self.shown, len(records))

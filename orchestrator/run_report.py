@@ -17,7 +17,7 @@ from salt_model import run_folder
 from salt_model.evaluation import charts, error_analysis
 from salt_model.evaluation.pictures import overlay_grid
 from salt_model.evaluation.thresholds import Thresholds, binarize
-from salt_model.io import atomic_savez, atomic_write_text
+from salt_model.io import atomic_savez, atomic_write_text, read_jsonl
 
 
 def save_oof_truth(out: Path, ids: np.ndarray, images: np.ndarray, masks: np.ndarray) -> None:
@@ -28,10 +28,9 @@ def save_oof_truth(out: Path, ids: np.ndarray, images: np.ndarray, masks: np.nda
 
 
 def read_progress(run: Path) -> pd.DataFrame:
-    path = run / run_folder.PROGRESS
-    if not path.exists():
+    rows = read_jsonl(run / run_folder.PROGRESS)  # a run still going may be writing its last line
+    if not rows:
         return pd.DataFrame()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     frame = pd.DataFrame(rows)
     if "trial_id" not in frame:
         frame["trial_id"] = "run"

@@ -42,7 +42,7 @@ from orchestrator.tracking import (
     tracking_uri,
 )
 from salt_model import run_folder
-from salt_model.cli import add_config_args, config_from_args, dated_out, make_parser, run_cli
+from salt_model.cli import add_config_args, add_out_arg, config_from_args, dated_out, make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data.loading import SaltData, has_test, load_split, resolve_data
 
@@ -182,12 +182,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
 def make_arg_parser() -> argparse.ArgumentParser:
     parser = make_parser("python -m orchestrator.train", __doc__, EXAMPLES)
     add_config_args(parser)
-    parser.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="the run folder; pass it again to resume (default: runs/train-DATE-TIME, the start time)",
-    )
+    add_out_arg(parser, "train", "the run folder; pass it again to resume")
     add_cluster_args(parser)
     add_tracking_arg(parser)
     console.add_verbose_arg(parser)

@@ -67,7 +67,7 @@ from orchestrator.tracking import (
 )
 from orchestrator.trial import kfold_trial
 from salt_model import run_folder
-from salt_model.cli import add_config_args, config_from_args, dated_out, make_parser, run_cli
+from salt_model.cli import add_config_args, add_out_arg, config_from_args, dated_out, make_parser, run_cli
 from salt_model.config import Config, load_config
 from salt_model.data.loading import resolve_data
 from salt_model.io import atomic_write_json, atomic_write_text
@@ -205,12 +205,7 @@ def make_arg_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="trials to run: search.trials (default: the config's)",
     )
-    parser.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="the search's run folder; needed with --resume (default: runs/tune-DATE-TIME, the start time)",
-    )
+    add_out_arg(parser, "tune", "the search's run folder; needed with --resume")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted search in --out")
     parser.add_argument(
         "--pseudo-from",

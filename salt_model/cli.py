@@ -65,6 +65,16 @@ def make_parser(
     )
 
 
+def add_out_arg(parser: argparse.ArgumentParser, command: str, what: str) -> None:
+    """--out DIR, `what` it is; not given, `dated_out` makes it runs/COMMAND-DATE-TIME."""
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help=f"{what} (default: runs/{command}-DATE-TIME, the start time)",
+    )
+
+
 def dated_out(args: argparse.Namespace, command: str) -> Path:
     """--out, or runs/COMMAND-DATE-TIME (local time) when it is not given, said on the console with the
     --out that resumes it."""

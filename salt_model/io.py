@@ -77,6 +77,23 @@ def atomic_write_json(path: Path, value) -> None:
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete records of a JSON-lines file that may still be growing: blank lines skipped, a last
+    line still being written left for the next read; [] when the file does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
 def load_torch_dict(path: Path, what: str, kind: str) -> dict:
     """A torch file saved as a dict, loaded safely (weights_only, on the CPU); ValueError naming `what`
     and the file when it is not a readable `kind` (truncated, foreign) or holds something else."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from salt_model import run_folder
-from salt_model.cli import add_config_args, config_from_args, dated_out, make_parser, run_cli
+from salt_model.cli import add_config_args, add_out_arg, config_from_args, dated_out, make_parser, run_cli
 from salt_model.data.checks import check_data_folder
 from salt_model.data.folds import check_folds_trainable, make_folds, save_folds
 from salt_model.data.loading import load_split, resolve_data
@@ -134,12 +134,7 @@ def make_arg_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="the one fold to train: fold F (0..K-1) is held out for validation, the other K-1 train",
     )
-    parser.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="the output folder; pass it again to resume (default: runs/fold-DATE-TIME, the start time)",
-    )
+    add_out_arg(parser, "fold", "the output folder; pass it again to resume")
     parser.add_argument(
         "--device", default=None, metavar="DEVICE", help="cpu, cuda, cuda:1 ... (default: cuda if available)"
     )
