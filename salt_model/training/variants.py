@@ -5,8 +5,7 @@ is chosen on the tiles it is scored on. The last epoch, the cycle-end snapshot e
 held-out labels are seen; the run uses whichever of these honest variants scores highest on OOF, and
 reports the best-epoch figure beside them. Each variant's thresholds are chosen on the OOF of that
 same member average, since averaging members moves probabilities (the empty head's most of all)
-towards 0.5, so thresholds tuned on one model do not fit an average: every
-multi-member variant also reports its score at the single model's thresholds, which measures it.
+towards 0.5, so thresholds tuned on one model do not fit an average.
 """
 
 from __future__ import annotations
@@ -95,7 +94,6 @@ def cross_validate(
             probs=probs,
             empty=empty,
         )
-    _single_model_thresholds_effect(variants, truth)
     chosen = choose_variant(variants)
     _emptiness_figures(variants[chosen], truth, rule)
     return {"index": index, "variants": variants, "chosen": chosen}
@@ -107,21 +105,6 @@ def choose_variant(variants: dict[str, VariantCV]) -> str:
     if not honest:
         raise ValueError("no honest variant (last/snapshots/swa) to choose from")
     return max(honest, key=lambda v: v.oof_score).name  # max keeps the first of equal scores
-
-
-def _single_model_thresholds_effect(variants: dict[str, VariantCV], truth: np.ndarray) -> None:
-    """Defect 5, measured: a multi-member variant scored with the single "last" model's thresholds."""
-    single = variants.get("last")
-    for v in variants.values():
-        spread = None if v.empty is None else float(np.abs(v.empty - 0.5).mean())
-        v.extra["empty_head_mean_distance_from_half"] = spread
-        # compare with the submission's share of empty masks: the k-fold average may shift it
-        predicted = binarize(v.probs, v.empty, v.thresholds)
-        v.extra["predicted_empty_fraction"] = float((~predicted.any(axis=(1, 2))).mean())
-        if single is None or v is single or max(v.members_per_fold) < 2:
-            continue
-        pred = binarize(v.probs, v.empty, single.thresholds)
-        v.extra["oof_score_at_single_model_thresholds"] = float(image_scores(truth, pred).mean())
 
 
 def _emptiness_figures(v: VariantCV, truth: np.ndarray, rule: str) -> None:
