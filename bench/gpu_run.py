@@ -42,6 +42,7 @@ from bench import gpu_bench, gpu_plan
 from bench.machine import cpu_model
 from bench.quality import write_submission
 from bench.throughput import _jsonable
+from salt_model import run_folder
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli
 from salt_model.data.folds import load_folds
 from salt_model.data.loading import has_test, load_split, resolve_data
@@ -370,9 +371,9 @@ def collect_folds(config, data, work: Path, device, log: Log) -> tuple[list, lis
     """(val_index, members) of every fold with a checkpoint. A fold stopped early contributes its
     last checkpoint's weights as its "last" member, scored on its held-out tiles (never chosen on them)."""
     folder = work / "folds"
-    if not (folder / "folds.csv").is_file():
+    if not (folder / run_folder.FOLDS).is_file():
         raise RuntimeError(f"{folder}: no fold process got as far as writing folds.csv (see the fold lines)")
-    folds = load_folds(folder / "folds.csv", data.ids)
+    folds = load_folds(folder / run_folder.FOLDS, data.ids)
     out, info = [], []
     for fold in range(config.data.folds):
         path = folder / f"fold_{fold}.pt"

@@ -21,6 +21,7 @@ START = time.time()  # before the heavy imports: "command start"
 
 import torch  # noqa: E402
 
+from salt_model import run_folder  # noqa: E402
 from salt_model.cli import add_config_args, config_from_args, make_parser, run_cli  # noqa: E402
 from salt_model.data.folds import make_folds  # noqa: E402
 from salt_model.data.loading import load_split, resolve_data  # noqa: E402
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         run_kfold(config, data, folds, Path(tmp) / "run", FoldResources(cpus=1, gpus=0, threads=1))
         ray_wall = time.time() - ray_start
         progress = [
-            json.loads(line) for line in (Path(tmp) / "run" / "progress.jsonl").read_text().splitlines()
+            json.loads(line) for line in (Path(tmp) / "run" / run_folder.PROGRESS).read_text().splitlines()
         ]
     first_step = progress[0]["time"] - progress[0]["epoch_s"]
     ray.shutdown()

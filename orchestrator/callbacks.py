@@ -86,9 +86,9 @@ class FailureNotice(UserCallback):
 
 
 class ProgressFile(FailureNotice):
-    """Runs in the Train controller: every epoch's merged fold metrics go to `OUT/progress.jsonl` (which
+    """Runs in the Train controller: every epoch's merged fold metrics go to `OUT/logs/progress.jsonl` (which
     the driver's live view follows: the controller runs on the driver's node) and the fold curves to
-    `OUT/tensorboard/fold_{r}`."""
+    `OUT/logs/tensorboard/fold_{r}`."""
 
     def __init__(self, out: str, folds: int):
         self.out, self.folds = out, folds
@@ -98,8 +98,9 @@ class ProgressFile(FailureNotice):
         if "fatal_error" in metrics[0]:
             return  # FatalReason keeps it
         merged = merge_fold_metrics(metrics)
-        Path(self.out).mkdir(parents=True, exist_ok=True)
-        with open(Path(self.out) / run_folder.PROGRESS, "a") as f:
+        progress = Path(self.out) / run_folder.PROGRESS
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        with open(progress, "a") as f:
             f.write(json.dumps({"time": time.time(), **merged}) + "\n")
         if self.curves is None:
             self.curves = FoldCurves(Path(self.out) / run_folder.TENSORBOARD, self.folds)

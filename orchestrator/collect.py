@@ -43,7 +43,7 @@ def collect_folds(
     checkpoint: Checkpoint, out: Path, data: SaltData, folds: np.ndarray, k: int
 ) -> KFoldResult:
     """The final shared checkpoint -> every variant's OOF figures, the chosen variant's members in
-    OUT/models/fold_{r}_{member}.pt (k x s files) and its float32 OOF in OUT/oof.npz."""
+    OUT/models/fold_{r}_{member}.pt (k x s files) and its float32 OOF in OUT/state/oof.npz."""
     per_fold, scores, epochs, histories = [], [], [], []
     with checkpoint.as_directory() as directory:
         for fold in range(k):

@@ -67,7 +67,7 @@ def finalize(
     print_cv_table(summary)
     pred = binarize(result.oof_probs, result.oof_empty, Thresholds(**summary["thresholds"]))
     print(
-        f"OOF predictions vs truth (worst, random, best tiles): {oof_gallery(out / 'oof_gallery.png', data.images, truth, pred, data.ids)}"
+        f"OOF predictions vs truth (worst, random, best tiles): {oof_gallery(out / run_folder.OOF_GALLERY, data.images, truth, pred, data.ids)}"
     )
     if has_test(root):
         predict_submission(

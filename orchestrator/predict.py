@@ -36,6 +36,7 @@ from salt_model.config import Config
 from salt_model.data.loading import DataError, load_split, resolve_data
 from salt_model.evaluation.metric import competition_metric
 from salt_model.evaluation.thresholds import binarize, choose_thresholds, default_thresholds
+from salt_model.training.members import Member, mean_probs
 
 EXAMPLES = [
     ("RUN/submission.csv again, from the data the run was trained on", "--run runs/cpu"),
@@ -58,30 +59,74 @@ def choose_oof_thresholds(oof_probs: np.ndarray, oof_empty: np.ndarray | None, t
 
 
 def thresholds_for_run(run: Path, root: Path) -> dict:
-    """The run's OOF-chosen thresholds from cv.json, or chosen now from oof.npz and the train masks."""
+    """The run's OOF-chosen thresholds from cv.json, or chosen now on the train masks: from a k-fold
+    run's state/oof.npz, or from the folds a salt_model.train folder holds (fold_members_oof)."""
     cv = run / run_folder.CV
     if cv.exists():
         return json.loads(cv.read_text())["thresholds"]
     oof_path = run / run_folder.OOF
-    if not oof_path.exists():
-        raise ValueError(f"run folder {run}: neither cv.json nor oof.npz; was it trained to the end?")
-    oof = np.load(oof_path, allow_pickle=False)
+    if oof_path.exists():
+        oof = np.load(oof_path, allow_pickle=False)
+        ids, probs, empty = oof["ids"], oof["probs"].astype(np.float32), oof.get("empty", None)
+        where = f"{oof_path}"
+    else:
+        ids, probs, empty, folds = fold_members_oof(run)
+        where = f"the held-out tiles of fold(s) {', '.join(map(str, folds))}"
     train = load_split(root, "train")
-    if not np.array_equal(oof["ids"], train.ids):
+    index = {tile: i for i, tile in enumerate(train.ids)}
+    missing = [tile for tile in ids if tile not in index]
+    if missing:
         raise DataError(
-            f"{oof_path}: its ids do not match {root / 'train'}; use the data the run was trained on"
+            f"run folder {run}: {len(missing)} OOF tiles (e.g. {missing[0]}) are not in {root / 'train'}; "
+            "use the data the run was trained on"
         )
-    chosen = choose_oof_thresholds(
-        oof["probs"].astype(np.float32), oof.get("empty", None), train.masks.astype(bool)
+    truth = train.masks[[index[tile] for tile in ids]].astype(bool)
+    chosen = choose_oof_thresholds(probs, empty, truth)
+    print(
+        f"thresholds chosen on the OOF of {where}: {chosen['thresholds']} (OOF score {chosen['oof_score']:.4f})"
     )
-    print(f"thresholds chosen on OOF: {chosen['thresholds']} (OOF score {chosen['oof_score']:.4f})")
     return chosen["thresholds"]
 
 
+def fold_members_oof(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[int]]:
+    """A salt_model.train folder (one or more folds trained into one --out): each fold's OOF of the
+    members in RUN/models, averaged as the ensemble averages them, over the folds present.
+    Returns (ids, probs, empty or None, folds)."""
+    by_fold: dict[int, list[str]] = {}
+    for path in sorted((run / run_folder.MODELS).glob("fold_*.pt")):
+        fold, member = run_folder.parse_member_file(path.name)
+        by_fold.setdefault(fold, []).append(member)
+    if not by_fold:
+        raise ValueError(f"run folder {run}: neither cv.json nor models/; was it trained to the end?")
+    ids, probs, empty = [], [], []
+    for fold, names in sorted(by_fold.items()):
+        path = run / run_folder.fold_oof(fold)
+        if not path.exists():
+            raise ValueError(
+                f"run folder {run}: models of fold {fold} but no {path}; was it trained to the end?"
+            )
+        with np.load(path, allow_pickle=False) as oof:
+            members = [
+                Member(name, 0, 0.0, oof[f"probs_{name}"], oof.get(f"empty_{name}", None)) for name in names
+            ]
+            ids.append(oof["ids"])
+        p, e = mean_probs(members)
+        probs.append(p)
+        empty.append(e)
+    has_empty = all(e is not None for e in empty)
+    return (
+        np.concatenate(ids),
+        np.concatenate(probs),
+        np.concatenate(empty) if has_empty else None,
+        sorted(by_fold),
+    )
+
+
 def trained_on(run: Path) -> str:
-    """--data's default: the data folder RUN was trained on, as its cv.json records it."""
-    cv = run / run_folder.CV
-    recorded = json.loads(cv.read_text()).get("data") if cv.exists() else None
+    """--data's default: the data folder RUN was trained on, as its cv.json records it (a
+    salt_model.train folder: its result_fold_F.json)."""
+    records = [run / run_folder.CV, *sorted(run.glob(run_folder.fold_result("*")))]
+    recorded = next((json.loads(p.read_text()).get("data") for p in records if p.exists()), None)
     if recorded is None:
         raise ValueError(
             f"--run {run}: its cv.json does not say which data it was trained on (a run from before it "
@@ -132,7 +177,8 @@ def make_arg_parser() -> argparse.ArgumentParser:
         "--run",
         required=True,
         metavar="DIR",
-        help="the run folder (--out) of a finished orchestrator.train or orchestrator.tune",
+        help="the run folder (--out) of a finished orchestrator.train or orchestrator.tune, or of "
+        "salt_model.train (the folds trained into it)",
     )
     parser.add_argument(
         "--data",

@@ -17,7 +17,7 @@ from salt_model.io import read_jsonl
 class ProgressFollower:
     """A driver thread that hands each new epoch of a k-fold run's progress.jsonl to the live view
     (epochs written since it started) and to the MLflow child run `run_id` (every epoch not logged
-    yet: OUT/mlflow.json keeps how many were, so a resumed run logs only the new ones)."""
+    yet: OUT/state/mlflow.json keeps how many were, so a resumed run logs only the new ones)."""
 
     def __init__(
         self, progress: Path, tracker: Tracker | None = None, run_id: str | None = None, key: str = "",

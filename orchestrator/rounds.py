@@ -7,9 +7,9 @@ Round r > 0 lives in `OUT/round_{r}/`:
 1. round r-1's ensemble predicts the test tiles (the aggregation step on Ray) into its
    `test_probs.npz`, unless it already did; with `pseudo.teacher: fold` (the default) each fold's own
    members' mean is saved too;
-2. the confident tiles, with the masks round r-1 would submit, go to `round_{r}/pseudo.npz`: with
+2. the confident tiles, with the masks round r-1 would submit, go to `round_{r}/state/pseudo.npz`: with
    `pseudo.teacher: ensemble` chosen and labelled by the mean of all k folds, the same tiles for every
-   fold; with `fold`, fold r's tiles (`round_{r}/pseudo_fold_{f}.npz`) by fold r's own members only.
+   fold; with `fold`, fold r's tiles (`round_{r}/state/pseudo_fold_{f}.npz`) by fold r's own members only.
    The ensemble teacher lets fold r learn from models that trained on fold r's held-out tiles, which
    makes round r's OOF optimistic; the fold teacher never does (only the three OOF-chosen thresholds
    saw every fold);
@@ -41,7 +41,7 @@ from salt_model.data.loading import SaltData
 from salt_model.evaluation.inference import read_fold_model
 from salt_model.evaluation.thresholds import Thresholds
 from salt_model.io import atomic_write, atomic_write_json
-from salt_model.training.pseudo_labels import PSEUDO_FILE, PseudoLabels, select_pseudo_labels
+from salt_model.training.pseudo_labels import PseudoLabels, select_pseudo_labels
 
 RoundLabels = PseudoLabels | list[PseudoLabels]  # one set for every fold, or fold r's at r
 
@@ -51,7 +51,7 @@ INIT_MEMBERS = ("last", "swa")
 
 
 def round_dir(out: Path, r: int) -> Path:
-    return out if r == 0 else out / f"round_{r}"
+    return out if r == 0 else out / run_folder.round_folder(r)
 
 
 def round_config(config: Config, r: int) -> Config:
@@ -118,15 +118,11 @@ def test_probabilities(
         return saved["probs"], saved.get("empty", None)
 
 
-def fold_pseudo_file(fold: int) -> str:
-    return f"pseudo_fold_{fold}.npz"
-
-
 def pseudo_labels(out: Path, r: int, config: Config, test: SaltData, previous: dict) -> RoundLabels:
     """Round r's pseudo-labelled tiles (pseudo.teacher=fold: a list, fold f's at f): kept from an
     interrupted attempt, else chosen now."""
     p, k = config.pseudo, config.data.folds
-    names = [PSEUDO_FILE] if p.teacher == "ensemble" else [fold_pseudo_file(f) for f in range(k)]
+    names = [run_folder.PSEUDO] if p.teacher == "ensemble" else [run_folder.pseudo_fold(f) for f in range(k)]
     paths = [round_dir(out, r) / name for name in names]
     if all(path.exists() for path in paths):
         labels = [PseudoLabels.load(path) for path in paths]
@@ -204,7 +200,7 @@ def previous_weights(folder: Path, k: int) -> list[dict]:
 def round_entry(r: int, summary: dict, labels: RoundLabels | None) -> dict:
     return {
         "round": r,
-        "folder": "." if r == 0 else f"round_{r}",
+        "folder": "." if r == 0 else run_folder.round_folder(r),
         "oof_score": summary["oof_score"],  # on the labelled tiles only
         "oof_score_default_thresholds": summary["oof_score_default_thresholds"],
         "submission_variant": summary["submission_variant"],
@@ -238,7 +234,7 @@ def write_rounds(out: Path, entries: list[dict], config: Config) -> dict:
     cv = json.loads(cv_path.read_text())
     cv["pseudo"] = summary
     atomic_write_json(cv_path, cv)
-    keep = out / "round_0_submission.csv"
+    keep = out / run_folder.ROUND_0_SUBMISSION
     if not keep.exists():
         atomic_write(keep, lambda tmp: shutil.copyfile(out / run_folder.SUBMISSION, tmp))
     source = keep if chosen == 0 else round_dir(out, chosen) / run_folder.SUBMISSION

@@ -21,7 +21,7 @@ from salt_model.io import atomic_savez, atomic_write_text, read_jsonl
 
 
 def save_oof_truth(out: Path, ids: np.ndarray, images: np.ndarray, masks: np.ndarray) -> None:
-    """OUT/oof_truth.npz: what the report needs from the data set, so the run folder stands alone."""
+    """OUT/state/oof_truth.npz: what the report needs from the data set, so the run folder stands alone."""
     atomic_savez(
         out / run_folder.OOF_TRUTH, ids=ids, images=images, masks=np.packbits(masks.astype(bool), axis=-1)
     )
@@ -203,7 +203,7 @@ def oof_html(run: Path, report: Path, cv: dict) -> str:
     empty = oof.get("empty")
     if list(tiles["ids"]) != list(oof["ids"]):
         raise ValueError(
-            f"{run / 'oof_truth.npz'} and {run / 'oof.npz'} hold different tiles; rerun the finalize step"
+            f"{run / run_folder.OOF_TRUTH} and {run / run_folder.OOF} hold different tiles; rerun the finalize step"
         )
     h, w = probs.shape[1:]
     truth = np.unpackbits(tiles["masks"], axis=-1, count=w).astype(bool).reshape(probs.shape)

@@ -17,7 +17,7 @@ is never told twice (`skip_if_finished`), and `StudyStopper` stops a resumed tri
 study already recorded it at, so Tune and the study agree on where every trial ended.
 
 The study is also part of the searcher's saved state: every Tune save (`save`) holds a snapshot of
-OUT/optuna.db (SQLite's backup API, compressed), and Tune copies its experiment folder, this state
+OUT/state/optuna.db (SQLite's backup API, compressed), and Tune copies its experiment folder, this state
 included, to --storage. `--resume --out NEW --storage S3` after the head's disk is lost rebuilds
 NEW/optuna.db from the snapshot (`restore`), consistent with the trial states saved with it. The
 driver-side objects Tune pickled with the search (searcher, stopper, callbacks) are unpickled inside

@@ -107,6 +107,7 @@ def make_scheduler(config: Config) -> ASHAScheduler | None:
 
 def pseudo_run_summary(run: Path) -> dict:
     """RUN's cv.json, checked before anything starts: --pseudo-from needs a finished training run."""
+    run_folder.check_layout(run)
     if not (run / run_folder.CV).exists() or not (run / run_folder.MODELS).is_dir():
         raise ValueError(
             f"--pseudo-from {run}: not a finished orchestrator.train run folder (no cv.json and models/); "

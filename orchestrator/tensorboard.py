@@ -1,6 +1,6 @@
 """Per-fold training curves as TensorBoard event files inside the run folder.
 
-`tensorboard --logdir OUT/tensorboard` shows one run per fold (`fold_{r}`, and `[trial-ID/]fold_{r}`
+`tensorboard --logdir OUT/logs/tensorboard` shows one run per fold (`fold_{r}`, and `[trial-ID/]fold_{r}`
 for every trial of a search) with the same tags, so the folds of a trial overlay on one chart.
 Written with tensorboardX's event writer (a Ray Tune dependency) from the orchestrator's report path: the Train
 controller's callback for orchestrator.train, the Tune driver's callback for orchestrator.tune.

@@ -1,5 +1,5 @@
 """Runs on the driver: the Tracker, a command's MLflow runs (one parent, a child per k-fold run) and
-OUT/mlflow.json, which names them so that a resumed command continues them (orchestrator/tracking.py).
+OUT/state/mlflow.json, which names them so that a resumed command continues them (orchestrator/tracking.py).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class Tracker:
         self._save(children=children)
 
     def start(self, command: str, config: dict, data_root: Path, data_size: int) -> None:
-        """Creates the parent run, or takes over the one OUT/mlflow.json names (a resumed command)."""
+        """Creates the parent run, or takes over the one OUT/state/mlflow.json names (a resumed command)."""
         for key, value in CLIENT_ENV.items():
             os.environ.setdefault(key, value)
         with self.guard() as on:

@@ -10,7 +10,7 @@ state as the tag `state` (COMPLETE / PRUNED / FAIL, with `fail_reason`). A searc
 logged by Ray Tune's own MLflowLoggerCallback (orchestrator/trial_runs.py); orchestrator.train has
 no Tune, so a thread on the driver follows the run's progress.jsonl (orchestrator/progress_follower.py).
 
-The run ids live in OUT/mlflow.json, so a resumed command (`--resume`, or the same train command
+The run ids live in OUT/state/mlflow.json, so a resumed command (`--resume`, or the same train command
 again) continues the same runs. A command that raises ends its runs FAILED, Ctrl-C ends them KILLED;
 a killed driver leaves them RUNNING until the resume takes them over.
 

@@ -6,12 +6,13 @@ from its last checkpoint.
 `python -m orchestrator.train [--data DIR] [--folds K] [--epochs E] [--out DIR] [--config FILE] [--set KEY=VALUE]`
 
 Each fold worker gets a GPU when the cluster has GPUs, a fraction when that leaves fewer GPUs idle, or
---gpus-per-fold. Outputs in --out (default runs/train-DATE-TIME, printed at the start): config.json,
-folds.csv, progress.jsonl (one line per epoch while it runs), ray/ (Ray's run state and checkpoints,
-unless --storage puts them elsewhere), models/fold_{r}_{member}.pt (the chosen ensemble variant's
-members), oof.npz, cv.json (per-fold and overall OOF of every variant: best epoch, last epoch,
-snapshots, SWA; the one the submission uses and its OOF-chosen thresholds; the data; config) and, when
-the data has test images, submission.csv.
+--gpus-per-fold. Outputs in --out (default runs/train-DATE-TIME, printed at the start; docs/outputs.md):
+at the top submission.csv (when the data has test images), cv.json (per-fold and overall OOF of every
+variant: best epoch, last epoch, snapshots, SWA; the one the submission uses and its OOF-chosen
+thresholds; the data; config), report/, config.json and models/fold_{r}_{member}.pt (the chosen
+variant's members); under state/ folds.csv, ray/ (Ray's run state and checkpoints, unless --storage puts
+them elsewhere) and oof.npz; under logs/ progress.jsonl (one line per epoch while it runs), tensorboard/
+and Ray's own output.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
         require_mlflow(uri)  # before anything is written
     failures = failure_args(args)
     out = Path(args.out)
+    run_folder.check_layout(out)
     start = time.perf_counter()
 
     root = resolve_data(args.data, config.data)

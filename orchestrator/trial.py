@@ -49,7 +49,7 @@ def failure_file(out: Path, number: int) -> Path:
 
 def failure_uri(run_storage: str | None, number: int) -> str | None:
     """The copy of `failure_file` in STORAGE/run (None without --storage)."""
-    return join(run_storage, "failures", f"{trial_run_name(number)}.json") if run_storage else None
+    return join(run_storage, run_folder.FAILURES, f"{trial_run_name(number)}.json") if run_storage else None
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ class FailureRecords(InRunFolder):
 def pruned_at(out: Path, number: int) -> tuple[int, float] | None:
     """(epoch, value) of the last report before the study recorded trial `number` PRUNED, if it did.
 
-    The study lives in OUT/optuna.db beside the trial drivers (they run on the head node)."""
+    The study lives in OUT/state/optuna.db beside the trial drivers (they run on the head node)."""
     study = load_run_study(out)
     if number >= len(study.trials):
         return None

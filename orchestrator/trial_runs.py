@@ -6,7 +6,7 @@ every trial under the command's parent run. Changed here, and why:
 - results are logged with step = our `epoch` (Ray steps on `training_iteration`, which restarts from
   zero when a trial resumes) in one batch per epoch (Ray logs each metric with its own request), and
   only our epoch metrics (tracking.epoch_metrics), not Tune's bookkeeping;
-- a trial resumed after a driver kill continues its run: the run id is kept in OUT/mlflow.json
+- a trial resumed after a driver kill continues its run: the run id is kept in OUT/state/mlflow.json
   (Ray's callback keeps it in memory only, so a restored search would open a new run);
 - the trial's final state is tagged: COMPLETE, PRUNED (ASHA stopped it before the last epoch) or FAIL
   with its reason; the Optuna study's state is tagged again after the search (search_results.tag_trial_states);

@@ -11,10 +11,11 @@ epoch; ASHA stops weak trials on the epoch, never before the grace period, and t
 the Optuna study as PRUNED. The best trial's k fold models are the ensemble: no retraining, its
 fold models go straight to the aggregation step and submission.csv.
 
-Outputs in --out (default runs/tune-DATE-TIME, printed at the start): config.json (the base config), optuna.db (the study: `optuna-dashboard
-sqlite:///OUT/optuna.db` or optuna.load_study), tune/ (Ray Tune's experiment state, for --resume),
-trials/ (each trial's k-fold checkpoints), trials.csv, best_config.json, and for the best trial
-models/, oof.npz, cv.json and submission.csv. With --storage (s3://, gs://, a shared mount) Ray's
+Outputs in --out (default runs/tune-DATE-TIME, printed at the start; docs/outputs.md): at the top
+config.json (the base config), trials.csv, best_config.json, and for the best trial models/, cv.json,
+report/ and submission.csv; under state/ optuna.db (the study: `optuna-dashboard
+sqlite:///OUT/state/optuna.db` or optuna.load_study), tune/ (Ray Tune's experiment state, for --resume),
+trials/ (each trial's k-fold checkpoints) and oof.npz; under logs/ progress.jsonl and tensorboard/. With --storage (s3://, gs://, a shared mount) Ray's
 state goes there instead (STORAGE/search and STORAGE/trials) and is read back from there.
 
 `--pseudo-from RUN` (a finished orchestrator.train run folder on the same data): every trial also
@@ -97,9 +98,10 @@ def _main(argv: list[str] | None, stack: contextlib.ExitStack) -> int:
         args.overrides.append(f"tracking.mlflow_uri={args.mlflow}")
     failures = failure_args(args)
     out = Path(args.out)
+    run_folder.check_layout(out)
     storage = storage_root(args.storage, out / run_folder.TUNE)
     experiment = join(storage, "search")  # Ray Tune's experiment state
-    trials_storage = join(storage, "trials") if args.storage else str((out / "trials").resolve())
+    trials_storage = join(storage, "trials") if args.storage else str((out / run_folder.TRIAL_RUNS).resolve())
     run_storage = join(storage, "run") if args.storage else None  # copies of what --resume reads in OUT
     start = time.perf_counter()
 

@@ -21,8 +21,8 @@ from salt_model import run_folder
 
 
 class ProgressTable(InRunFolder, tune.Callback):
-    """The search's live view: each trial's folds per epoch on the console, in OUT/progress.jsonl (one
-    line per trial epoch) and in OUT/tensorboard/trial-ID/fold_{r}; pruned and failed trials in one line."""
+    """The search's live view: each trial's folds per epoch on the console, in OUT/logs/progress.jsonl (one
+    line per trial epoch) and in OUT/logs/tensorboard/trial-ID/fold_{r}; pruned and failed trials in one line."""
 
     def __init__(self, epochs: int, folds: int, out: Path):
         self.epochs, self.folds, self.out = epochs, folds, Path(out)
@@ -39,7 +39,9 @@ class ProgressTable(InRunFolder, tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.best = max(self.best, result.get(METRIC, -math.inf))
         metrics = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k != "config"}
-        with open(self.out / run_folder.PROGRESS, "a") as f:
+        progress = self.out / run_folder.PROGRESS
+        progress.parent.mkdir(parents=True, exist_ok=True)
+        with open(progress, "a") as f:
             line = {
                 "trial_id": trial.trial_id,
                 "study_trial": trial.config.get("study_trial"),

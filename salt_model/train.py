@@ -4,10 +4,12 @@ their out-of-fold predictions. The same command with the same --out resumes from
 
 `python -m salt_model.train [--data DIR] [--folds K] [--fold F] [--epochs E] [--out DIR]`
 
-Writes into --out (default runs/fold-DATE-TIME, printed at the start): config.json, folds.csv, fold_F.pt
-and fold_F_members.pt (the resumable checkpoint, every epoch), models/fold_F_{member}.pt (each ensemble
-member's weights: last, snap{epoch}, swa; the layout of a k-fold run's models/), oof_fold_F.npz (float32 OOF probabilities `probs_{member}` of
-every member, best epoch included) and result_fold_F.json. --restart ignores an existing fold_F.pt.
+Writes into --out (default runs/fold-DATE-TIME, printed at the start) the layout of a k-fold run's folder
+(salt_model/run_folder.py): config.json, result_fold_F.json (scores, members, history), models/fold_F_{member}.pt
+(each ensemble member's weights: last, snap{epoch}, swa), and under state/ folds.csv, fold_F.pt and
+fold_F_members.pt (the resumable checkpoint, every epoch) and oof_fold_F.npz (float32 OOF probabilities
+`probs_{member}` of every member, best epoch included). --restart ignores an existing checkpoint. Folds
+trained into one --out make an ensemble that `orchestrator.predict --run` reads.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def format_epoch(m: dict) -> str:
     )
 
 
-def save_fold_outputs(out: Path, result: FoldResult, config, ids: np.ndarray) -> None:
+def save_fold_outputs(out: Path, result: FoldResult, config, ids: np.ndarray, root: Path) -> None:
     """Every member's weights, their out-of-fold probabilities and the history, each written atomically."""
     arrays = {"ids": ids[result.val_index]}
     for name, m in result.members.items():
@@ -69,21 +71,23 @@ def save_fold_outputs(out: Path, result: FoldResult, config, ids: np.ndarray) ->
         arrays[f"probs_{name}"] = m.probs  # float32: thresholds are chosen on these
         if m.empty is not None:
             arrays[f"empty_{name}"] = m.empty
-    atomic_savez(out / f"oof_fold_{result.fold}.npz", **arrays)
+    atomic_savez(out / run_folder.fold_oof(result.fold), **arrays)
     summary = {
         "fold": result.fold,
         "best_val_map": result.best_score,
         "best_epoch": result.best_epoch,
         "members": {name: {"epoch": m.epoch, "val_map": m.score} for name, m in result.members.items()},
         "history": result.history,
+        "data": str(Path(root).resolve()),  # orchestrator.predict's default --data
     }
-    atomic_write_json(out / f"result_fold_{result.fold}.json", summary)
+    atomic_write_json(out / run_folder.fold_result(result.fold), summary)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = config_from_args(args)
     out = Path(args.out)
+    run_folder.check_layout(out)
     root = resolve_data(args.data, config.data)
     data = load_split(root, "train")
     check_data_folder(root, data)
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     save_folds(out / run_folder.FOLDS, data.ids, folds)
     config.save(out / run_folder.CONFIG)
 
-    ckpt = out / checkpoint_name(args.fold)
+    state = out / run_folder.STATE
+    ckpt = state / checkpoint_name(args.fold)
     resume = ckpt if ckpt.exists() and not args.restart else None
     print(
         f"data {root}: {len(data)} tiles, fold {args.fold} of {config.data.folds} "
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     def report(metrics: dict, save) -> None:
         print(format_epoch(metrics), flush=True)
         if metrics["epoch"] % config.train.checkpoint_every == 0 or metrics["epoch"] == config.train.epochs:
-            save(out)
+            save(state)
 
     start = time.perf_counter()
     result = train_fold(
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         allow_changed=tuple(args.allow_change),
     )
-    save_fold_outputs(out, result, config, data.ids)
+    save_fold_outputs(out, result, config, data.ids, root)
     print(
         f"fold {args.fold}: best val_map {result.best_score:.4f} at epoch {result.best_epoch} "
         f"({time.perf_counter() - start:.0f}s); outputs in {out}"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from salt_model import run_folder
 from salt_model.config import load_config
 from tests import processes
 
@@ -197,7 +198,7 @@ def pseudo_run(train_run, tiny_data_root, tmp_path_factory):
     progress records, the extension's CompletedProcess)."""
     out = tmp_path_factory.mktemp("pseudo") / "run"
     shutil.copytree(train_run[0], out)
-    round_0 = records(out / "progress.jsonl")
+    round_0 = records(out / run_folder.PROGRESS)
     # round 1 trains 3 epochs where round 0 trained 2 (pseudo.epochs), Lovasz in the last one as in round 0
     extend = tiny_args(tiny_data_root, out, overrides=[*ROUND_1, "pseudo.epochs=3"])
     result = processes.run_entry("orchestrator.train", extend)

@@ -187,3 +187,21 @@ def test_config_checks_switch_epoch_against_the_budget():
         ValueError, match=r"train.loss_switch_epoch=4 is out of range; expected in \[0, train.epochs=3\]"
     ):
         load_config(None, ["train.epochs=3", "train.loss_switch_epoch=4"])
+
+
+@pytest.mark.parametrize("module", ["orchestrator.train", "orchestrator.tune", "salt_model.train"])
+@pytest.mark.parametrize("old", ["folds.csv", "progress.jsonl", "fold_0.pt"])
+def test_a_run_folder_in_the_older_flat_layout_is_refused_before_anything_starts(module, old, tmp_path):
+    """Machine state at the top of --out is the layout before state/ and logs/: the command names what
+    to move where instead of starting over beside it."""
+    import importlib
+
+    from salt_model import run_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / old).write_text("")
+    with pytest.raises(ValueError, match=rf"{old} at its top level is the older layout; move"):
+        importlib.import_module(module).main(["--data", "synthetic", "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [old], "the refused command wrote into the folder"
+    assert not (out / run_folder.STATE).exists()

@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from salt_model import run_folder
 from salt_model.config import Config
+from salt_model.data.loading import load_split
 from tests.conftest import TINY
 from tests.processes import run, run_in_one_process
 
 OUTPUTS = (
-    "config.json",
-    "folds.csv",
-    "fold_0.pt",
-    "models/fold_0_last.pt",
-    "oof_fold_0.npz",
-    "result_fold_0.json",
+    run_folder.CONFIG,
+    run_folder.fold_result(0),
+    f"{run_folder.MODELS}/{run_folder.member_file(0, 'last')}",
+    run_folder.FOLDS,
+    f"{run_folder.STATE}/fold_0.pt",
+    run_folder.fold_oof(0),
 )
 
 
@@ -37,11 +39,14 @@ def _run(args, timeout=300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def trained(tiny_data_root, tmp_path_factory):
-    """One 1-epoch run of fold 0, then the same command again (which must resume)."""
+    """One 1-epoch run of fold 0, then the same command again (which must resume), then fold 1 into
+    the same folder."""
     out = tmp_path_factory.mktemp("cli") / "run"
     args = _train_args(tiny_data_root, out, "--epochs", "1")
     first = _run(args)
     second = _run(args) if first.returncode == 0 else None
+    if second is not None and second.returncode == 0:
+        assert _run([*args, "--fold", "1"]).returncode == 0
     return out, first, second
 
 
@@ -56,20 +61,20 @@ def test_train_writes_every_output(trained, tiny_data_root):
 
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["epochs"] == 1 and config["model"]["width"] == 0.125
-    result = json.loads((out / "result_fold_0.json").read_text())
+    result = json.loads((out / run_folder.fold_result(0)).read_text())
     assert result["fold"] == 0 and [h["epoch"] for h in result["history"]] == [1]
     assert 0 <= result["best_val_map"] <= 1
-    folds_csv = (out / "folds.csv").read_text().splitlines()
+    folds_csv = (out / run_folder.FOLDS).read_text().splitlines()
     n_tiles = len(list((tiny_data_root / "train" / "images").glob("*.png")))
     assert len(folds_csv) == n_tiles + 1  # a header, then one row per tile
-    with np.load(out / "oof_fold_0.npz") as oof:
+    with np.load(out / run_folder.fold_oof(0)) as oof:
         assert oof["probs_last"].shape == (len(oof["ids"]), 101, 101)
         assert oof["probs_last"].dtype == np.float32 and "probs_best" in oof
         assert 0 < len(oof["ids"]) < n_tiles
     model = torch.load(out / "models" / "fold_0_last.pt", map_location="cpu", weights_only=True)
     assert model["fold"] == 0 and model["state_dict"]
     assert Config.from_dict(model["config"]) == Config.from_dict(config)  # JSON has lists for tuples
-    ckpt = torch.load(out / "fold_0.pt", map_location="cpu", weights_only=True)
+    ckpt = torch.load(out / run_folder.STATE / "fold_0.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1
 
 
@@ -79,8 +84,39 @@ def test_rerun_resumes(trained):
     assert second.returncode == 0, second.stderr
     assert "resuming" in second.stdout
     assert "fold 0 epoch" not in second.stdout  # the only epoch was already trained
-    result = json.loads((out / "result_fold_0.json").read_text())
+    result = json.loads((out / run_folder.fold_result(0)).read_text())
     assert [h["epoch"] for h in result["history"]] == [1]
+
+
+def test_predict_reads_the_folds_trained_into_one_folder(trained, tiny_data_root, capsys):
+    """orchestrator.predict --run on salt_model.train's folder: its data, every member of both folds,
+    and thresholds chosen on the two folds' OOF of the same member average."""
+    from orchestrator.predict import thresholds_for_run, trained_on
+    from orchestrator.submission import load_models
+    from salt_model.evaluation.metric import competition_metric
+    from salt_model.evaluation.thresholds import Thresholds, binarize, choose_thresholds
+
+    out, first, _ = trained
+    assert first.returncode == 0, first.stderr
+    assert trained_on(out) == str(Path(tiny_data_root).resolve())
+    models = load_models(out)
+    assert sorted({m["fold"] for m in models}) == [0, 1]
+    ids, probs, empty = [], [], []
+    data = load_split(tiny_data_root, "train")
+    truth = dict(zip(data.ids, data.masks.astype(bool), strict=True))
+    for fold in (0, 1):
+        names = [m["member"] for m in models if m["fold"] == fold]
+        with np.load(out / run_folder.fold_oof(fold)) as oof:
+            ids += list(oof["ids"])
+            probs.append(np.mean([oof[f"probs_{n}"] for n in names], axis=0, dtype=np.float32))
+            empty.append(np.mean([oof[f"empty_{n}"] for n in names], axis=0, dtype=np.float32))
+    probs, empty = np.concatenate(probs), np.concatenate(empty)
+    masks = np.stack([truth[i] for i in ids])
+    expected, score = choose_thresholds(probs, empty, masks)
+    chosen = Thresholds(**thresholds_for_run(out, Path(tiny_data_root)))
+    assert chosen == expected
+    assert competition_metric(masks, binarize(probs, empty, chosen)) == pytest.approx(score)
+    assert "held-out tiles of fold(s) 0, 1" in capsys.readouterr().out
 
 
 def _image_without_mask(root: Path, tmp_path: Path) -> Path:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from orchestrator.runtime import FAKE_GPUS
+from salt_model import run_folder
 from tests.cluster_helpers import ray_head
 from tests.conftest import TINY, tiny_args
 
@@ -114,7 +115,9 @@ def test_a_gpu_kfold_run_scales_gpu_nodes_up_and_finishes(tiny_data_root, tmp_pa
             watcher.join()
             ray.shutdown()
     wall = time.perf_counter() - start
-    progress = [json.loads(line) for line in (tmp_path / "out" / "progress.jsonl").read_text().splitlines()]
+    progress = [
+        json.loads(line) for line in (tmp_path / "out" / run_folder.PROGRESS).read_text().splitlines()
+    ]
     assert [p["epoch"] for p in progress] == [1, 2]
     assert len(set(progress[-1][f"node_fold{r}"] for r in range(2))) == 2  # one fold per launched GPU node
     assert len(gpu_nodes_up) == 2 and (tmp_path / "out" / "submission.csv").exists()

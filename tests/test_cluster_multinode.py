@@ -12,6 +12,7 @@ import time
 import pytest
 
 from orchestrator.runtime import FAKE_GPUS
+from salt_model import run_folder
 from tests.cluster_helpers import read_jsonl, stop_tmpdir_processes
 from tests.conftest import TINY, tiny_args
 from tests.processes import private_tmpdir
@@ -59,7 +60,7 @@ def test_train_spreads_gpu_folds_over_the_nodes(gpu_cluster, tiny_data_root, tmp
     )
     wall = time.perf_counter() - start
     ray.shutdown()
-    progress = read_jsonl(out / "progress.jsonl")
+    progress = read_jsonl(out / run_folder.PROGRESS)
     assert [p["epoch"] for p in progress] == [1, 2]
     placement = {f"fold {r}": progress[-1][f"node_fold{r}"] for r in range(2)}
     gpu_nodes = {n.node_id for n in gpu_cluster.worker_nodes}

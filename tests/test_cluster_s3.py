@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from bench.moto_s3 import CREDS, moto_s3
+from salt_model import run_folder
 from tests.cluster_helpers import (
     private_env,
     read_jsonl,
@@ -85,14 +86,14 @@ def test_train_keeps_its_run_in_the_bucket_and_resumes_from_it_after_a_kill(s3, 
     )  # fmt: skip
     try:  # kill the driver (and the local Ray it started) once epoch 1 is checkpointed in the bucket
         deadline = time.time() + 300
-        while not ((out / "progress.jsonl").exists() and read_jsonl(out / "progress.jsonl")):
+        while not ((out / run_folder.PROGRESS).exists() and read_jsonl(out / run_folder.PROGRESS)):
             assert first.poll() is None and time.time() < deadline, "the first run ended before epoch 1"
             time.sleep(0.5)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     stop_tmpdir_processes(env["RAY_TMPDIR"])
-    done = read_jsonl(out / "progress.jsonl")[-1]["epoch"]
+    done = read_jsonl(out / run_folder.PROGRESS)[-1]["epoch"]
     assert done < 3
     saved = keys(client, bucket, "train/")
     assert any(k.endswith("/fold_0.pt") for k in saved) and any(k.endswith("/fold_1.pt") for k in saved)
@@ -103,7 +104,7 @@ def test_train_keeps_its_run_in_the_bucket_and_resumes_from_it_after_a_kill(s3, 
     assert resumed, second.stdout[-2000:]
     after = int(resumed[1])  # the newest checkpoint in the bucket (>= the last progress line seen)
     assert after >= done
-    epochs = [p["epoch"] for p in read_jsonl(out / "progress.jsonl")]
+    epochs = [p["epoch"] for p in read_jsonl(out / run_folder.PROGRESS)]
     # nothing trained twice (the killed run's Train controller may still log the epoch it was in after
     # `done` was read, which is why the resume can start after a later epoch than `done`)
     assert epochs == [1, 2, 3], epochs
@@ -187,7 +188,7 @@ def test_a_killed_search_resumes_from_the_bucket_alone_into_a_new_out(s3, tiny_d
     finally:
         stop(proc, first_env["RAY_TMPDIR"])
     assert saved_as_wanted(lines), "the kill point never came:\n" + "".join(lines[-40:])
-    before = records(out / "progress.jsonl")
+    before = records(out / run_folder.PROGRESS)
     old = {
         t.number: dict(t.intermediate_values) for t in saved_study(client, bucket, "lost-head/search/").trials
     }
@@ -201,7 +202,7 @@ def test_a_killed_search_resumes_from_the_bucket_alone_into_a_new_out(s3, tiny_d
     )
     check_run(resumed, "the search resumed into a new --out")
     assert "config.json, folds.csv copied into" in resumed.stdout, resumed.stdout[-3000:]
-    after = records(new / "progress.jsonl")
+    after = records(new / run_folder.PROGRESS)
     table, study = check_search_outputs(new, tiny_data_root, trials=2)  # also submission.csv, cv.json
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     # the study in NEW holds what the lost one had: trial 0's three epochs, trial 1's first

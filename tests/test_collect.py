@@ -11,6 +11,8 @@ import pytest
 import torch
 from ray.train import Checkpoint
 
+from salt_model import run_folder
+
 CPU = torch.device("cpu")
 
 
@@ -43,7 +45,7 @@ def test_collect_folds_writes_every_variant_and_the_chosen_members(run_dir, tmp_
     names = sorted(p.name for p in (out / "models").glob("fold_*.pt"))  # the stale file is gone
     assert names == sorted(f"fold_{f}_{m}.pt" for f in range(3) for m in cv["variants"][chosen]["members"][f])
     assert len(names) == cv["submission_members"] == 3 * len(cv["variants"][chosen]["members"][0])
-    oof = np.load(out / "oof.npz")
+    oof = np.load(out / run_folder.OOF)
     assert oof["probs"].dtype == np.float32 and str(oof["variant"]) == chosen
     th, score = choose_thresholds(oof["probs"], oof["empty"], data.masks.astype(bool))
     assert th == Thresholds(**cv["thresholds"]) and score == pytest.approx(cv["oof_score"])

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import console
+from salt_model import run_folder
 from tests.conftest import TINY
 from tests.processes import run, run_entry
 
@@ -91,7 +92,7 @@ def test_worker_lines_route_failures_to_a_warning_and_messages_to_the_console(ca
 def test_the_follower_shows_each_new_epoch_of_progress_jsonl_once_and_not_the_earlier_ones(tmp_path):
     from orchestrator.progress_follower import ProgressFollower
 
-    progress = tmp_path / "progress.jsonl"
+    progress = tmp_path / run_folder.PROGRESS
     progress.write_text(json.dumps(metrics(1)) + "\n")  # a resumed run's epoch from before
     stream = io.StringIO()
     console._State.view = console.ProgressView(epochs=4, folds=3, stream=stream, tty=False)
@@ -158,11 +159,11 @@ def test_train_console_shows_progress_and_no_ray_noise(train_run):
 def test_train_writes_fold_curves_as_tensorboard_events(train_run):
     out, _ = train_run
     for fold in range(3):
-        scalars = read_scalars(out / "tensorboard" / f"fold_{fold}")
+        scalars = read_scalars(out / run_folder.TENSORBOARD / f"fold_{fold}")
         for tag in ("train_loss", "val_loss", "val_map", "lr"):
             assert [step for step, _ in scalars[tag]] == [1, 2], (fold, tag)
-    progress = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
-    assert read_scalars(out / "tensorboard" / "fold_1")["val_map"][-1][1] == pytest.approx(
+    progress = [json.loads(line) for line in (out / run_folder.PROGRESS).read_text().splitlines()]
+    assert read_scalars(out / run_folder.TENSORBOARD / "fold_1")["val_map"][-1][1] == pytest.approx(
         progress[-1]["val_map_fold1"], rel=1e-6
     )
 
@@ -208,7 +209,7 @@ def check_search_console(out, result, trials: int, epochs: int) -> None:
         assert end, f"trial {trial} has no end line"
         assert end.group(1) != "finished" or seen[-1] == epochs
         assert not end.group(2) or int(end.group(2)) == len(seen)
-        assert read_scalars(out / "tensorboard" / f"trial-{trial}" / "fold_1")["val_map"]
+        assert read_scalars(out / run_folder.TENSORBOARD / f"trial-{trial}" / "fold_1")["val_map"]
     assert result.stdout.rstrip().splitlines()[-1].startswith("search done"), "lines after the summary"
     assert (out / "report" / "index.html").exists()
 
@@ -302,9 +303,11 @@ def test_tune_progress_table_records_each_trial_epoch_and_names_pruned_and_faile
     assert "trial t1 (cosine, switch 2) epoch 2/4" in out
     assert "trial t1 pruned by ASHA after epoch 2/4: best_val_map 0.5500" in out
     assert "error: trial t2 FAILED: RuntimeError: CUDA out of memory" in err
-    rows = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / run_folder.PROGRESS).read_text().splitlines()]
     assert [(r["trial_id"], r["epoch"]) for r in rows] == [("t1", 1), ("t1", 2)] and "config" not in rows[0]
-    assert [s for s, _ in read_scalars(tmp_path / "tensorboard" / "trial-t1" / "fold_0")["val_map"]] == [1, 2]
+    assert [
+        s for s, _ in read_scalars(tmp_path / run_folder.TENSORBOARD / "trial-t1" / "fold_0")["val_map"]
+    ] == [1, 2]
 
 
 def test_the_controller_merges_every_folds_report_into_means_and_per_fold_values():

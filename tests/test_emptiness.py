@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from salt_model import run_folder
 from salt_model.config import ModelConfig, load_config
 from salt_model.evaluation.metric import competition_metric
 from salt_model.evaluation.thresholds import EMPTY_GRID, Thresholds, at_edge, binarize, choose_thresholds
@@ -131,7 +132,7 @@ def recount(truth: np.ndarray, pred: np.ndarray) -> list[dict]:
 def test_cv_json_false_empty_breakdown_equals_a_recount_from_oof_npz(collected):
     out, data = collected
     cv = json.loads((out / "cv.json").read_text())
-    oof = np.load(out / "oof.npz")
+    oof = np.load(out / run_folder.OOF)
     assert oof["ids"].tolist() == data.ids.tolist()
     truth = data.masks.astype(bool)
     pred = binarize(oof["probs"], oof["empty"], Thresholds(**cv["thresholds"]))

@@ -10,6 +10,7 @@ import optuna
 import pytest
 import torch
 
+from salt_model import run_folder
 from salt_model.data.folds import make_folds
 from salt_model.data.loading import load_split
 from salt_model.training import fold_loop
@@ -125,7 +126,7 @@ def test_a_tiny_search_with_eval_every_still_prunes_at_the_rungs(ray_cluster, ti
         assert seen == [e for e in (1, 2, 4, 5) if e <= last], seen  # a fold-mean metric at every rung
         if trial.state == optuna.trial.TrialState.PRUNED:
             assert last in (1, 2, 4)  # stopped at a rung
-    progress = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    progress = [json.loads(line) for line in (out / run_folder.PROGRESS).read_text().splitlines()]
     assert progress and all(p["epoch"] != 3 for p in progress)  # no unevaluated epoch reached Tune
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from salt_model import run_folder
 from salt_model.data.folds import make_folds
 from salt_model.data.loading import load_split
 
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.faults]
 
 
 def progress(out):
-    return [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / run_folder.PROGRESS).read_text().splitlines()]
 
 
 def run(config, root, out, failure, max_failures=2):
@@ -75,7 +76,7 @@ def test_a_nan_loss_stops_the_run_at_once_and_is_not_retried(
         run(tiny_config, tiny_data_root, out, {"fold": 2, "epoch": 2, "mode": "nan", "batches": 1}, 3)
     assert "NaN weights after 1 batches of epoch 2" in (tmp_path / "fault-marker").read_text()
     assert [p["epoch"] for p in progress(out)] == [1]  # epoch 2 never reported
-    assert "FloatingPointError" in json.loads((out / "failure.json").read_text())["fatal_error"]
+    assert "FloatingPointError" in json.loads((out / run_folder.FAILURE).read_text())["fatal_error"]
     assert not (out / "models").exists()
 
 
@@ -123,7 +124,7 @@ def test_a_corrupted_checkpoint_resumes_from_the_previous_one_and_twice_stops_th
     from orchestrator.faults import RunFailed
 
     def kept():
-        return sorted(p for p in (out / "ray").glob("*/checkpoint_*") if p.is_dir())
+        return sorted(p for p in (out / run_folder.RAY).glob("*/checkpoint_*") if p.is_dir())
 
     def cut_short(path: Path) -> None:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

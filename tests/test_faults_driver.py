@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from salt_model import run_folder
 from tests.conftest import SEARCH, check_run, records, tiny_args
 from tests.processes import child_env, run, start, stop
 from tests.test_tune import check_search_outputs, study_of
@@ -77,7 +78,7 @@ def assert_no_secret(out: Path, *texts: str) -> None:
 def test_the_train_driver_killed_mid_run_resumes_without_retraining(tiny_data_root, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "orchestrator.train", *tiny_args(tiny_data_root, out, "--epochs", "4")]
-    progress = out / "progress.jsonl"
+    progress = out / run_folder.PROGRESS
     # progress.jsonl is written by the driver after each epoch's checkpoint
     first = killed(cmd, lambda lines: len(records(progress)) >= 2)
     before = records(progress)
@@ -112,7 +113,7 @@ def test_the_tune_driver_killed_mid_trial_and_as_asha_stops_a_trial_resumes_ever
     # one trial at a time (SEARCH): trial 0 first at every rung, never pruned; trial 1 learns nothing
     hold = {"study_trial": 0, "fold": 0, "epoch": 3, "mode": "hold", "marker": str(held)}
     faults = json.dumps([hold, {"study_trial": 1, "mode": "poor"}])
-    progress = out / "progress.jsonl"
+    progress = out / run_folder.PROGRESS
 
     # kill 1: trial 0's fold 0 holds before its epoch-3 report (epochs 1-2 reported and checkpointed)
     first = killed(
@@ -173,4 +174,4 @@ def test_more_folds_than_the_local_cluster_holds_fails_before_training(tiny_data
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert f"3 folds x {cpus:g} CPUs need {3 * cpus:g} CPUs at once" in result.stderr, result.stderr[-2000:]
     assert "largest possible cluster" in result.stderr
-    assert not (out / "ray").exists() and not (out / "progress.jsonl").exists()
+    assert not (out / run_folder.RAY).exists() and not (out / run_folder.PROGRESS).exists()

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from salt_model import run_folder
 from salt_model.data.loading import load_split
 from salt_model.data.rle import rle_decode
 from tests.processes import run_entry
@@ -55,14 +56,14 @@ def test_kfold_train_ends_with_every_fold_and_a_valid_submission(train_run, tiny
     # the thresholds were chosen on the OOF of that same member average, stored once in float32
     from salt_model.evaluation.thresholds import Thresholds, choose_thresholds
 
-    oof = np.load(out / "oof.npz")
+    oof = np.load(out / run_folder.OOF)
     assert oof["probs"].dtype == np.float32 and str(oof["variant"]) == chosen
     train = load_split(tiny_data_root, "train")
     th, score = choose_thresholds(oof["probs"], oof["empty"], train.masks.astype(bool))
     assert th == Thresholds(**cv["thresholds"]) and score == pytest.approx(cv["oof_score"])
 
     # every epoch's report holds the fold mean and each fold's value
-    progress = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    progress = [json.loads(line) for line in (out / run_folder.PROGRESS).read_text().splitlines()]
     assert [p["epoch"] for p in progress] == [1, 2]
     for p in progress:
         per_fold = [p[f"val_map_fold{r}"] for r in range(3)]
@@ -70,9 +71,9 @@ def test_kfold_train_ends_with_every_fold_and_a_valid_submission(train_run, tiny
 
     # the OOF file covers every training tile exactly once, each by its held-out fold
     train = load_split(tiny_data_root, "train")
-    oof = np.load(out / "oof.npz")
+    oof = np.load(out / run_folder.OOF)
     assert list(oof["ids"]) == list(train.ids)
-    folds = pd.read_csv(out / "folds.csv")
+    folds = pd.read_csv(out / run_folder.FOLDS)
     assert sorted(folds["fold"].unique()) == [0, 1, 2]
     assert np.array_equal(oof["fold"], folds.set_index("id").loc[train.ids, "fold"].to_numpy())
 

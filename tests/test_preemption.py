@@ -20,6 +20,7 @@ import pytest
 
 from orchestrator.runtime import cluster_wants_token
 from orchestrator.spot_watch import ACTION, drain_command, seconds_left
+from salt_model import run_folder
 from tests.cluster_helpers import read_jsonl, stop_tmpdir_processes
 from tests.conftest import TINY, tiny_args
 from tests.processes import child_env, private_tmpdir, start, stop
@@ -118,10 +119,10 @@ def test_a_drained_node_costs_a_resume_not_a_retry(three_nodes, tiny_data_root, 
     proc = start([sys.executable, "-m", "orchestrator.train", *args], env, merge_stderr=False)
     try:
         deadline = time.time() + 300
-        while not (out / "progress.jsonl").exists() or not read_jsonl(out / "progress.jsonl"):
+        while not (out / run_folder.PROGRESS).exists() or not read_jsonl(out / run_folder.PROGRESS):
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.5)
-        first = read_jsonl(out / "progress.jsonl")[0]
+        first = read_jsonl(out / run_folder.PROGRESS)[0]
         drained = first["node_fold0"]
         assert first["node_fold1"] == drained  # PACK: both folds on one node
         watch = start(
@@ -147,7 +148,7 @@ def test_a_drained_node_costs_a_resume_not_a_retry(three_nodes, tiny_data_root, 
         )
         return
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    progress = read_jsonl(out / "progress.jsonl")
+    progress = read_jsonl(out / run_folder.PROGRESS)
     assert [p["epoch"] for p in progress] == list(range(1, EPOCHS + 1))
     resumed = [p for p in progress if p.get("resumed_after", 0) > 0]
     assert resumed, progress  # the folds restarted from a checkpoint ...

@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from salt_model import run_folder
 from salt_model.data.loading import load_split
 from salt_model.evaluation.thresholds import Thresholds, binarize
 from salt_model.training.pseudo_labels import PseudoLabels, confident_tiles
@@ -28,9 +29,9 @@ pytestmark = pytest.mark.ray
 
 def test_extending_a_finished_run_keeps_round_0_and_trains_round_1(pseudo_run):
     out, round_0, result = pseudo_run
-    assert records(out / "progress.jsonl") == round_0, "round 0 was trained again"
+    assert records(out / run_folder.PROGRESS) == round_0, "round 0 was trained again"
     assert "round 0: finished earlier, kept" in result.stdout
-    progress = records(out / "round_1" / "progress.jsonl")
+    progress = records(out / "round_1" / run_folder.PROGRESS)
     assert [p["epoch"] for p in progress] == [1, 2, 3]  # pseudo.epochs=3; round 0 trained 2
     assert [p["loss"] for p in progress] == ["bce", "bce", "lovasz"]  # round 0's one Lovasz epoch last
 
@@ -38,7 +39,7 @@ def test_extending_a_finished_run_keeps_round_0_and_trains_round_1(pseudo_run):
 def test_round_1_keeps_exactly_the_test_tiles_the_rule_passes(pseudo_run, tiny_data_root):
     out, _, _ = pseudo_run
     test = load_split(tiny_data_root, "test")
-    saved = np.load(out / "test_probs.npz")  # round 0's ensemble on the test tiles
+    saved = np.load(out / run_folder.TEST_PROBS)  # round 0's ensemble on the test tiles
     assert saved["ids"].tolist() == test.ids.tolist()
     empty = saved.get("empty", None)
     keep = confident_tiles(saved["probs"], empty, **RULE)
@@ -55,15 +56,15 @@ def test_pseudo_tiles_are_trained_on_and_never_held_out(pseudo_run, tiny_data_ro
     out, round_0, _ = pseudo_run
     train = load_split(tiny_data_root, "train")
     test_ids = set(load_split(tiny_data_root, "test").ids)
-    folds = pd.read_csv(out / "folds.csv")
+    folds = pd.read_csv(out / run_folder.FOLDS)
     assert not test_ids & set(folds["id"]), "a test tile is in a fold"
-    oof = np.load(out / "round_1" / "oof.npz")
+    oof = np.load(out / "round_1" / run_folder.OOF)
     assert oof["ids"].tolist() == train.ids.tolist()  # round 1's OOF: the labelled tiles, nothing else
     kept = len(PseudoLabels.load(out / "round_1" / "pseudo.npz").ids)
     train_part = [int((folds["fold"] != r).sum()) for r in range(3)]
     for epoch in round_0:
         assert [epoch[f"train_tiles_fold{r}"] for r in range(3)] == train_part
-    for epoch in records(out / "round_1" / "progress.jsonl"):
+    for epoch in records(out / "round_1" / run_folder.PROGRESS):
         assert [epoch[f"train_tiles_fold{r}"] for r in range(3)] == [n + kept for n in train_part]
 
 
@@ -93,20 +94,20 @@ def test_every_round_is_recorded_and_the_submission_is_the_chosen_rounds(pseudo_
 def test_a_run_killed_in_round_1_resumes_in_round_1(tiny_data_root, tmp_path):
     out = tmp_path / "run"
     args = tiny_args(tiny_data_root, out, "--epochs", "4", overrides=ROUND_1)
-    round_1 = out / "round_1" / "progress.jsonl"
+    round_1 = out / "round_1" / run_folder.PROGRESS
     env = child_env()
     proc = start([sys.executable, "-m", "orchestrator.train", *args], env)
     try:
         first = read_until(proc, lambda _: len(records(round_1)) >= 2)
     finally:
         stop(proc, env["RAY_TMPDIR"])  # the driver and every Ray process of its run: nothing writes after
-    round_0, before = records(out / "progress.jsonl"), records(round_1)
+    round_0, before = records(out / run_folder.PROGRESS), records(round_1)
     assert [p["epoch"] for p in round_0] == [1, 2, 3, 4], "".join(first[-30:])
     assert 2 <= len(before) < 4 and not (out / "round_1" / "cv.json").exists()
 
     resumed = run_entry("orchestrator.train", args, timeout=900)
     check_run(resumed, "the resumed run")
-    assert records(out / "progress.jsonl") == round_0, "round 0 was trained again"
+    assert records(out / run_folder.PROGRESS) == round_0, "round 0 was trained again"
     after = records(round_1)[len(before) :]
     assert [p["epoch"] for p in before + after] == [1, 2, 3, 4]  # no epoch of round 1 trained twice
     last = before[-1]["epoch"]
@@ -126,11 +127,11 @@ def test_a_search_draws_the_pseudo_rule_and_each_trial_trains_on_its_own_tiles(
     args = [*tiny_args(tiny_data_root, out, overrides=overrides), "--pseudo-from", str(source)]
     check_run(run_entry("orchestrator.tune", args, timeout=900), "orchestrator.tune --pseudo-from")
 
-    saved = np.load(source / "test_probs.npz")  # written into RUN by the search
+    saved = np.load(source / run_folder.TEST_PROBS)  # written into RUN by the search
     empty = saved.get("empty", None)
-    folds = pd.read_csv(out / "folds.csv")["fold"]
+    folds = pd.read_csv(out / run_folder.FOLDS)["fold"]
     train_part = [int((folds != r).sum()) for r in range(2)]
-    progress = records(out / "progress.jsonl")
+    progress = records(out / run_folder.PROGRESS)
     study = optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{out / 'optuna.db'}")
     kept_counts = []
     for trial in study.trials:

@@ -18,6 +18,7 @@ import pytest
 
 from orchestrator.report import main
 from orchestrator.run_report import asha_rungs, build, read_progress, save_oof_truth, snapshot_epochs
+from salt_model import run_folder
 from salt_model.config import load_config
 from salt_model.evaluation import error_analysis
 from salt_model.io import atomic_savez
@@ -47,7 +48,7 @@ def fake_run(run: Path, search: bool) -> Path:
     config = load_config(None, ["data.folds=3", "train.epochs=4", "train.loss_switch_epoch=2"])
     config.save(run / "config.json")
     rng = np.random.default_rng(0)
-    with open(run / "progress.jsonl", "w") as f:
+    with open(run / run_folder.PROGRESS, "w") as f:
         for trial, epochs in (("a1", 4), ("b2", 2)):
             for i, epoch in enumerate([1, 2, 2, 3, 4][: epochs + 1]):  # epoch 2 twice: a restarted fold group
                 m = {
@@ -71,7 +72,7 @@ def fake_run(run: Path, search: bool) -> Path:
     masks[:18, 20:60, 10:70] = True
     probs = np.clip(masks * 0.7 + rng.random((n, 101, 101)) * 0.62, 0, 1).astype(np.float32)
     ids = np.array([f"id{i:03d}" for i in range(n)])
-    atomic_savez(run / "oof.npz", ids=ids, fold=np.arange(n) % 3, probs=probs.astype(np.float16))
+    atomic_savez(run / run_folder.OOF, ids=ids, fold=np.arange(n) % 3, probs=probs.astype(np.float16))
     save_oof_truth(run, ids, rng.integers(0, 255, (n, 101, 101), dtype=np.uint8), masks)
     cv = {
         "fold_scores": [0.5, 0.6, 0.55],

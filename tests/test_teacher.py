@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from salt_model import run_folder
 from salt_model.data.loading import load_split
 from salt_model.evaluation.inference import model_from_payload, predict_probs, read_fold_model
 from salt_model.evaluation.thresholds import Thresholds, binarize
@@ -43,11 +44,13 @@ def test_fold_r_pseudo_masks_are_fold_r_own_models_thresholded_prediction(round_
     config, test, labels = fold_labels
     thresholds = Thresholds(**summary["thresholds"])
     assert isinstance(labels, list) and len(labels) == 3
-    saved = np.load(out / "test_probs.npz")
+    saved = np.load(out / run_folder.TEST_PROBS)
     ensemble_differs = 0
     for fold, got in enumerate(labels):
         assert got.rule["teacher"] == "fold"
-        assert PseudoLabels.load(out / "round_1" / f"pseudo_fold_{fold}.npz").ids.tolist() == got.ids.tolist()
+        assert (
+            PseudoLabels.load(out / "round_1" / run_folder.pseudo_fold(fold)).ids.tolist() == got.ids.tolist()
+        )
         members = sorted((out / "models").glob(f"fold_{fold}_*.pt"))
         assert members, "no member of this fold"
         probs, empty = [], []
@@ -81,7 +84,7 @@ def test_each_fold_trains_on_its_own_pseudo_tiles(round_0, fold_labels, tmp_path
     resources = fold_resources(3, None, 0)
     run_kfold(config, data, folds, tmp_path / "round_1", resources, pseudo=rounds.training_tiles(labels))
     progress = [
-        json.loads(line) for line in (tmp_path / "round_1" / "progress.jsonl").read_text().splitlines()
+        json.loads(line) for line in (tmp_path / "round_1" / run_folder.PROGRESS).read_text().splitlines()
     ]
     train_part = [int((folds != r).sum()) for r in range(3)]
     expected = [n + len(one.ids) for n, one in zip(train_part, labels, strict=True)]

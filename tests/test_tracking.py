@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from salt_model import run_folder
 from tests.cluster_helpers import free_port
 from tests.conftest import SEARCH, SEARCH_FAULTS, TINY, check_run, records, tiny_args
 from tests.processes import child_env, run, run_entry, start, stop
@@ -61,7 +62,7 @@ def client(uri):
 
 def runs_of(uri, out: Path) -> tuple:
     """(parent run, {child key: child run}) of the command whose run folder is `out`."""
-    state = json.loads((out / "mlflow.json").read_text())
+    state = json.loads((out / run_folder.TRACKING).read_text())
     c = client(uri)
     return c.get_run(state["parent"]), {k: c.get_run(v) for k, v in state["children"].items()}
 
@@ -170,7 +171,7 @@ def test_a_search_logs_one_parent_and_one_child_per_trial_with_fold_metrics(mlfl
     assert parent.data.tags["data"].startswith("synthetic")
     assert len(parent.data.tags.get("mlflow.source.git.commit", "")) == 40
     assert sorted(children) == [f"trial_{n}" for n in range(TRIALS)]
-    progress = records(out / "progress.jsonl")
+    progress = records(out / run_folder.PROGRESS)
     for key, child in children.items():
         number = int(key.split("_")[1])
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -238,8 +239,8 @@ def test_a_killed_train_run_resumes_into_the_same_mlflow_runs(mlflow_server, tin
         sys.executable, "-m", "orchestrator.train",
         *tiny_args(tiny_data_root, out, "--epochs", "4", "--mlflow", mlflow_server, overrides=overrides),
     ]  # fmt: skip
-    progress = out / "progress.jsonl"
-    state = out / "mlflow.json"
+    progress = out / run_folder.PROGRESS
+    state = out / run_folder.TRACKING
 
     def logged_two(lines) -> bool:  # two epochs in progress.jsonl and in MLflow
         return (
@@ -307,7 +308,7 @@ def test_ctrl_c_ends_the_runs_killed(mlflow_server, tiny_data_root, tmp_path):
         *tiny_args(tiny_data_root, out, "--epochs", "6", "--mlflow", mlflow_server, overrides=overrides),
     ]  # fmt: skip
     env = child_env()
-    state = out / "mlflow.json"
+    state = out / run_folder.TRACKING
     proc, sent = start(cmd, env), []
 
     def interrupted(lines) -> bool:  # SIGINT once an epoch is in MLflow; done when the hint is out

@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.search import PruningOptunaSearch
 from orchestrator.search_space import define_space, params_to_overrides, trial_config
+from salt_model import run_folder
 from salt_model.config import load_config
 from tests.conftest import check_run, records
 from tests.processes import run_entry
@@ -138,7 +139,7 @@ def test_a_trial_with_a_nan_loss_fails_at_once_with_its_reason_and_the_search_go
     assert failed.state.name == "FAIL"
     assert "fold 1: FloatingPointError: loss is nan" in failed.user_attrs["fail_reason"]
     # not retried: a retry would find the fault spent (marker) and train the trial's 3 epochs
-    epochs = [p for p in records(out / "progress.jsonl") if p.get("study_trial") == 3]
+    epochs = [p for p in records(out / run_folder.PROGRESS) if p.get("study_trial") == 3]
     assert [p["epoch"] for p in epochs] == [1]  # epoch 2 never reported
     assert failed.intermediate_values == {1: pytest.approx(epochs[0]["best_val_map"])}
     table = pd.read_csv(out / "trials.csv", keep_default_na=False)

@@ -29,8 +29,6 @@ from salt_model.data.loading import SaltData
 from salt_model.evaluation.thresholds import Thresholds, binarize
 from salt_model.io import atomic_savez
 
-PSEUDO_FILE = "pseudo.npz"
-
 
 def confident_fraction(probs: np.ndarray, low: float, high: float) -> np.ndarray:
     """(N, H, W) probabilities -> (N,) fraction of each tile's pixels below `low` or above `high`."""
