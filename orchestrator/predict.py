@@ -34,8 +34,7 @@ from salt_model import run_folder
 from salt_model.cli import make_parser, run_cli
 from salt_model.config import Config
 from salt_model.data.loading import DataError, load_split, resolve_data
-from salt_model.evaluation.metric import competition_metric
-from salt_model.evaluation.thresholds import binarize, choose_thresholds, default_thresholds
+from salt_model.evaluation.thresholds import choose_thresholds
 from salt_model.training.members import Member, mean_probs
 
 EXAMPLES = [
@@ -46,21 +45,10 @@ EXAMPLES = [
 ]
 
 
-def choose_oof_thresholds(oof_probs: np.ndarray, oof_empty: np.ndarray | None, truth: np.ndarray) -> dict:
-    """The thresholds that maximise the OOF competition metric, with the scores before and after."""
-    default_pred = binarize(oof_probs, oof_empty, default_thresholds(oof_empty))
-    default_score = competition_metric(truth, default_pred)
-    thresholds, score = choose_thresholds(oof_probs, oof_empty, truth)
-    return {
-        "thresholds": thresholds.to_dict(),
-        "oof_score": score,
-        "oof_score_default_thresholds": default_score,
-    }
-
-
-def thresholds_for_run(run: Path, root: Path) -> dict:
+def thresholds_for_run(run: Path, root: Path, rule: str = "gate") -> dict:
     """The run's OOF-chosen thresholds from cv.json, or chosen now on the train masks: from a k-fold
-    run's state/oof.npz, or from the folds a salt_model.train folder holds (fold_members_oof)."""
+    run's state/oof.npz, or from the folds a salt_model.train folder holds (fold_members_oof), for the
+    run's decode.empty_rule `rule`."""
     cv = run / run_folder.CV
     if cv.exists():
         return json.loads(cv.read_text())["thresholds"]
@@ -81,11 +69,9 @@ def thresholds_for_run(run: Path, root: Path) -> dict:
             "use the data the run was trained on"
         )
     truth = train.masks[[index[tile] for tile in ids]].astype(bool)
-    chosen = choose_oof_thresholds(probs, empty, truth)
-    print(
-        f"thresholds chosen on the OOF of {where}: {chosen['thresholds']} (OOF score {chosen['oof_score']:.4f})"
-    )
-    return chosen["thresholds"]
+    thresholds, score = choose_thresholds(probs, empty, truth, rule=rule)
+    print(f"thresholds chosen on the OOF of {where}: {thresholds.to_dict()} (OOF score {score:.4f})")
+    return thresholds.to_dict()
 
 
 def fold_members_oof(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[int]]:
@@ -155,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     load_models(run)  # a corrupted or foreign model file is refused before Ray starts
     root = resolve_data(args.data if args.data is not None else trained_on(run), config.data)
-    thresholds = thresholds_for_run(run, root)
+    thresholds = thresholds_for_run(run, root, config.decode.empty_rule)
     test = load_split(root, "test")
     console.setup(run, args.verbose, config.train.epochs, config.data.folds)
     init_ray(args.address)

@@ -94,7 +94,7 @@ def best_trial(results: tune.ResultGrid, out: Path, config: Config, tracker: Tra
     if finished.empty:
         raise RunFailed(
             f"no trial reported a result: every trial failed (trials.csv says why); each trial's "
-            f"traceback is in its error.txt under {out / 'tune'}"
+            f"traceback is in its error.txt under {out / run_folder.TUNE}"
         )
     complete = finished[finished["epochs_run"] >= config.train.epochs]  # a stopped trial lacks members
     best = (complete if not complete.empty else finished).iloc[0]

@@ -205,3 +205,18 @@ def test_a_run_folder_in_the_older_flat_layout_is_refused_before_anything_starts
         importlib.import_module(module).main(["--data", "synthetic", "--out", str(out)])
     assert sorted(p.name for p in out.iterdir()) == [old], "the refused command wrote into the folder"
     assert not (out / run_folder.STATE).exists()
+
+
+def test_a_best_trial_without_a_checkpoint_is_one_error_line(tmp_path, capsys):
+    """A search whose best trial's checkpoints were moved away by hand: one `error:` line, exit 2."""
+    import pandas as pd
+
+    from orchestrator.search_results import best_checkpoint
+    from salt_model.cli import run_cli
+
+    best = pd.Series({"checkpoint_path": None, "trial_id": "t1", "params": {"study_trial": 3}})
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(lambda argv: best_checkpoint(best, str(tmp_path)), [])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.startswith(f"error: best trial t1 has no checkpoint under {tmp_path}"), err
