@@ -169,15 +169,27 @@ def main(argv=None) -> int:
         prog="python -m bench.checkpoint_bytes", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
-        "--out", default=None, help="default bench/checkpoint_bytes.json (--s3: checkpoint_s3.json)"
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="JSON results file (default: bench/checkpoint_bytes.json; with --s3 bench/checkpoint_s3.json)",
     )
     parser.add_argument(
         "--s3", action="store_true", help="measure a tiny search on a moto S3 server (bench/checkpoint_s3.py)"
     )
     parser.add_argument(
-        "--repo", default=None, help="--s3: the checkout to run the search from (default: this one)"
+        "--repo",
+        default=None,
+        metavar="DIR",
+        help="--s3: the checkout to run the search from, e.g. an exported older commit (default: this one)",
     )
-    parser.add_argument("--label", default="after", help="--s3: the name of this measurement in the JSON")
+    parser.add_argument(
+        "--label",
+        default="after",
+        metavar="NAME",
+        help="--s3: the name of this measurement in the JSON; an entry of the same name is replaced "
+        "(default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.s3:
         from bench import checkpoint_s3

@@ -207,14 +207,33 @@ def main(argv: list[str] | None = None) -> int:
     ]
     parser = make_parser("python -m bench.gpu_bench", __doc__, examples)
     add_config_args(parser, epochs=False)
-    parser.add_argument("--device", default=None, metavar="DEV", help="cpu, cuda ... (default: cuda if any)")
+    parser.add_argument(
+        "--device", default=None, metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (default: eager)")
-    parser.add_argument("--batch-sizes", default="32,64,128", metavar="B,B", help="default: 32,64,128")
-    parser.add_argument("--min-steps", type=int, default=20, metavar="N", help="default: 20")
-    parser.add_argument("--min-seconds", type=float, default=2.0, metavar="S", help="default: 2")
-    parser.add_argument("--warmup", type=int, default=5, metavar="N", help="default: 5")
-    parser.add_argument("--deadline-s", type=float, default=1e9, metavar="S", help="default: none")
-    parser.add_argument("--out", required=True, metavar="FILE", help="JSON lines, appended")
+    parser.add_argument(
+        "--batch-sizes",
+        default="32,64,128",
+        metavar="B,B,...",
+        help="training batch sizes to time, comma-separated",
+    )
+    parser.add_argument(
+        "--min-steps", type=int, default=20, metavar="N", help="timed steps at least, per figure"
+    )
+    parser.add_argument(
+        "--min-seconds", type=float, default=2.0, metavar="S", help="timed wall seconds at least, per figure"
+    )
+    parser.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed steps before each figure")
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=1e9,
+        metavar="S",
+        help="seconds from the start after which a setting is recorded as skipped (default: none)",
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="FILE", help="JSON lines file, one line per figure, appended"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     config = config_from_args(args)

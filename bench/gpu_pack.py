@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         default=str(REPO.parent / "shared" / "tgs"),
         metavar="DIR",
-        help="the real data folder (default: ../shared/tgs)",
+        help="the real TGS data folder re-encoded into .tgs/ unless .tgs/ already has it (default: ../shared/tgs)",
     )
     args = parser.parse_args(argv)
     wheels, tgs = REPO / ".whl", REPO / ".tgs"

@@ -84,12 +84,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser("python -m bench.gpu_run", __doc__, examples)
     add_config_args(parser)
     parser.set_defaults(config=str(REPO / "configs" / "tgs.yaml"))
-    parser.add_argument("--out", required=True, metavar="DIR", help="figures.json, submission.csv, log")
-    parser.add_argument("--work", default=None, metavar="DIR", help="fold checkpoints (default: OUT/work)")
-    parser.add_argument("--budget-s", type=float, default=None, metavar="S", help="default: 540 (smoke 300)")
-    parser.add_argument("--device", default=None, metavar="DEV", help="default: cuda if available")
-    parser.add_argument("--limit-train", type=int, default=None, metavar="N", help="first N labelled tiles")
-    parser.add_argument("--limit-test", type=int, default=None, metavar="N", help="first N test tiles")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for figures.json, submission.csv and gpu_run.log"
+    )
+    parser.add_argument(
+        "--work",
+        default=None,
+        metavar="DIR",
+        help="folder for the folds' checkpoints and members (default: OUT/work)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="wall seconds for the whole run, every stage included (default: 540, 300 with --smoke)",
+    )
+    parser.add_argument(
+        "--device", default=None, metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--limit-train",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use only the first N labelled tiles (default: all)",
+    )
+    parser.add_argument(
+        "--limit-test",
+        type=int,
+        default=None,
+        metavar="N",
+        help="predict only the first N test tiles (default: all)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny model, 2 folds, 4 epochs, short bench")
     args = parser.parse_args(argv)
     epochs, args.epochs = args.epochs, None  # the plan scales the recipe to them (fitted when None)

@@ -35,12 +35,40 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.members_inference", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--config", default="configs/cpu.yaml")
-    parser.add_argument("--data", default="../shared/tgs")
-    parser.add_argument("--tiles", type=int, default=256)
-    parser.add_argument("--members", default="1,2,5,10")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", default="bench/members_inference.json")
+    parser.add_argument(
+        "--config",
+        default="configs/cpu.yaml",
+        metavar="FILE",
+        help="YAML or JSON config whose model is timed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data",
+        default="../shared/tgs",
+        metavar="DIR",
+        help="Kaggle-layout folder whose test tiles are predicted, or 'synthetic' (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tiles", type=int, default=256, metavar="N", help="the first N test tiles (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--members",
+        default="1,2,5,10",
+        metavar="N,N,...",
+        help="member counts to time, comma-separated (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        metavar="B",
+        help="tiles per forward pass (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        default="bench/members_inference.json",
+        metavar="FILE",
+        help="JSON results file (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     config = load_config(args.config)
     device = pick_device(None)

@@ -26,9 +26,15 @@ from salt_model.io import atomic_write_text  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.metric_speed", description=__doc__.split("\n")[0])
-    parser.add_argument("--tiles", type=int, default=3200, metavar="N", help="masks per call (default: 3200)")
-    parser.add_argument("--repeats", type=int, default=10, metavar="R", help="timed calls (default: 10)")
-    parser.add_argument("--out", default="bench/metric_speed.json", metavar="FILE", help="JSON figures")
+    parser.add_argument(
+        "--tiles", type=int, default=3200, metavar="N", help="masks per call (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=10, metavar="R", help="timed calls (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out", default="bench/metric_speed.json", metavar="FILE", help="JSON figures (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     truth = rng.random((args.tiles, 101, 101)) > 0.5

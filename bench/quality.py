@@ -43,7 +43,7 @@ from salt_model.data.loading import has_test, load_split, resolve_data
 from salt_model.data.rle import rle_encode
 from salt_model.device import pick_device
 from salt_model.evaluation.error_analysis import emptiness
-from salt_model.evaluation.inference import model_from_payload, predict_probs
+from salt_model.evaluation.inference import ensemble_probs, model_from_payload
 from salt_model.evaluation.metric import image_scores
 from salt_model.evaluation.thresholds import Thresholds, binarize, choose_thresholds, default_thresholds
 from salt_model.io import atomic_write, atomic_write_text
@@ -131,26 +131,26 @@ def write_submission(
     import pandas as pd
 
     test = load_split(root, "test")
+    used: list[Member] = []
+
+    def built():
+        """Each member's model, built when ensemble_probs reaches it, until the deadline."""
+        for m in members:
+            if used and deadline is not None and time.perf_counter() > deadline:
+                return
+            used.append(m)
+            yield model_from_payload({"config": config.to_dict(), "state_dict": m.state}, device)
+
     start = time.perf_counter()
-    probs_sum, empty_sum = np.zeros(test.images.shape, np.float32), None
-    used = []
-    for m in members:
-        if used and deadline is not None and time.perf_counter() > deadline:
-            break
-        used.append(m)
-        model, cfg = model_from_payload({"config": config.to_dict(), "state_dict": m.state}, device)
-        probs, empty = predict_probs(model, test.images, cfg, device, tta=True)
-        probs_sum += probs
-        empty_sum = empty if empty_sum is None else (None if empty is None else empty_sum + empty)
+    probs, empty = ensemble_probs(built(), test.images, device)
     seconds = time.perf_counter() - start
-    members = used
-    masks = binarize(probs_sum / len(members), None if empty_sum is None else empty_sum / len(members), th)
+    masks = binarize(probs, empty, th)
     frame = pd.DataFrame({"id": test.ids, "rle_mask": [rle_encode(m) for m in masks]})
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
     return {
         "file": str(path),
         "tiles": len(test),
-        "members": len(members),
+        "members": len(used),
         "seconds": seconds,
         "images_per_s": len(test) / seconds,
         "empty_fraction": float((~masks.any(axis=(1, 2))).mean()),

@@ -62,32 +62,63 @@ def main(argv: list[str] | None = None) -> int:
     ]
     parser = make_parser("python -m bench.throughput", __doc__, examples)
     add_config_args(parser, epochs=False)
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="training batch (default: train.batch_size)"
+        "--device", default="auto", metavar="DEVICE", help="auto (cuda if available), cpu, cuda, cuda:1 ..."
     )
     parser.add_argument(
-        "--min-steps", type=int, default=None, help="timed steps at least (default: 10 CPU, 50 CUDA)"
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="B",
+        help="training batch: overrides train.batch_size (default: the config's)",
+    )
+    parser.add_argument(
+        "--min-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="timed steps at least, per figure (default: 10 CPU, 50 CUDA)",
     )
     parser.add_argument(
         "--min-seconds",
         type=float,
         default=None,
+        metavar="S",
         help="timed wall seconds at least, per figure (default: 30 CPU, 10 CUDA)",
     )
     parser.add_argument(
-        "--warmup", type=int, default=None, help="untimed steps first (default: 3 CPU, 10 CUDA)"
+        "--warmup",
+        type=int,
+        default=None,
+        metavar="N",
+        help="untimed steps before each figure (default: 3 CPU, 10 CUDA)",
     )
-    parser.add_argument("--infer-batch-size", type=int, default=64, help="predict_probs batch size")
-    parser.add_argument("--aug-tiles", type=int, default=None, help="tiles augmented (default: 1000 CPU)")
     parser.add_argument(
-        "--loss", choices=("bce", "lovasz"), default="bce", help="which training stage's loss"
+        "--infer-batch-size", type=int, default=64, metavar="B", help="tiles per predict_probs batch"
     )
-    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="overrides train.precision")
+    parser.add_argument(
+        "--aug-tiles",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tiles augmented for the per-core figure (default: 1000 CPU, 2000 CUDA)",
+    )
+    parser.add_argument(
+        "--loss",
+        choices=("bce", "lovasz"),
+        default="bce",
+        help="which training stage's loss is timed: bce before train.loss_switch_epoch, lovasz from it on",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="overrides train.precision (default: the config's)",
+    )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the model (errors are recorded)"
     )
-    parser.add_argument("--out", default="bench/throughput.json", help="JSON results file")
+    parser.add_argument("--out", default="bench/throughput.json", metavar="FILE", help="JSON results file")
     args = parser.parse_args(argv)
 
     overrides = list(args.overrides)

@@ -67,18 +67,32 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--shape", default="200,200,400", metavar="IL,XL,NS", help="cube size (default: 200,200,400)"
+        "--shape",
+        default="200,200,400",
+        metavar="IL,XL,NS",
+        help="cube size: inlines, crosslines, samples per trace (default: %(default)s)",
     )
     parser.add_argument(
-        "--actors", default="1,2", metavar="N,N", help="actor counts to compare (default: 1,2)"
+        "--actors",
+        default="1,2",
+        metavar="N,N",
+        help="actor counts to compare, comma-separated (default: %(default)s)",
     )
     parser.add_argument(
-        "--cpus", type=int, default=2, metavar="N", help="CPUs given to the local Ray (default: 2)"
+        "--cpus", type=int, default=2, metavar="N", help="CPUs given to the local Ray (default: %(default)s)"
     )
-    parser.add_argument("--members", type=int, default=1, metavar="N", help="ensemble members (default: 1)")
-    parser.add_argument("--tiny", action="store_true", help="the tests' tiny model instead of the default")
     parser.add_argument(
-        "--out", default="bench/volume.json", metavar="FILE", help="(default: bench/volume.json)"
+        "--members",
+        type=int,
+        default=1,
+        metavar="N",
+        help="ensemble members, each a randomly initialised model (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="the tests' tiny model instead of the default config's"
+    )
+    parser.add_argument(
+        "--out", default="bench/volume.json", metavar="FILE", help="JSON results file (default: %(default)s)"
     )
     args = parser.parse_args()
 

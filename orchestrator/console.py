@@ -126,11 +126,27 @@ def add_verbose_arg(parser) -> None:
     )
 
 
+def last_line(text: str) -> str:
+    """The last non-blank line of `text`, stripped; "" when there is none."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 def cause(error: BaseException) -> str:
     """One line: the exception's type and the last line of its message (Ray wraps worker tracebacks)."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else ""
+    last = last_line(str(error))
     return (last if ":" in last else f"{type(error).__name__}: {last}")[:300]
+
+
+def error_file(trial) -> Path:
+    """The traceback Tune writes into a failed trial's local folder."""
+    return Path(trial.local_path or "") / "error.txt"
+
+
+def error_line(trial) -> str:
+    """The last line of a failed trial's error.txt (the exception); "" when there is none."""
+    path = error_file(trial)
+    return last_line(path.read_text()) if path.exists() else ""
 
 
 def worker_say(message: str | dict) -> None:

@@ -72,8 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--node-id", default=None, metavar="HEX", help="the node to drain (default: this one)"
     )
-    parser.add_argument("--imds", default=IMDS, metavar="URL", help=f"instance metadata (default {IMDS})")
-    parser.add_argument("--every", type=float, default=5.0, metavar="S", help="poll interval (default 5)")
+    parser.add_argument(
+        "--imds",
+        default=IMDS,
+        metavar="URL",
+        help="the instance metadata service's base URL (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--every", type=float, default=5.0, metavar="S", help="seconds between polls (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     while True:
         try:

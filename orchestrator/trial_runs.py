@@ -18,10 +18,9 @@ Importing this module imports mlflow: search_setup.trial_callbacks imports it on
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+from orchestrator import console
 from orchestrator.tracker import Tracker
 
 
@@ -72,7 +71,12 @@ class TrialRuns(MLflowLoggerCallback):
     def log_trial_end(self, trial, failed: bool = False):
         epoch = (trial.last_result or {}).get("epoch", 0)
         if failed:
-            state, reason = "FAIL", self.failure_reason(trial.config["study_trial"]) or error_line(trial)
+            state = "FAIL"
+            reason = (
+                self.failure_reason(trial.config["study_trial"])
+                or console.error_line(trial)
+                or "the trial raised (no error.txt)"
+            )
         else:
             state, reason = ("COMPLETE" if epoch >= self.epochs else "PRUNED"), ""
         self.tracker.submit(lambda: self._end(trial, failed, state, reason))
@@ -92,10 +96,3 @@ class TrialRuns(MLflowLoggerCallback):
     def on_experiment_end(self, trials, **info):
         self.tracker.flush()  # every trial's last epoch and final state are in before the command ends
         super().on_experiment_end(trials, **info)
-
-
-def error_line(trial) -> str:
-    """The last line of a failed trial's error.txt."""
-    path = Path(trial.local_path or "") / "error.txt"
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    return lines[-1] if lines else "the trial raised (no error.txt)"

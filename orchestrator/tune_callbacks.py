@@ -76,13 +76,12 @@ class ProgressTable(InRunFolder, tune.Callback):
         )
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error_file = Path(trial.local_path or "") / "error.txt"
-        reason = ""
-        if error_file.exists():
-            lines = [line for line in error_file.read_text().splitlines() if line.strip()]
-            reason = f": {lines[-1].strip()[:300]}" if lines else ""
+        line = console.error_line(trial)
+        reason = f": {line[:300]}" if line else ""
         self._end(
-            trial, f"error: trial {trial.trial_id} FAILED{reason} (traceback: {error_file})", error=True
+            trial,
+            f"error: trial {trial.trial_id} FAILED{reason} (traceback: {console.error_file(trial)})",
+            error=True,
         )
 
 

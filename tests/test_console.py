@@ -119,6 +119,18 @@ def test_cause_is_the_last_line_of_a_wrapped_traceback():
     assert console.cause(OSError("no space left")) == "OSError: no space left"
 
 
+def test_error_line_is_the_last_line_of_a_failed_trials_error_txt(tmp_path):
+    from types import SimpleNamespace
+
+    trial = SimpleNamespace(local_path=str(tmp_path))
+    assert console.error_line(trial) == ""  # no error.txt
+    (tmp_path / "error.txt").write_text("Traceback ...\n  File x\n  RuntimeError: CUDA out of memory  \n\n")
+    assert console.error_line(trial) == "RuntimeError: CUDA out of memory"
+    assert console.error_file(trial) == tmp_path / "error.txt"
+    (tmp_path / "error.txt").write_text("\n \n")
+    assert console.error_line(trial) == ""
+
+
 def assert_clean(text: str) -> None:
     for noise in NOISE:
         hits = [line for line in text.splitlines() if noise in line]

@@ -252,6 +252,50 @@ def test_quality_bench_scores_the_members_and_predicts_with_them(tiny_data_root,
     assert list(sub["id"]) == list(load_split(tiny_data_root, "test").ids)
 
 
+def test_write_submission_averages_with_ensemble_probs_until_the_deadline(
+    tiny_config, tiny_data_root, tmp_path, monkeypatch
+):
+    """bench.quality.write_submission builds members one by one for ensemble_probs: with the deadline
+    already passed only the first is predicted, without one all are, and the mean is the same floats
+    as ensemble_probs over a list of the same models."""
+    import time
+
+    import pandas as pd
+
+    from bench import quality
+    from salt_model.data.rle import rle_encode
+    from salt_model.evaluation.inference import ensemble_probs, model_from_payload
+    from salt_model.evaluation.thresholds import Thresholds, binarize
+    from salt_model.model import build_model
+
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        state = build_model(tiny_config.model).state_dict()
+        members.append(Member(f"snap{seed}", seed, 0.0, np.zeros(0, np.float32), None, state))
+    payload = tiny_config.to_dict()
+    models = [model_from_payload({"config": payload, "state_dict": m.state}, CPU) for m in members]
+    images = load_split(tiny_data_root, "test").images
+    outputs = []
+
+    def spy(*args, **kwargs):
+        outputs.append(ensemble_probs(*args, **kwargs))
+        return outputs[-1]
+
+    monkeypatch.setattr(quality, "ensemble_probs", spy)
+    th = Thresholds(pixel=0.5)
+    for deadline, n in ((time.perf_counter() - 1.0, 1), (None, 3)):
+        out = tmp_path / f"sub{n}.csv"
+        result = quality.write_submission(out, members, tiny_config, tiny_data_root, th, CPU, deadline)
+        assert result["members"] == n and result["tiles"] == len(images)
+        probs, empty = outputs[-1]
+        expected_probs, expected_empty = ensemble_probs(models[:n], images, CPU)
+        assert np.array_equal(probs, expected_probs) and np.array_equal(empty, expected_empty)
+        sub = pd.read_csv(out, keep_default_na=False)
+        assert list(sub["rle_mask"]) == [rle_encode(m) for m in binarize(expected_probs, expected_empty, th)]
+    assert not np.array_equal(outputs[0][0], outputs[1][0])  # one member is not the mean of three
+
+
 def test_aggregation_loads_every_member_and_refuses_a_partial_models_folder(tiny_config, tmp_path):
     import json
 

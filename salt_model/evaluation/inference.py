@@ -6,6 +6,7 @@ holding the resolved config and the best weights, so an ensemble rebuilds exactl
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -52,17 +53,25 @@ def predict_probs(
 
 
 def ensemble_probs(
-    models: list, images: np.ndarray, device, batch_size: int = 64, folds: list[int] | None = None
+    models: Iterable[tuple[torch.nn.Module, Config]],
+    images: np.ndarray,
+    device,
+    batch_size: int = 64,
+    folds: list[int] | None = None,
 ):
     """(N, 101, 101) uint8 tiles -> the mean over all members (k folds x s) of the flip-TTA
     probabilities, in float32.
 
-    With `folds` (each member's fold) also each fold's own mean: (B, k, 101, 101) and (B, k) or None,
-    fold r at index r. The overall mean is summed in member order either way (the same floats)."""
+    `models` is any iterable of (model, config) pairs, read once: a generator can build each member
+    as it is reached. With `folds` (each member's fold) also each fold's own mean: (B, k, 101, 101)
+    and (B, k) or None, fold r at index r. The overall mean is summed in member order either way
+    (the same floats)."""
     probs_sum = np.zeros(images.shape, dtype=np.float32)
     empty_sum = None
     fold_sums: dict[int, list] = {}
+    n = 0
     for i, (model, config) in enumerate(models):
+        n = i + 1
         probs, empty = predict_probs(model, images, config, device, batch_size=batch_size, tta=True)
         probs_sum += probs
         if empty is not None:
@@ -72,7 +81,8 @@ def ensemble_probs(
             entry[0] += probs
             entry[1] = None if empty is None else (empty if entry[1] is None else entry[1] + empty)
             entry[2] += 1
-    n = len(models)
+    if n == 0:
+        raise ValueError("ensemble_probs: no members to average; pass at least one (model, config) pair")
     mean = (probs_sum / n, None if empty_sum is None else empty_sum / n)
     if folds is None:
         return mean
