@@ -1,4 +1,4 @@
-"""Checkpoint economy: bytes per fold checkpoint and per Tune trial, before and after (issue 9).
+"""Checkpoint economy: bytes per fold checkpoint and per Tune trial, before and after.
 
     python -m bench.checkpoint_bytes --out bench/checkpoint_bytes.json
     python -m bench.checkpoint_bytes --s3 [--repo DIR --label before]   # a tiny search on moto S3

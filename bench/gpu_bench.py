@@ -1,4 +1,4 @@
-"""The throughput settings of the GPU run (issue 22), timed with bench/throughput.py's own functions.
+"""The throughput settings of the GPU run, timed with bench/throughput.py's own functions.
 
     python -m bench.gpu_bench --data DIR --config configs/tgs.yaml [--compile] [--batch-sizes 32,64,128] \
         [--min-seconds 2] --out FIGURES.jsonl

@@ -1,4 +1,4 @@
-"""What the GPU run (issue 22) carries to the device machine, made here on the CPU machine:
+"""What the GPU run (bench/gpu_run.py) carries to the device machine, made here on the CPU machine:
 
     python -m bench.gpu_pack [--data ../shared/tgs]
 

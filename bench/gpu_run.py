@@ -1,4 +1,4 @@
-"""The GPU run of issue 22 in one command: the GPU, its throughput, all k folds trained at once on it, OOF
+"""The GPU run in one command: the GPU, its throughput, all k folds trained at once on it, OOF
 thresholds and the k-fold ensemble's submission, within one time budget and without Ray.
 
     python -m bench.gpu_run --data .tgs --out $OUT --work /tmp/gpu-run [--budget-s 540]
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         ("the same path on CPU", "--smoke --data DIR --out /tmp/gpu-smoke"),
     ]
     parser = make_parser("python -m bench.gpu_run", __doc__, examples)
-    add_config_args(parser)
-    parser.set_defaults(config=str(REPO / "configs" / "tgs.yaml"))
+    add_config_args(parser, default_config=str(REPO / "configs" / "tgs.yaml"))
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="folder for figures.json, submission.csv and gpu_run.log"
     )

@@ -164,5 +164,7 @@ def run_kfold(
     )
     result = fit_folds(trainer, config, resources, placement_timeout_s, failure_file, "the run")
     if result.checkpoint is None:
-        raise RunFailed(f"the run in {out} finished without a checkpoint (its logs are in {out / run_folder.LOGS})")
+        raise RunFailed(
+            f"the run in {out} finished without a checkpoint (its logs are in {out / run_folder.LOGS})"
+        )
     return collect_folds(result.checkpoint, out, data, folds, config.data.folds)

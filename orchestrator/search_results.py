@@ -10,6 +10,7 @@ import pandas as pd
 from ray import tune
 from ray.train import Checkpoint
 
+from orchestrator import console
 from orchestrator.faults import RunFailed
 from orchestrator.search import METRIC, close_stale
 from orchestrator.search_space import trial_run_name
@@ -34,7 +35,7 @@ def trial_table(results: tune.ResultGrid, out: Path) -> pd.DataFrame:
         history = result.metrics_dataframe
         best = float(history[METRIC].max()) if history is not None and METRIC in history else float("nan")
         study_trial = by_number.get(result.config.get("study_trial"))
-        error = str(result.error).strip().splitlines()[-1] if result.error else ""
+        error = console.last_line(str(result.error)) if result.error else ""
         rows.append(
             {
                 "trial_id": trial_id,

@@ -84,7 +84,9 @@ def dated_out(args: argparse.Namespace, command: str) -> Path:
     return Path(args.out)
 
 
-def add_config_args(parser: argparse.ArgumentParser, epochs: bool = True) -> None:
+def add_config_args(
+    parser: argparse.ArgumentParser, epochs: bool = True, default_config: str | None = None
+) -> None:
     parser.add_argument(
         "--data",
         default="synthetic",
@@ -94,9 +96,9 @@ def add_config_args(parser: argparse.ArgumentParser, epochs: bool = True) -> Non
     )
     parser.add_argument(
         "--config",
-        default=None,
+        default=default_config,
         metavar="FILE",
-        help="YAML or JSON config file (default: the built-in one; presets in configs/)",
+        help=f"YAML or JSON config file (default: {default_config or 'the built-in one'}; presets in configs/)",
     )
     parser.add_argument(
         "--folds",

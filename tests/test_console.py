@@ -20,7 +20,7 @@ from salt_model import run_folder
 from tests.conftest import TINY
 from tests.processes import run, run_entry
 
-# What the bare console used to show, from Ray, Tune, Ray Data and Optuna (issue 10)
+# What the bare console used to show, from Ray, Tune, Ray Data and Optuna
 NOISE = (
     "Reporting training result",
     "TrainingReport(",
@@ -92,7 +92,7 @@ def test_worker_lines_route_failures_to_a_warning_and_messages_to_the_console(ca
 def test_the_follower_shows_each_new_epoch_of_progress_jsonl_once_and_not_the_earlier_ones(tmp_path):
     from orchestrator.progress_follower import ProgressFollower
 
-    progress = tmp_path / run_folder.PROGRESS
+    progress = tmp_path / "progress.jsonl"
     progress.write_text(json.dumps(metrics(1)) + "\n")  # a resumed run's epoch from before
     stream = io.StringIO()
     console._State.view = console.ProgressView(epochs=4, folds=3, stream=stream, tty=False)
