@@ -75,7 +75,7 @@ def parse_member_file(name: str) -> tuple[int, str]:
     return int(fold), member
 
 
-# what a run folder written before state/ and logs/ existed (0.1.0) kept at its top level
+# what a run folder written before state/ and logs/ existed kept at its top level
 _OLD_TOP_LEVEL = (
     "ray",
     "tune",
