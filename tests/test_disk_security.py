@@ -62,14 +62,17 @@ def test_training_onto_a_full_disk_exits_with_one_line_and_no_partial_checkpoint
     with tmpfs(tmp_path / "small", "256k") as disk:  # config.json and folds.csv fit; a checkpoint does not
         out = disk / "run"
         result = _run(_train_args(tiny_data_root, out, "--epochs", "1"))
+        state = out / "state"  # salt_model.train's checkpoint: run_folder.STATE
         assert result.returncode == 1, result.stdout + result.stderr
         assert "Traceback" not in result.stderr
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and "No space left" in errors[0]
         named = errors[0].removeprefix("error: could not write ").split(": No space left")[0]
-        assert named in (str(out / "fold_0_members.pt"), str(out / "fold_0.pt")), errors[0]  # first written
-        assert not (out / "fold_0.pt").exists() and not (out / "fold_0_members.pt").exists()
-        assert not list(out.glob(".*.tmp"))
+        assert named in (str(state / "fold_0_members.pt"), str(state / "fold_0.pt")), errors[
+            0
+        ]  # first written
+        assert not (state / "fold_0.pt").exists() and not (state / "fold_0_members.pt").exists()
+        assert not list(out.rglob(".*.tmp"))
 
 
 class Payload:

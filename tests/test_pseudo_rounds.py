@@ -44,7 +44,7 @@ def test_round_1_keeps_exactly_the_test_tiles_the_rule_passes(pseudo_run, tiny_d
     empty = saved.get("empty", None)
     keep = confident_tiles(saved["probs"], empty, **RULE)
     assert 0 < keep.sum() < len(keep), f"the rule kept {keep.sum()} of {len(keep)}: loosen or tighten RULE"
-    labels = PseudoLabels.load(out / "round_1" / "pseudo.npz")
+    labels = PseudoLabels.load(out / "round_1" / run_folder.PSEUDO)
     assert labels.ids.tolist() == test.ids[keep].tolist()
     assert np.array_equal(labels.images, test.images[keep])
     thresholds = Thresholds(**json.loads((out / "cv.json").read_text())["thresholds"])  # round 0's
@@ -60,7 +60,7 @@ def test_pseudo_tiles_are_trained_on_and_never_held_out(pseudo_run, tiny_data_ro
     assert not test_ids & set(folds["id"]), "a test tile is in a fold"
     oof = np.load(out / "round_1" / run_folder.OOF)
     assert oof["ids"].tolist() == train.ids.tolist()  # round 1's OOF: the labelled tiles, nothing else
-    kept = len(PseudoLabels.load(out / "round_1" / "pseudo.npz").ids)
+    kept = len(PseudoLabels.load(out / "round_1" / run_folder.PSEUDO).ids)
     train_part = [int((folds["fold"] != r).sum()) for r in range(3)]
     for epoch in round_0:
         assert [epoch[f"train_tiles_fold{r}"] for r in range(3)] == train_part
@@ -77,7 +77,7 @@ def test_every_round_is_recorded_and_the_submission_is_the_chosen_rounds(pseudo_
         cv = json.loads((out / entry["folder"] / "cv.json").read_text())
         assert entry["oof_score"] == cv["oof_score"] and entry["thresholds"] == cv["thresholds"]
     kept = rounds["rounds"][1]["pseudo"]
-    assert kept["kept"] == len(PseudoLabels.load(out / "round_1" / "pseudo.npz").ids)
+    assert kept["kept"] == len(PseudoLabels.load(out / "round_1" / run_folder.PSEUDO).ids)
     assert {k: kept[k] for k in RULE} == RULE
     best = max(rounds["rounds"], key=lambda e: (e["oof_score"], -e["round"]))["round"]
     assert rounds["submission_round"] == best and rounds["submission_rule"] == "best"

@@ -48,6 +48,7 @@ def fake_run(run: Path, search: bool) -> Path:
     config = load_config(None, ["data.folds=3", "train.epochs=4", "train.loss_switch_epoch=2"])
     config.save(run / "config.json")
     rng = np.random.default_rng(0)
+    (run / run_folder.PROGRESS).parent.mkdir()
     with open(run / run_folder.PROGRESS, "w") as f:
         for trial, epochs in (("a1", 4), ("b2", 2)):
             for i, epoch in enumerate([1, 2, 2, 3, 4][: epochs + 1]):  # epoch 2 twice: a restarted fold group
