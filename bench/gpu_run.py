@@ -402,7 +402,7 @@ def collect_folds(config, data, work: Path, device, log: Log) -> tuple[list, lis
     folds = load_folds(folder / run_folder.FOLDS, data.ids)
     out, info = [], []
     for fold in range(config.data.folds):
-        path = folder / f"fold_{fold}.pt"
+        path = folder / run_folder.STATE / f"fold_{fold}.pt"  # salt_model.train's checkpoint
         if not path.is_file():
             log(f"fold {fold}: no checkpoint, left out of the ensemble")
             info.append({"fold": fold, "status": "missing"})

@@ -86,7 +86,7 @@ def test_tune_trials_spread_their_folds_over_the_nodes(gpu_cluster, tiny_data_ro
     assert tune.main(args) == 0
     wall = time.perf_counter() - start
     ray.shutdown()
-    results = sorted((out / "tune" / "search").glob("*/result.json"))
+    results = sorted((out / run_folder.TUNE / "search").glob("*/result.json"))
     assert len(results) == 2
     gpu_nodes = {n.node_id for n in gpu_cluster.worker_nodes}
     for path in results:

@@ -36,16 +36,6 @@ from tests.test_tune import check_search_outputs
 pytestmark = [pytest.mark.ray, pytest.mark.cluster, pytest.mark.slow]
 
 TWO_FOLDS = [o for o in TINY if not o.startswith("data.folds")] + ["data.folds=2"]
-USER_OUTPUTS = {
-    "config.json",
-    "folds.csv",
-    "progress.jsonl",
-    "models",
-    "oof.npz",
-    "cv.json",
-    "oof_gallery.png",
-    "submission.csv",
-}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +51,8 @@ def s3():
 
 def assert_no_ray_state(out) -> None:
     """Only the user's outputs in OUT: no Ray run folders, checkpoints or Tune experiment state."""
-    assert not {p.name for p in out.iterdir()} & {"ray", "tune", "trials"}, sorted(out.iterdir())
+    state = out / run_folder.STATE
+    assert not {p.name for p in state.iterdir()} & {"ray", "tune", "trials"}, sorted(state.iterdir())
     ray_files = [
         *out.rglob("checkpoint_*"),
         *out.rglob("experiment_state*"),

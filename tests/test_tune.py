@@ -178,7 +178,7 @@ def check_trials_keep_only_their_last_checkpoint(out, folds, skip=()):
     trial's checkpoints are left whole (--resume reads them)."""
     import torch
 
-    runs = sorted((out / "trials").glob("trial-*"))
+    runs = sorted((out / run_folder.TRIAL_RUNS).glob("trial-*"))
     assert len(runs) == len(study_of(out).trials)
     for run in runs:
         if int(run.name.removeprefix("trial-")) in skip:
