@@ -30,7 +30,8 @@ def open_run_study(out: Path, study_name: str = STUDY_NAME):
 
 
 def run_storage(out: Path):
-    """The Optuna storage (RDBStorage) on the run folder's study file."""
+    """The Optuna storage (RDBStorage) on the run folder's study file (its state/ made if missing)."""
     import optuna
 
+    (Path(out) / STUDY_FILE).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(study_url(out))

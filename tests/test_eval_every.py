@@ -117,7 +117,7 @@ def test_a_tiny_search_with_eval_every_still_prunes_at_the_rungs(ray_cluster, ti
         "search.max_concurrent=1",
     ]
     assert main(tiny_args(tiny_data_root, out, overrides=overrides)) == 0
-    study = optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{out / run_folder.STUDY}")
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.PRUNED in states, [(t.state, t.intermediate_values) for t in study.trials]
     for trial in study.trials:

@@ -132,7 +132,7 @@ def test_a_search_draws_the_pseudo_rule_and_each_trial_trains_on_its_own_tiles(
     folds = pd.read_csv(out / run_folder.FOLDS)["fold"]
     train_part = [int((folds != r).sum()) for r in range(2)]
     progress = records(out / run_folder.PROGRESS)
-    study = optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{out / 'optuna.db'}")
+    study = optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{out / run_folder.STUDY}")
     kept_counts = []
     for trial in study.trials:
         c, weight = trial.params["pseudo_confidence"], trial.params["pseudo_weight"]

@@ -86,7 +86,7 @@ def fake_run(run: Path, search: bool) -> Path:
     }
     if search:
         cv["best_trial"] = "a1"
-        storage = f"sqlite:///{run / 'optuna.db'}"
+        storage = f"sqlite:///{run / run_folder.STUDY}"
         study = optuna.create_study(study_name="salt-orchestrator", storage=storage, direction="maximize")
         for i, trial_id in enumerate(("a1", "b2", "c3")):
             trial = study.ask()
@@ -126,7 +126,7 @@ def test_a_search_report_adds_optuna_history_importances_and_pruning(tmp_path):
 
 def test_a_running_run_gets_a_partial_report_from_the_command_line(tmp_path, capsys):
     run = fake_run(tmp_path / "run", search=False)
-    for name in ("cv.json", "oof.npz", "oof_truth.npz"):
+    for name in (run_folder.CV, run_folder.OOF, run_folder.OOF_TRUTH):
         (run / name).unlink()
     assert main(["--run", str(run)]) == 0
     page = run / "report" / "index.html"

@@ -23,6 +23,7 @@ from orchestrator.search import (
 )
 from orchestrator.search_space import define_space
 from orchestrator.study import open_run_study
+from salt_model import run_folder
 from salt_model.config import load_config
 
 EPOCHS = 4
@@ -156,7 +157,7 @@ def test_a_resume_into_a_new_run_folder_rebuilds_the_study_from_the_saved_state(
     path = tmp_path / "searcher-state.pkl"
     path.write_bytes(state)
     resumed.restore(str(path))
-    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{new / 'optuna.db'}").trials
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{new / run_folder.STUDY}").trials
     assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.PRUNED]
     assert trials[0].intermediate_values == {1: 0.1, 2: 0.2} and trials[1].intermediate_values == {1: 0.05}
     assert resumed.suggest("a") == a  # the trial map came back too
@@ -172,5 +173,5 @@ def test_a_resume_into_a_new_folder_without_a_study_snapshot_is_refused(tmp_path
     searcher.save(str(path))
     with resumed_into(tmp_path / "new"):
         resumed = pickle.loads(pickle.dumps(searcher))
-    with pytest.raises(ValueError, match=r"new/optuna.db is missing .* no snapshot of the study"):
+    with pytest.raises(ValueError, match=r"new/state/optuna.db is missing .* no snapshot of the study"):
         resumed.restore(str(path))

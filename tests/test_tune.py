@@ -77,7 +77,7 @@ def test_trials_stopped_early_are_pruned_in_the_study_and_full_ones_complete():
 
 
 def study_of(out) -> optuna.Study:
-    return optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{out / 'optuna.db'}")
+    return optuna.load_study(study_name="salt-orchestrator", storage=f"sqlite:///{out / run_folder.STUDY}")
 
 
 def check_search_outputs(out, data_root, trials=3, epochs=3, failed=()):
