@@ -192,7 +192,7 @@ def test_a_killed_search_resumes_from_the_bucket_alone_into_a_new_out(s3, tiny_d
         timeout=600,
     )
     check_run(resumed, "the search resumed into a new --out")
-    assert "config.json, folds.csv copied into" in resumed.stdout, resumed.stdout[-3000:]
+    assert f"{run_folder.CONFIG}, {run_folder.FOLDS} copied into" in resumed.stdout, resumed.stdout[-3000:]
     after = records(new / run_folder.PROGRESS)
     table, study = check_search_outputs(new, tiny_data_root, trials=2)  # also submission.csv, cv.json
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
